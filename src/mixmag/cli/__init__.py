@@ -1,0 +1,1 @@
+"""Command-line interface (typer). Commands are thin: parse, build arguments, call one API function."""

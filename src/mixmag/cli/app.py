@@ -1,0 +1,56 @@
+"""The ``mixmag`` command: a typer app assembled from one small module per command.
+
+Each module in :data:`COMMAND_MODULES` exposes ``register(app)``; heavy libraries are imported
+inside the command functions so ``mixmag --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from mixmag._version import __version__
+
+# One module per command group, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "list_cmd",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"mixmag {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    """Create the typer application with every command registered."""
+    app = typer.Typer(
+        name="mixmag",
+        help="Mixed-magnification region aggregation for computational pathology.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+        version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                     help="Print the version and exit."),
+    ) -> None:
+        from mixmag.utils.logging import configure_logging
+
+        configure_logging(log_level)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"mixmag.cli.{name}").register(app)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app = build_app()
+    sys.exit(app(standalone_mode=True))

@@ -1,0 +1,1 @@
+"""Whole-slide image readers, exact resolution (mpp) resolution, and tissue detection."""

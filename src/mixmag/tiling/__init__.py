@@ -1,0 +1,1 @@
+"""Linked multi-magnification region tiling: region spec, grid over tissue, pixel extraction."""

@@ -1,0 +1,69 @@
+"""Crash-safe file writes: write to a temporary sibling, fsync, then ``os.replace``.
+
+A reader (or a resumed run) therefore sees either the previous complete file or the new complete
+file, never a half-written one. Temporary files carry a ``.tmp`` suffix plus the writer's pid so that
+concurrent writers never share one, and leftovers from killed processes are recognisable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_MARKER = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``final_path``; on success rename it into place.
+
+    The caller writes the whole file to the yielded path (e.g. with ``h5py.File(tmp, "w")``). If the
+    block raises, the temporary file is removed and ``final_path`` is left untouched.
+    """
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=f".{os.getpid()}{TMP_MARKER}", dir=final.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:  # flush file contents before the rename makes them visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (non-JSON values are stringified)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Delete leftover ``*.tmp`` files from killed writers in ``folder``; return how many."""
+    removed = 0
+    for tmp in Path(folder).glob(f".*{TMP_MARKER}"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
