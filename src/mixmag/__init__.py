@@ -23,6 +23,9 @@ _LAZY: dict[str, str] = {
     "FeatureFile": "mixmag.io.features",
     "PipelineConfig": "mixmag.config",
     "load_config": "mixmag.config",
+    "build_encoder": "mixmag.encoders",
+    "embed_slides": "mixmag.embed",
+    "export_features": "mixmag.embed",
 }
 
 __all__ = ["RegionSpec", "__version__", *_LAZY]

@@ -83,6 +83,9 @@ class EmbedConfig(_Section):
 class RegionConfig(_Section):
     """Region encoder and its self-supervised pretraining (DESIGN.md §4)."""
 
+    preset: str = "base"
+    """Architecture preset (`base` W768/d6/h12, `small`, `tiny`); width/depth/heads/mlp_ratio/drop_path
+    override it only when set explicitly in the config."""
     width: int = Field(default=768, ge=8)
     depth: int = Field(default=6, ge=1)
     heads: int = Field(default=12, ge=1)
@@ -106,6 +109,14 @@ class RegionConfig(_Section):
     precision: Precision = Precision.AUTO
     device: str = "auto"
     seed: int = 0
+    grad_clip: float = Field(default=1.0, ge=0)
+    """Max global gradient norm (0 disables clipping)."""
+    shuffle_buffer: int = Field(default=4096, ge=1)
+    """Regions held in the cross-slide shuffle buffer of the streaming loader."""
+    checkpoint_every: int = Field(default=500, ge=0)
+    """Resumable checkpoint every N steps (0 = final only)."""
+    num_workers: int = Field(default=2, ge=0)
+    """DataLoader processes reading feature files."""
 
 
 class MilConfig(_Section):
@@ -126,6 +137,20 @@ class MilConfig(_Section):
     freeze_encoder: bool = False
     weight_decay: float = Field(default=1e-4, ge=0)
     max_instances: int = Field(default=4096, ge=1)
+    """Tiles per bag per training step for `abmil-*` (random subset; all at evaluation)."""
+    max_regions: int = Field(default=256, ge=1)
+    """Regions per bag per training step for `mix-*` (random subset; all at evaluation)."""
+    grad_accum: int = Field(default=1, ge=1)
+    """Bags per optimiser update."""
+    checkpoints: dict[str, Path] = Field(default_factory=dict)
+    """Region-encoder checkpoint per role: `mem`, `cmem`, `random` (a method without its role is skipped)."""
+    region_preset: str = "base"
+    """Architecture of a fresh `mix-random` encoder when no checkpoint is given at all."""
+    allow_missing_slides: bool = False
+    """Exclude (and record) labelled slides without features instead of failing."""
+    precision: Precision = Precision.AUTO
+    cache_gb: float = Field(default=4.0, ge=0)
+    """In-memory feature cache shared by all methods of a run."""
     hidden_dim: int = Field(default=512, ge=8)
     attention_dim: int = Field(default=256, ge=8)
     dropout: float = Field(default=0.25, ge=0, lt=1)

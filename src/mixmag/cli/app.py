@@ -15,7 +15,15 @@ from mixmag._version import __version__
 
 # One module per command group, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "info_cmd",
+    "tile_cmd",
     "list_cmd",
+    "embed_cmd",
+    "pretrain_cmd",
+    "train_cmd",
+    "synth_cmd",
+    "config_cmd",
+    "report_cmd",
 )
 
 

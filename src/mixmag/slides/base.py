@@ -91,6 +91,11 @@ class SlideReader(abc.ABC):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether the backend's third-party package can be imported (checked before opening)."""
+        return True
+
     @property
     @abc.abstractmethod
     def levels(self) -> list[LevelInfo]:

@@ -1,0 +1,260 @@
+"""Embedding throughput: (a) model only on pre-decoded tiles vs (b) end to end, slide -> feature file.
+
+For each encoder, with the same batch size:
+
+(a) model-only tiles/s on tiles already decoded and normalised in memory, in three configurations:
+    fp32 contiguous, fp32 channels-last, and reduced precision + channels-last (bf16 autocast on
+    CPU, fp16 on GPU), each with the cosine similarity of its embeddings to fp32 on real tiles;
+(b) end-to-end tiles/s of ``embed_slides`` (region decode in DataLoader workers + model + HDF5
+    writes) with ``precision="auto"``, run in a child process so its peak RSS is measured alone.
+
+The ratio (b)/(a) compares (b) with the (a) configuration that ``auto`` selected. Tiles come from a
+synthetic pyramidal WSI (streamed to disk, any size) or ``--slide``. Examples::
+
+    python benchmarks/embed.py --quick
+    python benchmarks/embed.py --encoders efficientnet-lite0-imagenet vit-small-random --threads 2
+    python benchmarks/embed.py --device cuda --encoders virchow2 --batch-size 256 --workers 8 --gpu-util
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _prepare_slide(args: argparse.Namespace, work: Path) -> Path:
+    """Tile a slide (synthetic unless --slide) and return the tiling folder (not timed)."""
+    from mixmag.synth.tiff import write_synthetic_wsi
+    from mixmag.tiling.tile import tile_slides
+
+    slide = Path(args.slide) if args.slide else work / "bench_slide.tiff"
+    if not args.slide:
+        w, h = args.slide_px or ((4480, 3584) if args.quick else (11200, 8960))
+        write_synthetic_wsi(slide, (w, h), mpp=0.5, n_levels=4, seed=0)
+    tiles = work / "tiles"
+    summary = tile_slides([slide], tiles, progress=False, mpp_override=args.mpp)
+    if summary.results[0].status.value != "ok":
+        raise SystemExit(f"tiling failed: {summary.results[0].error}")
+    return tiles
+
+
+def _real_tiles(tiles_dir: Path, n: int) -> torch.Tensor:
+    """``n`` tiles (all magnifications, token order) of the tiled slide, cycled if it has fewer; uint8."""
+    from mixmag.io.regions import read_region_index
+    from mixmag.slides import open_slide
+    from mixmag.tiling.extract import RegionTileReader
+
+    path = next((tiles_dir / "regions").glob("*.h5"))
+    index = read_region_index(path)
+    out = []
+    with open_slide(index.attrs["slide_path"], reader=index.attrs.get("reader")) as reader:
+        rt = RegionTileReader(reader, index, resample=str(index.attrs.get("resample", "box")))
+        for r in range(index.n_regions):
+            out.append(rt.read_region_tiles(r))
+            if sum(len(t) for t in out) >= n:
+                break
+    tiles = np.concatenate(out)
+    return torch.from_numpy(np.resize(tiles, (n, *tiles.shape[1:])))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_only(key: str, tiles: torch.Tensor, args: argparse.Namespace,
+               random_weights: bool) -> dict[str, dict[str, float]]:
+    """(a): tiles/s and cosine vs fp32 for fp32-contiguous, fp32-channels-last, reduced+channels-last."""
+    from mixmag.encoders import build_encoder
+
+    device = torch.device(args.device)
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    enc = build_encoder(key, random_weights=random_weights, device=device, precision="fp32")
+    x_all = enc.transform(tiles.to(device))
+    configs = {
+        "fp32": (torch.contiguous_format, None),
+        "fp32+channels_last": (torch.channels_last, None),
+        f"{'fp16' if low == torch.float16 else 'bf16'}+channels_last": (torch.channels_last, low),
+    }
+    results: dict[str, dict[str, float]] = {}
+    reference: torch.Tensor | None = None
+    bs = args.batch_size
+    for name, (fmt, dtype) in configs.items():
+        enc.to(memory_format=fmt)
+        x = x_all.contiguous(memory_format=fmt)
+        enc.autocast_dtype = dtype
+
+        def run(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                        enabled=dtype is not None):
+                return torch.cat([enc(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+
+        run(x[: 2 * bs], dtype)  # warm-up (oneDNN primitive creation, cuDNN autotune)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = run(x, dtype)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        if reference is None:
+            reference = out
+        cos = torch.nn.functional.cosine_similarity(out, reference, dim=-1)
+        results[name] = {"tiles_per_s": len(x) / seconds, "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}
+        print(f"  (a) {name:22s} {len(x) / seconds:8.1f} tiles/s   cosine vs fp32 min {float(cos.min()):.5f} "
+              f"mean {float(cos.mean()):.5f}",
+              flush=True)
+    return results
+
+
+def _tree_pss_mb(root: int) -> float:
+    """Proportional set size (MB) of ``root`` and its descendants: shared pages counted once overall."""
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += float(line.split()[1]) / 1024
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+def _pss_sampler(stop: threading.Event, peak: list[float]) -> None:
+    import os
+
+    while not stop.is_set():
+        peak[0] = max(peak[0], _tree_pss_mb(os.getpid()))
+        time.sleep(0.1)
+
+
+def _gpu_sampler(stop: threading.Event, samples: list[tuple[float, float]]) -> None:
+    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                             "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if stop.is_set():
+            break
+        util, mem = (float(v) for v in line.strip().split(",")[:2])
+        samples.append((util, mem))
+    proc.terminate()
+
+
+def end_to_end_child(args: argparse.Namespace) -> None:
+    """(b), in a fresh process: embed the tiled slide; print JSON with tiles/s and peak RSS."""
+    from mixmag.embed import embed_slides
+    from mixmag.encoders import build_encoder
+
+    torch.set_num_threads(args.threads)
+    enc = build_encoder(args.child_encoder, random_weights=args.random_weights, device=args.device,
+                        precision="auto")
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True) if args.gpu_util else None
+    if sampler:
+        sampler.start()
+    pss_peak = [0.0]
+    threading.Thread(target=_pss_sampler, args=(stop, pss_peak), daemon=True).start()
+    t0 = time.perf_counter()
+    summary = embed_slides(args.tiles_dir, args.out_dir, encoder=enc, batch_size=args.batch_size, precision="auto",
+                           workers=args.workers, overwrite=True, progress=False)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = {"tiles": summary.n_tiles, "seconds": seconds, "tiles_per_s": summary.n_tiles / seconds,
+              "precision": summary.precision, "peak_rss_main_mb": self_kb / 1024,
+              "peak_rss_worker_mb": child_kb / 1024, "peak_pss_total_mb": pss_peak[0],
+              "errors": summary.errors}
+    if samples:
+        util = [u for u, _ in samples]
+        result.update(gpu_util_mean=float(np.mean(util)), gpu_util_median=float(np.median(util)),
+                      gpu_mem_max_mb=max(m for _, m in samples))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", nargs="+", default=["efficientnet-lite0-imagenet", "vit-small-random"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--model-tiles", type=int, default=256, help="tiles timed in (a)")
+    p.add_argument("--slide", help="slide for (b) instead of a synthetic one")
+    p.add_argument("--real-slide", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "wsi"
+                                               / "CMU-1-Small-Region_pyramid.tiff"),
+                   help="real H&E slide whose tiles are used in (a) (timing and cosine)")
+    p.add_argument("--slide-px", type=int, nargs=2, metavar=("W", "H"), help="synthetic slide size, level-0 px")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px override for --slide")
+    p.add_argument("--random-weights", action="store_true", help="random weights for every encoder")
+    p.add_argument("--gpu-util", action="store_true", help="sample nvidia-smi during (b)")
+    p.add_argument("--quick", action="store_true", help="small slide, 96 tiles in (a)")
+    p.add_argument("--json", help="write all figures to this file")
+    # internal: the (b) child process
+    p.add_argument("--child-encoder", help=argparse.SUPPRESS)
+    p.add_argument("--tiles-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child_encoder:
+        end_to_end_child(args)
+        return
+    from mixmag.encoders import ENCODERS
+
+    torch.set_num_threads(args.threads)
+    n_model = 96 if args.quick else args.model_tiles
+    report: dict[str, object] = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
+                                 "workers": args.workers, "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="mixmag_bench_") as tmp:
+        work = Path(tmp)
+        tiles_dir = _prepare_slide(args, work)
+        # (a) times and compares on real H&E tiles when the sample slide is available
+        real = Path(args.real_slide)
+        if real.is_file():
+            from mixmag.tiling.tile import tile_slides
+
+            tile_slides([real], work / "real", progress=False)
+            tiles = _real_tiles(work / "real", n_model)
+        else:
+            tiles = _real_tiles(tiles_dir, n_model)
+        for key in args.encoders:
+            random_weights = args.random_weights or ENCODERS.meta(key).default_weights == "random"
+            print(f"{key} (batch {args.batch_size}, {args.threads} threads, {args.device}):", flush=True)
+            a = model_only(key, tiles, args, random_weights)
+            cmd = [sys.executable, __file__, "--child-encoder", key, "--tiles-dir", str(tiles_dir),
+                   "--out-dir", str(work / f"feats_{key}"), "--batch-size", str(args.batch_size),
+                   "--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
+            cmd += ["--random-weights"] * random_weights + ["--gpu-util"] * args.gpu_util
+            child = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
+            if child.returncode or not line:
+                raise SystemExit(f"end-to-end child failed:\n{child.stderr[-3000:]}")
+            b = json.loads(line[-1][len("RESULT "):])
+            # the pipeline always runs channels-last; compare with (a) at the precision auto chose
+            chosen = f"{b['precision']}+channels_last"
+            ratio = b["tiles_per_s"] / a[chosen]["tiles_per_s"]
+            print(f"  (b) end-to-end {b['tiles_per_s']:8.1f} tiles/s ({b['tiles']} tiles, {b['precision']}); "
+                  f"(b)/(a[{chosen}]) = {ratio:.2f}; peak RSS main {b['peak_rss_main_mb']:.0f} MB, "
+                  f"worker {b['peak_rss_worker_mb']:.0f} MB; peak PSS of the process tree "
+                  f"{b['peak_pss_total_mb']:.0f} MB", flush=True)
+            if "gpu_util_mean" in b:
+                print(f"      GPU utilisation mean {b['gpu_util_mean']:.0f} %, median {b['gpu_util_median']:.0f} %, "
+                      f"memory max {b['gpu_mem_max_mb']:.0f} MB", flush=True)
+            report[key] = {"model_only": a, "end_to_end": b, "ratio_b_over_a": ratio, "a_config": chosen}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

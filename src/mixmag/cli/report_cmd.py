@@ -1,0 +1,83 @@
+"""``mixmag report`` (the HTML report of a run) and ``mixmag heatmap`` (attention figures of a slide)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _load_scores(path: Path, name: str) -> np.ndarray:
+    """(R,) or (R, T) scores from .npy, or from a CSV column ``name`` (rows in region order)."""
+    import numpy as np
+    import pandas as pd
+
+    if path.suffix == ".npy":
+        return np.load(path)
+    df = pd.read_csv(path)
+    if name not in df.columns:
+        raise ValueError(f"{path} has no {name!r} column (columns: {', '.join(df.columns)})")
+    return df[name].to_numpy(dtype=float)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` and ``heatmap`` commands to ``app``."""
+
+    @app.command("report")
+    def report(
+        run_dir: Annotated[Path | None, typer.Argument(
+            help="Run folder; its files are found at their conventional places.")] = None,
+        inputs: Annotated[Path | None, typer.Option(help="JSON file listing the inputs (see docs/report.md).")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html).")] = None,
+    ) -> None:
+        """Build the self-contained HTML report of a run."""
+        from mixmag.cli.common import fail, friendly_errors
+        from mixmag.report.build import build_report_from_inputs, discover_inputs
+
+        if run_dir is None and inputs is None:
+            fail("give a run folder or --inputs FILE.json")
+        with friendly_errors():
+            spec = inputs if inputs is not None else discover_inputs(run_dir)  # type: ignore[arg-type]
+            path = build_report_from_inputs(spec, out)
+        typer.echo(f"report: {path}")
+
+    @app.command("heatmap")
+    def heatmap(
+        slide: Annotated[Path, typer.Argument(help="The slide (for the thumbnail and the top-k crops).")],
+        regions: Annotated[Path, typer.Option(help="Region index (.h5) of the slide, from `mixmag tile`.")],
+        attention: Annotated[Path, typer.Option(
+            help="Per-region attention: .npy (R,) or CSV with an 'attention' column, in region order.")],
+        tokens: Annotated[Path | None, typer.Option(
+            help="Per-token scores .npy (R, T) for the within-region view.")] = None,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("heatmaps"),
+        top_k: Annotated[int, typer.Option("--top-k", min=0, help="Regions shown as crops and outlined.")] = 4,
+        thumbnail_px: Annotated[int, typer.Option(min=128, help="Longer side of the thumbnail.")] = 1600,
+        no_crops: Annotated[bool, typer.Option("--no-crops", help="Do not read region pixels (thumbnail only).")] = False,
+    ) -> None:
+        """Write attention heatmap PNGs of one slide from stored scores."""
+        from mixmag.cli.common import friendly_errors
+        from mixmag.io.regions import read_region_index
+        from mixmag.report.heatmap import read_region_tiles, top_k_regions, write_slide_heatmaps
+        from mixmag.slides import open_slide
+
+        with friendly_errors():
+            index = read_region_index(regions)
+            att = _load_scores(attention, "attention").reshape(-1)
+            if len(att) != index.n_regions:
+                raise ValueError(f"{attention} has {len(att)} scores but {regions} has {index.n_regions} regions")
+            tok = _load_scores(tokens, "score") if tokens is not None else None
+            with open_slide(slide, reader=index.attrs.get("reader")) as reader:
+                thumb, dims = reader.thumbnail(thumbnail_px), reader.dimensions
+            top = top_k_regions(att, top_k)
+            tiles = None if no_crops or not len(top) else read_region_tiles(slide, index, top)
+            written = write_slide_heatmaps(
+                out, slide_id=index.slide_id or slide.stem, thumbnail=thumb, level0_size=dims,
+                coords=index.coords, region_size_level0=index.region_size_level0, attention=att,
+                spec=index.spec, token_scores=tok, top_tiles=tiles, top_k=top_k, valid=index.tile_valid,
+            )
+        for kind, path in written.items():
+            typer.echo(f"{kind}: {path}")

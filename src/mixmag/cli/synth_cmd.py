@@ -1,0 +1,64 @@
+"""``mixmag synth``: write a synthetic H&E-like cohort whose label needs 5x and 20x together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``"2688x1792"`` -> (2688, 1792)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like WIDTHxHEIGHT in level-0 pixels (e.g. 2688x1792), got {text!r}") from None
+    return w, h
+
+
+def _parse_per_patient(text: str) -> int | tuple[int, int]:
+    """``"2"`` -> 2, ``"1-3"`` -> (1, 3)."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            return lo, hi
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--slides-per-patient must be N or LO-HI (e.g. 1-3), got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``synth`` command to ``app``."""
+
+    @app.command("synth")
+    def synth(
+        out: Annotated[Path, typer.Argument(help="Output folder (slides/, unlabeled/, labels.csv, cohort.json).")],
+        n_slides: Annotated[int, typer.Option("--n-slides", "-n", min=1, help="Labeled slides.")] = 40,
+        prevalence: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of positive patients.")] = 0.5,
+        difficulty: Annotated[float, typer.Option(min=0.0, max=1.0, help="0 = easy ... 1 = hard.")] = 0.5,
+        seed: Annotated[int, typer.Option(help="Same seed and options give byte-identical files.")] = 0,
+        size: Annotated[str, typer.Option(help="Level-0 WIDTHxHEIGHT in pixels (multiples of 896 keep the region grid at 0,0).")] = "2688x1792",
+        mpp: Annotated[float, typer.Option(help="Level-0 µm/px written in the TIFF resolution tags.")] = 0.5,
+        unlabeled: Annotated[int, typer.Option(min=0, help="Slides in the unlabeled pretraining pool.")] = 0,
+        slides_per_patient: Annotated[str, typer.Option(help="N, or a range LO-HI.")] = "1",
+        levels: Annotated[int, typer.Option(min=1, help="Pyramid levels.")] = 3,
+        workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Slides painted in parallel processes.")] = 1,
+        overwrite: Annotated[bool, typer.Option(help="Replace a cohort made with other options.")] = False,
+        no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    ) -> None:
+        """Generate pyramidal TIFF slides whose label is readable only by combining 5x and 20x."""
+        from mixmag.cli.common import friendly_errors
+        from mixmag.synth.cohort import make_synthetic_cohort
+
+        with friendly_errors():
+            info = make_synthetic_cohort(
+                out, n_slides=n_slides, prevalence=prevalence, difficulty=difficulty, seed=seed,
+                slide_px=_parse_size(size), mpp=mpp, slides_per_patient=_parse_per_patient(slides_per_patient),
+                n_unlabeled=unlabeled, n_levels=levels, workers=workers, overwrite=overwrite,
+                progress=not no_progress,
+            )
+        state = "reused existing" if info.reused else "wrote"
+        typer.echo(f"{state} {len(info.slides)} slides ({info.n_positive} positive) and "
+                   f"{len(info.unlabeled)} unlabeled in {info.out_dir}")
+        typer.echo(f"labels: {info.labels_csv}\nground truth: {info.cohort_json}")

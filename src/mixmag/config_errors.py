@@ -1,0 +1,238 @@
+"""Turn config problems into one readable line each: where (file:line or ``--set``), which key, the fix.
+
+pydantic reports *what* is wrong with a dotted location; a person editing ``study.yaml`` also needs
+*where* (the line of the offending key, found by walking the YAML node tree from
+:func:`yaml.compose`) and *how to fix it* (a close match for a misspelled key, the expected type
+and default for a bad value). :func:`load_config_checked` is :func:`mixmag.config.load_config`
+with every failure (missing file, YAML syntax, unknown key, wrong type) raised as a
+:class:`ConfigError` carrying that text, so CLI commands print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mixmag.config import PipelineConfig, load_config
+
+
+class ConfigError(ValueError):
+    """A study-config problem, already formatted for a person (one line per problem)."""
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_path(loc: Sequence[Any], root: type[BaseModel]) -> tuple[list[str | int], Any]:
+    """Keep the parts of a pydantic ``loc`` that are real keys/indices; return them and the field.
+
+    pydantic inserts union-branch tags (``'float'``, ``'function-after[...]'``) into locations;
+    those are not keys in the user's file and are dropped here.
+    """
+    model: Any = root
+    field = None
+    keys: list[str | int] = []
+    for part in loc:
+        if isinstance(part, int):
+            keys.append(part)
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and part in fields:
+            keys.append(part)
+            field = fields[part]
+            annotation = field.annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        elif fields is not None:  # an unknown key: keep it so the message can name it
+            keys.append(part)
+            model = None
+    return keys, field
+
+
+def _section_model(keys: Sequence[str | int], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model that owns the last key of ``keys``."""
+    model: Any = root
+    for key in keys[:-1]:
+        fields = getattr(model, "model_fields", {})
+        if not isinstance(key, str) or key not in fields:
+            return None
+        model = fields[key].annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def describe_type(annotation: Any) -> str:
+    """Human wording of a field annotation: ``float | None`` -> 'a number or null'."""
+    if annotation is None or annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(annotation)))
+    if origin in (list, tuple, set):
+        args = typing.get_args(annotation)
+        inner = describe_type(args[0]) if args else "values"
+        return f"a list of {inner.removeprefix('a ').removeprefix('an ')}s"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(str(m.value) for m in annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping of keys"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             Path: "a path"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default_text(field: Any) -> str:
+    if field is None:
+        return ""
+    try:
+        default = field.get_default(call_default_factory=True)
+    except TypeError:
+        return ""
+    if isinstance(default, BaseModel):
+        return ""
+    if isinstance(default, enum.Enum):
+        default = default.value
+    if isinstance(default, Path):
+        default = str(default)
+    return f" (default: {yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()})"
+
+
+def yaml_line(text: str, keys: Sequence[str | int], *, key_line: bool = False) -> int | None:
+    """1-based line of ``keys`` (a path of mapping keys / list indices) in YAML ``text``.
+
+    Returns the line of the value (or of the key itself with ``key_line``), or of the deepest
+    existing parent when the full path is absent; None when the text is not YAML.
+    """
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for i, key in enumerate(keys):
+        if isinstance(node, yaml.MappingNode) and isinstance(key, str):
+            match = next(((k, v) for k, v in node.value if k.value == key), None)
+            if match is None:
+                return line
+            last = i == len(keys) - 1
+            line = (match[1] if last and not key_line else match[0]).start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _override_for(dotted: str, overrides: Sequence[str]) -> str | None:
+    """The ``--set`` item that set ``dotted`` (the last one wins, like the loader)."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if dotted == key or dotted.startswith(key + ".") or dotted.startswith(key + "["):
+            return item
+    return None
+
+
+def _one(err: dict[str, Any], where_file: str | None, text: str | None, overrides: Sequence[str],
+         root: type[BaseModel]) -> str:
+    keys, field = _field_path(err["loc"], root)
+    dotted = _dotted(keys)
+    unknown = err["type"] == "extra_forbidden"
+    override = _override_for(dotted, overrides)
+    if override is not None:
+        where = f"--set {override}: "
+    elif where_file is not None:
+        line = yaml_line(text, keys, key_line=unknown) if text is not None else None
+        where = f"{where_file}:{line}: " if line else f"{where_file}: "
+    else:
+        where = ""
+    if unknown:
+        model = _section_model(keys, root)
+        valid = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(str(keys[-1]), valid, n=1, cutoff=0.6)
+        parent = _dotted(keys[:-1])
+        prefix = f"{parent}." if parent else ""
+        fix = (f"did you mean '{prefix}{close[0]}'?" if close
+               else f"valid keys{' in ' + repr(parent) if parent else ''}: {', '.join(valid)}")
+        return f"{where}unknown key '{dotted}'; {fix}"
+    expected = describe_type(field.annotation) if field is not None else "a valid value"
+    got = yaml.safe_dump(err.get("input"), default_flow_style=True).strip().removesuffix("...").strip()
+    msg = err["msg"].rstrip(".")
+    if err["type"] == "missing":
+        return f"{where}missing key '{dotted}'; add it ({expected})"
+    return f"{where}'{dotted}' = {got} is invalid: {msg}; set {expected}{_default_text(field)}"
+
+
+def format_config_error(
+    exc: ValidationError,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    overrides: Sequence[str] = (),
+    root: type[BaseModel] = PipelineConfig,
+) -> str:
+    """One line per problem in ``exc``: location, offending key and the fix.
+
+    Args:
+        exc: The pydantic error raised while validating the merged config.
+        path: The YAML file the config came from (None for defaults/overrides only).
+        text: That file's text; read from ``path`` when omitted (used for line numbers).
+        overrides: The ``--set a.b=c`` items, so a bad value is blamed on the right source.
+        root: The model that was validated.
+
+    Returns:
+        e.g. ``study.yaml:12: unknown key 'mil.epoch'; did you mean 'mil.epochs'?``
+    """
+    if text is None and path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            text = None
+    where_file = str(path) if path is not None else None
+    lines = [_one(dict(e), where_file, text, overrides, root) for e in exc.errors()]
+    return "\n".join(sorted(lines, key=_line_number))
+
+
+def _line_number(message: str) -> tuple[int, int]:
+    """Sort key: problems in file order, then ``--set`` problems, then the rest."""
+    head = message.split(": ", 1)[0]
+    tail = head.rsplit(":", 1)[-1]
+    if tail.isdigit():
+        return 0, int(tail)
+    return (1, 0) if head.startswith("--set") else (2, 0)
+
+
+def load_config_checked(path: str | os.PathLike[str] | None = None,
+                        overrides: Sequence[str] | None = None) -> PipelineConfig:
+    """:func:`~mixmag.config.load_config` raising :class:`ConfigError` with a readable message.
+
+    Raises:
+        ConfigError: Missing file, YAML syntax error, top level not a mapping, malformed
+            ``--set``, unknown key or invalid value; the message names the file, line and key.
+    """
+    items = list(overrides or [])
+    try:
+        return load_config(path, items)
+    except ValidationError as exc:
+        raise ConfigError(format_config_error(exc, path, overrides=items)) from None
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}; check the indentation and the "
+                          f"`key: value` syntax on that line") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,224 @@
+"""CPU side of the extraction engine: workers claim slides and decode their regions into tiles.
+
+:class:`RegionTileStream` is a torch ``IterableDataset``. Each DataLoader worker walks the job list
+(starting at its own offset, so workers spread over the cohort), claims a slide atomically (see
+:mod:`mixmag.embed.claims`), keeps that one slide open, and yields small messages:
+
+``SlideStart`` (with the region index) -> ``TileChunk`` x k (uint8 tiles of a few regions) -> ``SlideEnd``,
+or ``SlideSkip`` / ``SlideFailed``. The model process turns chunks into batches. Pixels travel as
+uint8 tensors (shared memory between processes); normalisation happens on the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mixmag.embed.claims import ClaimBoard
+from mixmag.embed.jobs import SlideJob, existing_encoder, expected_provenance, is_done
+from mixmag.io.regions import RegionIndex, read_region_index
+from mixmag.utils.hashing import sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class TileSource(Protocol):
+    """Reads the T tiles of one region: ``read_region_tiles(r) -> uint8 (T, px, px, 3)`` in token order."""
+
+    def read_region_tiles(self, region: int) -> np.ndarray: ...  # noqa: D102
+
+    def close(self) -> None: ...  # noqa: D102
+
+
+def open_region_tiles(index: RegionIndex) -> TileSource:
+    """Default :class:`TileSource`: open the slide recorded in the index with its recorded reader."""
+    from mixmag.slides import open_slide
+    from mixmag.tiling.extract import RegionTileReader
+
+    slide_path = index.attrs.get("slide_path")
+    if not slide_path:
+        raise FileNotFoundError("the region index records no slide_path; re-run `mixmag tile`")
+    reader = open_slide(slide_path, reader=index.attrs.get("reader") or None)
+
+    class _Source:
+        def __init__(self) -> None:
+            # the same resampling filter as the tiler used when it verified the reads
+            self.tiles = RegionTileReader(reader, index, resample=str(index.attrs.get("resample", "box")))
+
+        def read_region_tiles(self, region: int) -> np.ndarray:
+            return self.tiles.read_region_tiles(region)
+
+        def close(self) -> None:
+            reader.close()
+
+    return _Source()
+
+
+# ---- messages from workers to the model process ------------------------------------------------
+@dataclass
+class SlideStart:
+    """A slide was claimed; its feature file can be opened."""
+
+    job: int
+    index: RegionIndex
+    provenance: dict[str, Any]
+
+
+@dataclass
+class TileChunk:
+    """Tiles of regions ``start .. start + n - 1`` of slide ``job``: uint8 (n * T, px, px, 3)."""
+
+    job: int
+    start: int
+    n_regions: int
+    tiles: torch.Tensor
+
+    def pin_memory(self) -> TileChunk:
+        """Pinned copy for fast host->GPU transfer (called by DataLoader(pin_memory=True))."""
+        return TileChunk(self.job, self.start, self.n_regions, self.tiles.pin_memory())
+
+
+@dataclass
+class SlideEnd:
+    """All chunks of slide ``job`` have been sent."""
+
+    job: int
+
+
+@dataclass
+class SlideSkip:
+    """Slide ``job`` needs no work here: ``reason`` is "complete" or "claimed"."""
+
+    job: int
+    reason: str
+
+
+@dataclass
+class SlideFailed:
+    """Slide ``job`` cannot be embedded; ``claimed`` says whether a claim must be released."""
+
+    job: int
+    error: str
+    claimed: bool
+
+
+Message = SlideStart | TileChunk | SlideEnd | SlideSkip | SlideFailed
+
+
+class RegionTileStream(IterableDataset):
+    """Iterable of :data:`Message` over a cohort, shared out between DataLoader workers by claims.
+
+    Args:
+        jobs: Slides of the run (already sharded).
+        claims: Claim board of the output folder (carries the main process's identity).
+        encoder_attrs: Provenance of the encoder (for the resume check).
+        regions_per_chunk: Regions decoded per message (about one model batch of tiles).
+        overwrite: Recompute slides even when a matching feature file exists.
+        open_tiles: Factory of a :class:`TileSource` for a region index (tests inject fakes).
+    """
+
+    def __init__(self, jobs: list[SlideJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,
+                 regions_per_chunk: int, overwrite: bool = False,
+                 open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.claims = claims
+        self.encoder_attrs = encoder_attrs
+        self.regions_per_chunk = max(1, int(regions_per_chunk))
+        self.overwrite = overwrite
+        self.open_tiles = open_tiles
+        # shared with DataLoader workers through fork/spawn inheritance
+        self._visited = mp.Array("b", len(jobs), lock=True)
+
+    def _order(self) -> list[int]:
+        info = get_worker_info()
+        n = len(self.jobs)
+        if info is None or n == 0:
+            return list(range(n))
+        # start each worker at its own offset so they rarely race for the same claim
+        offset = (info.id * n) // info.num_workers
+        return [(offset + k) % n for k in range(n)]
+
+    def __iter__(self) -> Iterator[Message]:
+        for j in self._order():
+            if self._take(j):
+                yield from self._slide(j)
+
+    def _take(self, j: int) -> bool:
+        # within one process each slide is looked at by exactly one worker: the resume check (index
+        # read + hash) and the claim attempt are not repeated by every worker
+        with self._visited.get_lock():
+            if self._visited[j]:
+                return False
+            self._visited[j] = 1
+        return True
+
+    def _prepare(self, j: int) -> tuple[RegionIndex, dict[str, Any]] | Message:
+        job = self.jobs[j]
+        try:
+            index = read_region_index(job.region_path)
+            prov = expected_provenance(self.encoder_attrs, index.attrs, sha256_file(job.region_path))
+        except (OSError, ValueError, KeyError) as exc:
+            return SlideFailed(j, f"{type(exc).__name__}: {exc}", claimed=False)
+        if not self.overwrite:
+            if is_done(job.out_path, prov):
+                self.claims.clear_stale(job.slide_id)  # left by a run killed between rename and release
+                return SlideSkip(j, "complete")
+            found = existing_encoder(job.out_path)
+            if found is not None and found != (self.encoder_attrs["encoder"], self.encoder_attrs["embed_dim"]):
+                return SlideFailed(j, f"{job.out_path} holds features of encoder {found[0]!r} (D={found[1]}); "
+                                      "refusing to replace them without --overwrite", claimed=False)
+        return index, prov
+
+    def _slide(self, j: int) -> Iterator[Message]:
+        job = self.jobs[j]
+        prepared = self._prepare(j)
+        if not isinstance(prepared, tuple):
+            yield prepared
+            return
+        index, prov = prepared
+        if not self.claims.try_acquire(job.slide_id):
+            yield SlideSkip(j, "claimed")
+            return
+        # re-check under the claim: another process may have finished the slide in between
+        if not self.overwrite and is_done(job.out_path, prov):
+            self.claims.release(job.slide_id)
+            yield SlideSkip(j, "complete")
+            return
+        # temp files of a killed writer of this slide: safe to delete now that we hold the claim
+        for tmp in Path(job.out_path.parent).glob(f".{job.out_path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        yield from self._decode(j, index, prov)
+
+    def _decode(self, j: int, index: RegionIndex, prov: dict[str, Any]) -> Iterator[Message]:
+        try:
+            source = self.open_tiles(index)
+        except Exception as exc:  # any reader failure (missing file, codec, permissions) is per-slide
+            yield SlideFailed(j, f"cannot open slide: {type(exc).__name__}: {exc}", claimed=True)
+            return
+        yield SlideStart(j, index, prov)
+        try:
+            for start in range(0, index.n_regions, self.regions_per_chunk):
+                stop = min(start + self.regions_per_chunk, index.n_regions)
+                try:
+                    tiles = np.concatenate([source.read_region_tiles(r) for r in range(start, stop)])
+                except Exception as exc:  # a corrupt tile must fail this slide only
+                    logger.debug("region read failed:\n%s", traceback.format_exc())
+                    yield SlideFailed(j, f"reading regions {start}..{stop - 1} failed: "
+                                         f"{type(exc).__name__}: {exc}", claimed=True)
+                    return
+                yield TileChunk(j, start, stop - start, torch.from_numpy(np.ascontiguousarray(tiles)))
+        finally:
+            source.close()
+        yield SlideEnd(j)

@@ -1,0 +1,176 @@
+"""``embed_slides``: region indexes -> per-slide feature files, streaming, resumable, shareable.
+
+Data flow (one process; run the same command several times, or as a Slurm array, to scale out)::
+
+    DataLoader workers (CPU)                          model process
+    claim slide -> read region -> 21 uint8 tiles  ==>  batch tiles across regions and slides
+                                                       -> transform + encoder (autocast, channels-last)
+                                                       -> scatter into per-region rows
+                                                       -> FeatureWriter (temp file, renamed when complete)
+
+Memory is bounded by the loader's prefetch (``workers x 2`` chunks of a few regions) plus one batch:
+no slide is ever held whole. Every slide ends as ``ok``/``empty``/``skipped``/``error`` in
+``<out>/manifest.csv``; one bad slide never stops the others unless ``fail_fast``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from mixmag.embed.batcher import TileBatcher
+from mixmag.embed.claims import DEFAULT_STALE_AFTER_S, ClaimBoard, ClaimOwner
+from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
+from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
+from mixmag.encoders import TileEncoder, build_encoder
+from mixmag.io.manifest import Manifest
+from mixmag.io.regions import RegionIndex
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.csv"
+# "auto" precision must reproduce fp32 embeddings at least this closely (cosine, worst tile).
+AUTO_PRECISION_MIN_COSINE = 0.999
+TOKENS_PER_REGION_HINT = 21
+
+
+class SlideEmbeddingError(RuntimeError):
+    """A slide failed and ``fail_fast`` was requested."""
+
+
+@dataclass
+class EmbedSummary:
+    """Outcome of one :func:`embed_slides` call (this process only).
+
+    Attributes:
+        out_dir: Output folder.
+        encoder: Encoder key.
+        precision: Precision actually used (fp32/fp16/bf16).
+        ok: Slides embedded by this process.
+        skipped: Slides already complete with matching provenance.
+        claimed_elsewhere: Slides being done by another process at the time.
+        errors: slide_id -> error message.
+        n_tiles: Tiles embedded by this process.
+        seconds: Wall time.
+    """
+
+    out_dir: Path
+    encoder: str
+    precision: str = "fp32"
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    claimed_elsewhere: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    n_tiles: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tiles_per_s(self) -> float:
+        """End-to-end throughput of this process."""
+        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def manifest(self) -> Path:
+        """Path of the run's manifest."""
+        return self.out_dir / MANIFEST_NAME
+
+
+def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> None:
+    """For precision="auto": keep autocast only if it reproduces fp32 on these real tiles."""
+    if encoder.autocast_dtype is None:
+        return
+    fast = encoder.encode(tiles)
+    dtype, encoder.autocast_dtype = encoder.autocast_dtype, None
+    ref = encoder.encode(tiles)
+    cos = float(torch.nn.functional.cosine_similarity(fast, ref, dim=-1).min())
+    if cos >= AUTO_PRECISION_MIN_COSINE:
+        encoder.autocast_dtype = dtype
+        logger.info("precision auto -> %s (min cosine vs fp32 %.5f on the first batch)", encoder.precision, cos)
+    else:
+        logger.warning("precision auto: %s embeddings differ from fp32 (min cosine %.4f < %.3f); using fp32",
+                       dtype, cos, AUTO_PRECISION_MIN_COSINE)
+
+
+def embed_slides(
+    region_dir: RegionSource,
+    out_dir: str | os.PathLike[str],
+    *,
+    encoder: str | TileEncoder,
+    weights: str | os.PathLike[str] | None = None,
+    random_weights: bool = False,
+    batch_size: int = 32,
+    precision: str = "auto",
+    device: str = "auto",
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    progress: bool = True,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles,
+) -> EmbedSummary:
+    """Embed every tile (all magnifications, same model) of every region of every slide.
+
+    Args:
+        region_dir: Tiling output folder, folder of region files, list file, or list of paths.
+        out_dir: Feature folder: ``<slide_id>.h5`` per slide, ``manifest.csv``, ``embed.json``.
+        encoder: Registry key, or an already built :class:`TileEncoder`.
+        weights: Weights file/folder or hub id (default: the entry's default source).
+        random_weights: Random init (tests/benchmarks; stamped "random" in every file).
+        batch_size: Tiles per forward pass (tiles of several regions and slides are mixed).
+        precision: ``auto`` (fp16 on GPU; bf16 on CPUs with native bf16 if it matches fp32 to
+            cosine >= 0.999 on the first batch, else fp32), ``fp32``, ``fp16`` or ``bf16``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        workers: DataLoader worker processes decoding regions (0 = decode in this process).
+        shard: ``(i, n)``: process only slides ``i, i+n, i+2n ...`` of the sorted list.
+        overwrite: Recompute slides even if a matching feature file exists.
+        fail_fast: Raise on the first failing slide instead of recording it and continuing.
+        progress: Show a tqdm bar with tiles/s.
+        stale_after_s: Claims not refreshed for this long are taken over (dead node).
+        open_tiles: Tile-source factory (default: the slide reader + region tile reader).
+
+    Returns:
+        What this process did (other processes sharing the folder report their own part).
+
+    Raises:
+        EmbedConfigError: ``out_dir`` holds features of another encoder / weights.
+        SlideEmbeddingError: A slide failed and ``fail_fast`` is set.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    enc = encoder if isinstance(encoder, TileEncoder) else build_encoder(
+        encoder, weights=weights, random_weights=random_weights, device=device, precision=precision)
+    jobs = discover_jobs(region_dir, out, shard)
+    check_folder(out, enc.provenance(), overwrite=overwrite)
+    summary = EmbedSummary(out_dir=out, encoder=enc.meta.key)
+    claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
+    # about one batch of tiles per message: small enough to bound memory, large enough to amortise IPC
+    stream = RegionTileStream(jobs, claims, enc.provenance(), overwrite=overwrite, open_tiles=open_tiles,
+                              regions_per_chunk=math.ceil(batch_size / TOKENS_PER_REGION_HINT))
+    loader = DataLoader(stream, batch_size=None, num_workers=workers,
+                        prefetch_factor=2 if workers > 0 else None,
+                        pin_memory=enc.device.type == "cuda", persistent_workers=False)
+    batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
+                          jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
+                          first_batch_hook=_check_precision if precision == "auto" else None)
+    try:
+        for msg in loader:
+            batcher.handle(msg)
+        batcher.flush()
+    finally:
+        batcher.abort_open()
+        batcher.close()
+    summary.precision = enc.precision
+    summary.seconds = time.perf_counter() - t0
+    logger.info("embed: %d ok, %d skipped, %d elsewhere, %d errors; %d tiles in %.1f s (%.1f tiles/s)",
+                len(summary.ok), len(summary.skipped), len(summary.claimed_elsewhere), len(summary.errors),
+                summary.n_tiles, summary.seconds, summary.tiles_per_s)
+    return summary

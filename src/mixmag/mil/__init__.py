@@ -1,0 +1,43 @@
+"""Slide/patient-level biomarker prediction: AB-MIL over tiles or region-encoder outputs.
+
+Main entry points (imported lazily, so ``import mixmag.mil`` stays cheap):
+
+- :func:`train_methods` — the paper's comparison under one cross-validation protocol;
+- :class:`MILClassifier` — one model, scikit-learn style;
+- :data:`METHODS` — the methods as a table of configurations;
+- :func:`predict_bag` / :func:`load_fold_model` — reuse a saved fold model (heatmaps);
+- :func:`write_synthetic_cohort` — cohorts with a known answer for tests and demos.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "train_methods": "mixmag.mil.experiment",
+    "TrainSummary": "mixmag.mil.experiment",
+    "MILClassifier": "mixmag.mil.estimator",
+    "GatedABMIL": "mixmag.mil.abmil",
+    "HEADS": "mixmag.mil.abmil",
+    "METHODS": "mixmag.mil.methods",
+    "MethodSpec": "mixmag.mil.methods",
+    "PAPER_METHODS": "mixmag.mil.methods",
+    "MILModel": "mixmag.mil.model",
+    "BagRegions": "mixmag.mil.data",
+    "FeatureStore": "mixmag.mil.data",
+    "predict_bag": "mixmag.mil.artifacts",
+    "load_fold_model": "mixmag.mil.artifacts",
+    "read_attention": "mixmag.mil.artifacts",
+    "read_labels": "mixmag.mil.labels",
+    "build_bags": "mixmag.mil.labels",
+    "write_synthetic_cohort": "mixmag.mil.synthetic",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mixmag.mil' has no attribute {name!r}")

@@ -1,0 +1,174 @@
+"""Bags of regions read from a feature store, with a byte-bounded in-memory cache.
+
+Every MIL method starts from the same thing: the regions of a bag's slides, ``(R, T, D)`` tile
+embeddings plus the ``(R, T)`` validity mask (DESIGN.md §2). The method's instance source
+(:mod:`mixmag.mil.instances`) then picks what becomes an instance. Caching whole slides once (as
+float16, the storage precision, so no information is lost) lets all methods of a comparison share
+one read of each file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixmag.io.features import FeatureFile, iter_feature_files
+from mixmag.io.h5common import FormatError
+from mixmag.mil.labels import Bag
+from mixmag.tiling.spec import RegionSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BagRegions:
+    """All regions of one bag, slides concatenated, on CPU.
+
+    Attributes:
+        feats: (R, T, D) tile embeddings (float16 from the store, or float32).
+        valid: (R, T) bool, True where the token's tile has tissue.
+        coords: (R, 2) int64 region top-left (x, y) in level-0 pixels of its own slide.
+        slide_index: (R,) int64 index into ``slide_ids`` of each region's slide.
+        slide_ids: The bag's slides.
+        spec: Region geometry (token order, magnifications).
+    """
+
+    feats: np.ndarray
+    valid: np.ndarray
+    coords: np.ndarray
+    slide_index: np.ndarray
+    slide_ids: tuple[str, ...]
+    spec: RegionSpec
+
+    @property
+    def n_regions(self) -> int:
+        """Number of regions R."""
+        return int(self.feats.shape[0])
+
+    @classmethod
+    def from_array(cls, feats: np.ndarray, valid: np.ndarray | None = None, *,
+                   spec: RegionSpec | None = None, slide_id: str = "bag") -> BagRegions:
+        """Wrap an in-memory ``(R, T, D)`` array (all tokens valid unless ``valid`` is given)."""
+        feats = np.asarray(feats)
+        spec = spec or RegionSpec()
+        if feats.ndim != 3 or feats.shape[1] != spec.n_tokens:
+            raise ValueError(f"expected features of shape (R, {spec.n_tokens}, D), got {feats.shape}")
+        r = feats.shape[0]
+        valid = np.ones(feats.shape[:2], dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        return cls(feats, valid, np.zeros((r, 2), np.int64), np.zeros(r, np.int64), (slide_id,), spec)
+
+
+class FeatureStore:
+    """The feature files of one folder, keyed by slide id (file stem), read through an LRU cache.
+
+    Args:
+        folder: Folder of ``<slide_id>.h5`` feature files (one encoder).
+        cache_bytes: Upper bound of cached float16 arrays; 0 disables caching.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, cache_bytes: int = 4 << 30) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"features folder {self.folder} does not exist")
+        self.paths: dict[str, Path] = {p.stem: p for p in iter_feature_files(self.folder)}
+        if not self.paths:
+            raise FileNotFoundError(f"no feature files (*.h5) in {self.folder}; run `mixmag embed` first")
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._cached = 0
+        self.spec: RegionSpec | None = None
+        self.tile_dim: int | None = None
+        self.encoder: str | None = None
+
+    def check(self, slide_ids: Iterable[str]) -> dict[str, str]:
+        """Open the header of each slide's file and check they agree on geometry and encoder.
+
+        Sets :attr:`spec`, :attr:`tile_dim` and :attr:`encoder` from the first readable file.
+
+        Returns:
+            ``{slide_id: reason}`` for slides whose file is absent, unreadable or has no regions
+            (the caller decides whether that is an error; nothing is dropped here).
+
+        Raises:
+            ValueError: files disagree on region geometry, embedding dimension or encoder (features
+                of different encoders must never be mixed in one bag or comparison).
+        """
+        problems: dict[str, str] = {}
+        for sid in sorted(set(slide_ids)):
+            path = self.paths.get(sid)
+            if path is None:
+                problems[sid] = "no feature file"
+                continue
+            try:
+                ff = FeatureFile(path)
+            except FormatError as exc:
+                problems[sid] = f"unreadable feature file: {exc}"
+                continue
+            if ff.n_regions == 0:
+                problems[sid] = "feature file has no regions (no tissue found)"
+                continue
+            if self.spec is None:
+                self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
+            elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
+                raise ValueError(
+                    f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
+                    f"the other slides ({self.encoder!r}, dim {self.tile_dim}, {self.spec}); keep one "
+                    "encoder and one region geometry per features folder"
+                )
+        return problems
+
+    def slide(self, slide_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(feats (R, T, D) float16, valid (R, T) bool, coords (R, 2) int64)`` of one slide."""
+        hit = self._cache.get(slide_id)
+        if hit is not None:
+            self._cache.move_to_end(slide_id)
+            return hit
+        with FeatureFile(self.paths[slide_id]) as ff:
+            feats, valid = ff.read()
+            item = (feats.astype(np.float16), valid, ff.index.coords)
+        size = item[0].nbytes
+        if size <= self.cache_bytes:
+            while self._cached + size > self.cache_bytes and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old[0].nbytes
+            self._cache[slide_id] = item
+            self._cached += size
+        return item
+
+    def bag(self, bag: Bag) -> BagRegions:
+        """Concatenate the regions of ``bag``'s slides."""
+        parts = [self.slide(s) for s in bag.slide_ids]
+        assert self.spec is not None, "call FeatureStore.check() first"
+        return BagRegions(
+            feats=np.concatenate([p[0] for p in parts]),
+            valid=np.concatenate([p[1] for p in parts]),
+            coords=np.concatenate([p[2] for p in parts]),
+            slide_index=np.concatenate([np.full(len(p[0]), i, np.int64) for i, p in enumerate(parts)]),
+            slide_ids=bag.slide_ids,
+            spec=self.spec,
+        )
+
+
+class BagDataset(Sequence[BagRegions]):
+    """Lazy sequence of :class:`BagRegions`, one per :class:`Bag` (what the estimator fits on)."""
+
+    def __init__(self, store: FeatureStore, bags: Sequence[Bag]) -> None:
+        self.store = store
+        self.bags = list(bags)
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i: int) -> BagRegions:  # type: ignore[override]
+        return self.store.bag(self.bags[i])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(n,) class index per bag."""
+        return np.asarray([b.label for b in self.bags], dtype=np.int64)

@@ -1,0 +1,205 @@
+"""scikit-learn-style estimator wrapping the MIL model and its training engine.
+
+Example::
+
+    clf = MILClassifier(method="abmil-20x", epochs=20).fit(train_bags, y_train,
+                                                           val_bags=val_bags, val_y=y_val)
+    prob = clf.predict_proba(test_bags)[:, 1]
+
+``bags`` is any sequence of :class:`~mixmag.mil.data.BagRegions` (e.g. a lazy
+:class:`~mixmag.mil.data.BagDataset` over a feature store) or of ``(R, T, D)`` arrays. ``__init__``
+only stores parameters; everything learned lives in attributes ending in ``_``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixmag.mil.abmil import HEADS
+from mixmag.mil.data import BagRegions
+from mixmag.mil.methods import METHODS, MethodSpec
+from mixmag.mil.model import MILModel
+from mixmag.mil.train import BagPrediction, FitResult, TrainParams, fit, predict
+from mixmag.utils.device import resolve_device
+
+BagLike = BagRegions | np.ndarray
+Labels = Sequence[Any] | np.ndarray
+
+
+def as_bags(bags: Sequence[BagLike]) -> Sequence[BagRegions]:
+    """Wrap raw ``(R, T, D)`` arrays as :class:`BagRegions`; sequences of bags pass through lazily."""
+    if len(bags) and isinstance(bags[0], np.ndarray):
+        return [BagRegions.from_array(b) for b in bags]  # type: ignore[arg-type]
+    return bags  # type: ignore[return-value]
+
+
+class MILClassifier:
+    """AB-MIL classifier over tiles or region-encoder outputs.
+
+    Args:
+        method: Key of :data:`~mixmag.mil.methods.METHODS` (``abmil-20x``, ``mix-mem`` ...).
+        encoder: Region encoder for ``mix-*`` methods (copied at fit, never modified).
+        classes: Fixed class labels (default: the sorted unique values of ``y`` at fit).
+        hidden_dim: AB-MIL instance embedding width.
+        attention_dim: AB-MIL attention hidden size.
+        dropout: AB-MIL dropout.
+        epochs: See :class:`~mixmag.mil.train.TrainParams` for this and the following.
+        patience: Early-stopping patience (epochs).
+        lr: Head learning rate.
+        encoder_lr_scale: Encoder learning rate as a fraction of ``lr``.
+        weight_decay: AdamW weight decay.
+        freeze_encoder: Keep the encoder fixed.
+        max_instances: Training subsample size for tile methods.
+        max_regions: Training subsample size for encoder methods.
+        grad_accum: Bags per optimiser update.
+        balanced: Inverse-frequency class weights in the loss.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        seed: Seed of initialisation, bag order and subsampling.
+        progress: Progress bar over epochs.
+
+    Attributes:
+        model_: The trained :class:`~mixmag.mil.model.MILModel` (on CPU after fit).
+        classes_: (C,) class labels; column j of :meth:`predict_proba` is ``classes_[j]``.
+        history_: Per-epoch ``epoch, train_loss, val_loss, val_auroc, seconds`` dicts.
+        best_epoch_: Epoch whose weights were kept.
+        criterion_: Model-selection criterion used (``val_auroc``, ``val_loss`` or ``last_epoch``).
+        n_features_in_: Tile embedding dimension seen at fit.
+    """
+
+    def __init__(self, method: str = "abmil-20x", *, encoder: nn.Module | None = None,
+                 classes: Sequence[Any] | None = None, hidden_dim: int = 512, attention_dim: int = 256,
+                 dropout: float = 0.25, epochs: int = 30, patience: int = 8, lr: float = 2e-4,
+                 encoder_lr_scale: float = 0.1, weight_decay: float = 1e-4, freeze_encoder: bool = False,
+                 max_instances: int = 4096, max_regions: int = 256, grad_accum: int = 1,
+                 balanced: bool = True, precision: str = "auto", device: str = "auto", seed: int = 0,
+                 progress: bool = False) -> None:
+        self.method = method
+        self.encoder = encoder
+        self.classes = classes
+        self.hidden_dim = hidden_dim
+        self.attention_dim = attention_dim
+        self.dropout = dropout
+        self.epochs = epochs
+        self.patience = patience
+        self.lr = lr
+        self.encoder_lr_scale = encoder_lr_scale
+        self.weight_decay = weight_decay
+        self.freeze_encoder = freeze_encoder
+        self.max_instances = max_instances
+        self.max_regions = max_regions
+        self.grad_accum = grad_accum
+        self.balanced = balanced
+        self.precision = precision
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+
+    _PARAMS = ("method", "encoder", "classes", "hidden_dim", "attention_dim", "dropout", "epochs", "patience",
+               "lr", "encoder_lr_scale", "weight_decay", "freeze_encoder", "max_instances", "max_regions",
+               "grad_accum", "balanced", "precision", "device", "seed", "progress")
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        """Constructor parameters (sklearn protocol)."""
+        return {k: getattr(self, k) for k in self._PARAMS}
+
+    def set_params(self, **params: Any) -> MILClassifier:
+        """Set constructor parameters (sklearn protocol)."""
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise ValueError(f"unknown parameter {k!r} for MILClassifier")
+            setattr(self, k, v)
+        return self
+
+    @property
+    def spec_(self) -> MethodSpec:
+        """The method's definition."""
+        return METHODS.get(self.method)
+
+    def train_params(self) -> TrainParams:
+        """The optimisation settings as a :class:`TrainParams`."""
+        spec = self.spec_
+        return TrainParams(
+            epochs=self.epochs, patience=self.patience, lr=self.lr, encoder_lr_scale=self.encoder_lr_scale,
+            weight_decay=self.weight_decay, freeze_encoder=self.freeze_encoder or spec.freeze_encoder,
+            max_instances=self.max_instances, max_regions=self.max_regions, grad_accum=self.grad_accum,
+            balanced=self.balanced, precision=self.precision)
+
+    def build_model(self, tile_dim: int, n_classes: int) -> MILModel:
+        """A freshly initialised model for this method (encoder deep-copied from ``encoder``)."""
+        spec = self.spec_
+        source = spec.build_source()
+        if source.needs_encoder and self.encoder is None:
+            raise ValueError(f"method {self.method!r} needs a region encoder: pass encoder=...")
+        encoder = copy.deepcopy(self.encoder) if source.needs_encoder else None
+        torch.manual_seed(self.seed)
+        head = HEADS.get(spec.head)(source.instance_dim(tile_dim, encoder), n_classes=n_classes,
+                                    hidden_dim=self.hidden_dim, attention_dim=self.attention_dim,
+                                    dropout=self.dropout)
+        return MILModel(source=source, head=head, encoder=encoder)
+
+    def _encode_y(self, y: Labels) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+        unknown = sorted({v for v in np.asarray(y).tolist() if v not in lookup}, key=str)
+        if unknown:
+            raise ValueError(f"labels {unknown} are not among the classes {self.classes_.tolist()}")
+        return np.asarray([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
+
+    def fit(self, bags: Sequence[BagLike], y: Labels, *, val_bags: Sequence[BagLike] | None = None,
+            val_y: Labels | None = None) -> MILClassifier:
+        """Train on ``bags``; with ``val_bags``/``val_y``, early-stop on validation AUROC.
+
+        Returns:
+            self, with ``model_``, ``classes_``, ``history_``, ``best_epoch_`` set.
+        """
+        bags = as_bags(bags)
+        if len(bags) != len(y):
+            raise ValueError(f"{len(bags)} bags but {len(y)} labels")
+        self.classes_ = np.asarray(sorted(set(np.asarray(y).tolist())) if self.classes is None else list(self.classes))
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least two classes to train, got {self.classes_.tolist()}")
+        y_idx = self._encode_y(y)
+        first = bags[0]
+        self.n_features_in_ = int(first.feats.shape[-1])
+        model = self.build_model(self.n_features_in_, len(self.classes_))
+        val = as_bags(val_bags) if val_bags is not None else None
+        device = resolve_device(self.device)
+        result: FitResult = fit(
+            model, bags, y_idx, val_bags=val, val_y=None if val_y is None else self._encode_y(val_y),
+            n_classes=len(self.classes_), params=self.train_params(), device=device, seed=self.seed,
+            progress=self.progress, desc=self.method)
+        self.model_ = model.to("cpu")
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.criterion_ = result.criterion
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this MILClassifier is not fitted yet; call fit() first")
+
+    def predict_bags(self, bags: Sequence[BagLike], *, attention: bool = True) -> list[BagPrediction]:
+        """Per-bag class probabilities and (optionally) per-instance attention."""
+        self._check_fitted()
+        device = resolve_device(self.device)
+        self.model_.to(device)
+        try:
+            return predict(self.model_, as_bags(bags), device=device, precision=self.precision,
+                           attention=attention)
+        finally:
+            self.model_.to("cpu")
+
+    def predict_proba(self, bags: Sequence[BagLike]) -> np.ndarray:
+        """(n, C) class probabilities (column order: ``classes_``)."""
+        preds = self.predict_bags(bags, attention=False)
+        return np.stack([p.prob for p in preds]) if preds else np.zeros((0, len(self.classes_)))
+
+    def predict(self, bags: Sequence[BagLike]) -> np.ndarray:
+        """(n,) most probable class label per bag."""
+        return self.classes_[np.argmax(self.predict_proba(bags), axis=1)]

@@ -1,0 +1,289 @@
+"""``train_methods``: the paper's comparison under one cross-validation protocol.
+
+For every target (label column) the bags are validated, one split file is made (or read) and then
+every method is trained on exactly those folds; see ``docs/concepts/evaluation.md`` for the
+protocol and ``docs/formats/mil-run.md`` for what lands on disk. Each fold ends by writing a
+``done.json`` marker carrying the run's config hash, so an interrupted run resumes at the first
+unfinished fold and a changed configuration is never mixed with old folds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixmag.evaluate.plots import plot_learning_curve
+from mixmag.evaluate.splits import (
+    fold_roles,
+    make_splits,
+    read_splits,
+    restrict_splits,
+    write_splits,
+)
+from mixmag.mil.artifacts import explain, safe_name, save_fold_model, write_attention
+from mixmag.mil.data import BagDataset, FeatureStore
+from mixmag.mil.encoders import EncoderRecipe, MissingCheckpointError, resolve_encoder
+from mixmag.mil.estimator import MILClassifier
+from mixmag.mil.labels import TargetBags, build_bags, label_columns, read_labels
+from mixmag.mil.methods import METHODS, PAPER_METHODS
+from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
+from mixmag.utils.atomic import atomic_write_json
+from mixmag.utils.device import resolve_device
+from mixmag.utils.env import environment_info
+from mixmag.utils.hashing import sha256_file, sha256_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Headline numbers of one (target, method) run."""
+
+    target: str
+    method: str
+    run_dir: str
+    n_bags: int
+    mean_auroc: float
+    sd_auroc: float
+    pooled_auroc: float
+    ci_lo: float | None
+    ci_hi: float | None
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A method that was not trained, and why."""
+
+    method: str
+    reason: str
+
+
+@dataclass
+class TrainSummary:
+    """What :func:`train_methods` did: finished runs and skipped methods."""
+
+    out_dir: str
+    targets: list[str]
+    runs: list[RunResult] = field(default_factory=list)
+    skipped: list[SkippedRun] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        """One row per run (target, method, AUROC mean/sd, pooled AUROC, CI)."""
+        return pd.DataFrame([asdict(r) for r in self.runs])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (written to ``<out>/summary.json``)."""
+        return {"out_dir": self.out_dir, "targets": self.targets, "runs": [asdict(r) for r in self.runs],
+                "skipped": [asdict(s) for s in self.skipped]}
+
+
+def _estimator_params(s: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("hidden_dim", "attention_dim", "dropout", "epochs", "patience", "lr", "encoder_lr_scale",
+            "weight_decay", "freeze_encoder", "max_instances", "max_regions", "grad_accum", "precision")
+    return {k: s[k] for k in keys}
+
+
+def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLike[str] | None, folds: int,
+                    val_frac: float, seed: int) -> pd.DataFrame:
+    patients = tb.patient_labels
+    if splits is not None:
+        table = read_splits(splits, target=tb.target if "target" in pd.read_csv(splits, nrows=0).columns else None)
+        table = restrict_splits(table, patients.index.to_numpy(), source=str(splits))
+        logger.info("target %r: reusing splits from %s (%d folds)", tb.target, splits, table["fold"].nunique())
+    else:
+        table = make_splits(patients, folds=folds, val_frac=val_frac, seed=seed)
+    write_splits(table, target_dir / "splits.csv")
+    return table
+
+
+def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, settings: Mapping[str, Any],
+                splits: pd.DataFrame, store: FeatureStore) -> dict[str, Any]:
+    bags = [(b.bag_id, b.label, list(b.slide_ids)) for b in tb.bags]
+    return {
+        "target": tb.target, "method": method, "method_spec": METHODS.get(method).to_dict(),
+        "classes": tb.classes, "bag_level": tb.bag_level, "n_bags": len(tb.bags),
+        "bags_hash": sha256_text(repr(bags)), "splits_hash": sha256_text(splits.to_csv(index=False)),
+        "features_dir": str(store.folder), "feature_encoder": store.encoder, "tile_dim": store.tile_dim,
+        "region_spec": None if store.spec is None else store.spec.to_dict(),
+        "encoder": None if recipe is None else recipe.to_dict(), "seed": settings["seed"],
+        "train": _estimator_params(settings), "bootstrap": settings["bootstrap"],
+    }
+
+
+def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, splits: pd.DataFrame,
+                store: FeatureStore, run_dir: Path, settings: Mapping[str, Any]) -> RunResult:
+    config = _run_config(tb, method, recipe, settings, splits, store)
+    config_hash = sha256_text(repr(sorted(config.items(), key=lambda kv: kv[0])))
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text(encoding="utf-8")).get("config_hash")
+        if old != config_hash:
+            if not settings["overwrite"]:
+                raise ValueError(f"{run_dir} holds a run with other settings; pass overwrite=True (--overwrite) "
+                                 "to replace it, or choose another output folder")
+            for sub in ("folds", "attention"):
+                shutil.rmtree(run_dir / sub, ignore_errors=True)
+    atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": settings["labels"]})
+    atomic_write_json(run_dir / "env.json", environment_info())
+    write_splits(splits, run_dir / "splits.csv")
+    by_patient: dict[str, list[int]] = {}
+    for i, b in enumerate(tb.bags):
+        by_patient.setdefault(b.patient_id, []).append(i)
+    dataset = BagDataset(store, tb.bags)
+    y = dataset.labels
+    n_classes = len(tb.classes)
+    oof, histories, fold_info = [], [], {}
+    for fold in sorted(splits["fold"].unique().tolist()):
+        fold_dir = run_dir / "folds" / f"fold_{fold}"
+        done = fold_dir / "done.json"
+        marker = json.loads(done.read_text(encoding="utf-8")) if done.exists() else {}
+        if marker.get("config_hash") == config_hash:
+            logger.info("%s/%s fold %d: already done, skipped (resume)", tb.target, method, fold)
+            oof.append(read_predictions(fold_dir / "predictions.csv"))
+            histories.append(pd.read_csv(fold_dir / "history.csv").assign(fold=fold))
+            fold_info[fold] = {k: v for k, v in marker.items() if k != "config_hash"}
+            continue
+        roles = {r: [i for p in pids for i in by_patient[p]] for r, pids in fold_roles(splits, fold).items()}
+        parts: dict[str, BagDataset] = {r: BagDataset(store, [tb.bags[i] for i in idx]) for r, idx in roles.items()}
+        clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(), classes=list(range(n_classes)),
+                            device=settings["device"], seed=settings["seed"] + fold, progress=settings["progress"],
+                            **_estimator_params(settings))
+        clf.fit(parts["train"], y[roles["train"]], val_bags=parts["val"] if roles["val"] else None,
+                val_y=y[roles["val"]] if roles["val"] else None)
+        preds = clf.predict_bags(parts["test"], attention=True)
+        for bag, bag_regions, pred in zip(parts["test"].bags, parts["test"], preds, strict=True):
+            write_attention(run_dir / "attention" / f"{safe_name(bag.bag_id)}.h5",
+                            explain(pred, bag_regions, tb.classes),
+                            {"bag_id": bag.bag_id, "patient_id": bag.patient_id, "method": method,
+                             "target": tb.target, "fold": fold, "label": tb.classes[bag.label]})
+        fold_df = predictions_frame(parts["test"].bags, np.stack([p.prob for p in preds]), fold, tb.classes)
+        history = pd.DataFrame(clf.history_)
+        write_csv(fold_df, fold_dir / "predictions.csv")
+        write_csv(history, fold_dir / "history.csv")
+        plot_learning_curve(history, fold_dir / "learning_curve.png", best_epoch=clf.best_epoch_,
+                            title=f"{tb.target} — {method} — fold {fold}")
+        info = {"best_epoch": int(clf.best_epoch_), "criterion": clf.criterion_, "epochs_run": len(history),
+                **{f"n_{r}": len(idx) for r, idx in roles.items()}}
+        save_fold_model(fold_dir / "model.pt", clf, spec=store.spec, recipe=recipe, extra=info)  # type: ignore[arg-type]
+        atomic_write_json(done, {**info, "config_hash": config_hash})  # last: marks the fold complete
+        oof.append(fold_df)
+        histories.append(history.assign(fold=fold))
+        fold_info[fold] = info
+        logger.info("%s/%s fold %d: best epoch %d (%s), %d test bags", tb.target, method, fold,
+                    clf.best_epoch_, clf.criterion_, len(roles["test"]))
+    write_csv(pd.concat(histories, ignore_index=True), run_dir / "learning_curves.csv")
+    m = summarize_run(run_dir, pd.concat(oof, ignore_index=True), target=tb.target, method=method,
+                      classes=tb.classes, fold_info=fold_info, n_boot=settings["bootstrap"],
+                      seed=settings["seed"], extra={"config_hash": config_hash})
+    logger.info("%s/%s: AUROC %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, m["mean_auroc"],
+                m["sd_auroc"], m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+    return RunResult(tb.target, method, str(run_dir), m["n_bags"], m["mean_auroc"], m["sd_auroc"],
+                     m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+
+
+def train_methods(
+    features_dir: str | os.PathLike[str], labels_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+    methods: Sequence[str] | None = None, targets: Sequence[str] | None = None,
+    checkpoints: Mapping[str, str | os.PathLike[str]] | None = None, folds: int = 5, val_frac: float = 0.2,
+    seed: int = 0, epochs: int = 30, patience: int = 8, lr: float = 2e-4, encoder_lr_scale: float = 0.1,
+    weight_decay: float = 1e-4, freeze_encoder: bool = False, max_instances: int = 4096, max_regions: int = 256,
+    grad_accum: int = 1, hidden_dim: int = 512, attention_dim: int = 256, dropout: float = 0.25,
+    region_preset: str = "base", bag_level: str = "patient", allow_missing_slides: bool = False,
+    bootstrap: int = 1000, splits: str | os.PathLike[str] | None = None, device: str = "auto",
+    precision: str = "auto", cache_gb: float = 4.0, overwrite: bool = False, progress: bool = True,
+) -> TrainSummary:
+    """Cross-validate every method on every target with identical splits; write run folders.
+
+    Args:
+        features_dir: Folder of ``<slide_id>.h5`` feature files (one tile encoder).
+        labels_path: CSV/TSV with ``patient_id``, ``slide_id`` and label columns.
+        out_dir: Output root; runs go to ``<out>/<target>/<method>/``.
+        methods: Method keys (default: the paper's seven, :data:`~mixmag.mil.methods.PAPER_METHODS`).
+        targets: Label columns (default: all non-id columns).
+        checkpoints: Region-encoder checkpoint per role (``{"mem": ..., "cmem": ..., "random": ...}``);
+            a method whose role is missing is skipped and recorded in the summary.
+        folds: Outer folds k (reduced with a warning when a class is rarer than k patients).
+        val_frac: Fraction of the non-test patients of a fold used for early stopping.
+        seed: Seed of splits, initialisation, bag order and bootstrap.
+        epochs: Maximum epochs per fold; the following arguments are the estimator's settings
+            (:class:`~mixmag.mil.estimator.MILClassifier`).
+        patience: Early-stopping patience.
+        lr: Head learning rate.
+        encoder_lr_scale: Encoder learning rate as a fraction of ``lr``.
+        weight_decay: AdamW weight decay.
+        freeze_encoder: Keep region encoders fixed.
+        max_instances: Training subsample for tile methods.
+        max_regions: Training subsample for encoder methods.
+        grad_accum: Bags per optimiser update.
+        hidden_dim: AB-MIL width.
+        attention_dim: AB-MIL attention width.
+        dropout: AB-MIL dropout.
+        region_preset: Architecture of a fresh encoder when no pretrained checkpoint is given.
+        bag_level: ``patient`` or ``slide``.
+        allow_missing_slides: Exclude labelled slides without features instead of failing.
+        bootstrap: Bootstrap resamples for CIs (0 = none).
+        splits: Reuse this split file instead of making one.
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
+        cache_gb: In-memory feature cache shared by all methods.
+        overwrite: Replace runs made with other settings (else that is an error).
+        progress: Progress bars.
+
+    Returns:
+        The finished runs and the skipped methods (also written to ``<out>/summary.json``).
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("features_dir", "labels_path", "out_dir")}
+    settings["device"] = str(resolve_device(device))
+    method_keys = list(methods or PAPER_METHODS)
+    for key in method_keys:
+        METHODS.get(key)  # unknown keys fail here, with close matches, before any work
+    ckpts = {k: Path(v) for k, v in (checkpoints or {}).items() if v is not None}
+    out = Path(out_dir)
+    store = FeatureStore(features_dir, cache_bytes=int(cache_gb * (1 << 30)))
+    table = read_labels(labels_path)
+    settings["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path)}
+    target_list = label_columns(table, list(targets) if targets else None)
+    problems = store.check(table["slide_id"])
+    for sid, reason in list(problems.items())[:5]:
+        logger.warning("slide %s: %s", sid, reason)
+    available = set(store.paths) - set(problems)
+    unlabelled = len(set(store.paths) - set(table["slide_id"]))
+    if unlabelled:
+        logger.info("%d feature files in %s have no row in the labels table (not used)", unlabelled, store.folder)
+    target_bags = [build_bags(table, t, available_slides=available, bag_level=bag_level,
+                              allow_missing_slides=allow_missing_slides) for t in target_list]
+    assert store.spec is not None and store.tile_dim is not None
+    summary = TrainSummary(out_dir=str(out), targets=target_list)
+    recipes: dict[str, EncoderRecipe | None] = {}
+    for key in method_keys:
+        spec = METHODS.get(key)
+        if spec.encoder is None:
+            recipes[key] = None
+            continue
+        try:
+            recipes[key] = resolve_encoder(spec, checkpoints=ckpts, tile_dim=store.tile_dim, spec=store.spec,
+                                           preset=region_preset, seed=seed)
+        except MissingCheckpointError as exc:
+            logger.warning("method %s skipped: %s", key, exc)
+            summary.skipped.append(SkippedRun(key, str(exc)))
+    for tb in target_bags:
+        target_dir = out / safe_name(tb.target)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        if tb.exclusions:
+            write_csv(pd.DataFrame([asdict(e) for e in tb.exclusions]), target_dir / "excluded.csv")
+        split_table = _prepare_splits(tb, target_dir, splits=splits, folds=folds, val_frac=val_frac, seed=seed)
+        for key in method_keys:
+            if key not in recipes:
+                continue
+            summary.runs.append(_run_method(tb, key, recipes[key], split_table, store, target_dir / key, settings))
+    atomic_write_json(out / "summary.json", summary.to_dict())
+    return summary

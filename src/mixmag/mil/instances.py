@@ -1,0 +1,202 @@
+"""Instance sources: what one MIL method treats as an instance of a bag.
+
+Three sources cover the paper's comparison (DESIGN.md §5):
+
+- ``tiles``: the FM embeddings of the valid tiles of one magnification (``abmil-5x|10x|20x``);
+  no encoder; ``(N, D)`` with N = valid tiles of that magnification in the bag.
+- ``tokens``: every valid token of every region after the region encoder, ``(Σ valid, W)``
+  (``mix-random|mem|cmem``): contextualised 5x, 10x and 20x tokens side by side.
+- ``cls``: one CLS vector per region, ``(R, W)`` (``mix-mem-cls``): ~16x shorter than 20x tiles.
+
+A source works in two steps so that data preparation stays on the CPU and the encoder runs inside
+the model's forward pass (which is what makes end-to-end fine-tuning possible):
+:meth:`InstanceSource.prepare` selects (and during training subsamples) from a
+:class:`~mixmag.mil.data.BagRegions`; :meth:`InstanceSource.instances` turns the prepared tensors
+into instance embeddings, running the encoder when the source needs one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mixmag.mil.data import BagRegions
+from mixmag.registry import Registry
+from mixmag.tiling.spec import RegionSpec, magnification_label, parse_magnification
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInput:
+    """Prepared tensors of one bag (CPU until moved by the engine).
+
+    Attributes:
+        x: ``tiles``: (N, D) instances; region sources: (R, T, D) regions.
+        valid: Region sources: (R, T) bool token validity; None for ``tiles``.
+        region: ``tiles``: (N,) row in the :class:`BagRegions` of each instance's region;
+            region sources: (R,) rows of the kept regions.
+        token: ``tiles``: (N,) token slot of each instance; None for region sources.
+    """
+
+    x: torch.Tensor
+    valid: torch.Tensor | None
+    region: np.ndarray
+    token: np.ndarray | None
+
+    def to(self, device: torch.device) -> ModelInput:
+        """Copy the tensors to ``device`` (index arrays stay on the CPU)."""
+        valid = None if self.valid is None else self.valid.to(device, non_blocking=True)
+        return ModelInput(self.x.to(device, non_blocking=True), valid, self.region, self.token)
+
+
+@dataclass
+class Instances:
+    """Instance embeddings of one bag and where each instance comes from.
+
+    Attributes:
+        x: (N, W) instance embeddings.
+        region: (N,) int64 row in the bag's :class:`BagRegions` of each instance's region.
+        token: (N,) int64 token slot (order of ``RegionSpec.layout()``), -1 for a region's CLS.
+    """
+
+    x: torch.Tensor
+    region: torch.Tensor
+    token: torch.Tensor
+
+
+def _subsample(n: int, limit: int | None, rng: np.random.Generator | None) -> np.ndarray:
+    """Sorted random subset of ``range(n)`` of size ``limit`` (all when ``rng`` is None)."""
+    if rng is None or limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+class InstanceSource(ABC):
+    """Turns a bag's regions into MIL instances (see module docstring)."""
+
+    #: whether :meth:`instances` needs a region encoder
+    needs_encoder: bool = False
+
+    def __init__(self, *, magnification: str | None = None) -> None:
+        self.magnification = magnification
+
+    @abstractmethod
+    def prepare(self, bag: BagRegions, *, limit: int | None = None,
+                rng: np.random.Generator | None = None) -> ModelInput:
+        """Select the bag's inputs; with ``rng`` keep at most ``limit`` items (training only)."""
+
+    @abstractmethod
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """Instance embeddings of a prepared bag (``chunk``: regions per encoder call, eval only)."""
+
+    def instance_dim(self, tile_dim: int, encoder: nn.Module | None) -> int:
+        """Dimension of the instances this source produces."""
+        return tile_dim if encoder is None else int(encoder.width)  # type: ignore[arg-type]
+
+
+INSTANCE_SOURCES: Registry[type[InstanceSource]] = Registry("instance source")
+
+
+@INSTANCE_SOURCES.register("tiles")
+class TileSource(InstanceSource):
+    """Valid tile embeddings of one magnification (no encoder).
+
+    Args:
+        magnification: Label (``"20x"``) or exact resolution (``"0.5mpp"``) of the tiles.
+    """
+
+    def __init__(self, *, magnification: str | None = None) -> None:
+        if magnification is None:
+            raise ValueError("tile methods need a magnification, e.g. '20x' or '0.5mpp'")
+        super().__init__(magnification=magnification)
+        self.mpp = parse_magnification(magnification)
+
+    def _slice(self, spec: RegionSpec) -> slice:
+        for mpp, sl in spec.token_slices().items():
+            if math.isclose(mpp, self.mpp, rel_tol=1e-6):
+                return sl
+        have = ", ".join(magnification_label(m) for m in spec.mpps)
+        raise ValueError(f"the features have no {self.magnification} tokens (they have {have})")
+
+    def prepare(self, bag: BagRegions, *, limit: int | None = None,
+                rng: np.random.Generator | None = None) -> ModelInput:
+        """(N, D) valid tiles of the magnification, region-major then row-major."""
+        sl = self._slice(bag.spec)
+        valid = bag.valid[:, sl]
+        if not valid.any():
+            # Invalid tiles are still embedded (DESIGN.md §2), so the bag is not empty; say so.
+            logger.warning("bag of slides %s has no valid %s tile; using all its %s tiles",
+                           ",".join(bag.slide_ids), self.magnification, self.magnification)
+            valid = np.ones_like(valid)
+        region, slot = np.nonzero(valid)
+        keep = _subsample(len(region), limit, rng)
+        region, token = region[keep], slot[keep] + sl.start
+        x = torch.from_numpy(np.ascontiguousarray(bag.feats[region, token])).float()
+        return ModelInput(x=x, valid=None, region=region.astype(np.int64), token=token.astype(np.int64))
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """The tiles themselves."""
+        assert inp.token is not None
+        dev = inp.x.device
+        return Instances(inp.x, torch.as_tensor(inp.region, device=dev), torch.as_tensor(inp.token, device=dev))
+
+
+class _RegionSource(InstanceSource):
+    """Shared preparation of the encoder-based sources: whole regions with their validity mask."""
+
+    needs_encoder = True
+
+    def __init__(self, *, magnification: str | None = None) -> None:
+        if magnification is not None:
+            raise ValueError("region-encoder methods use every magnification; do not set one")
+        super().__init__()
+
+    def prepare(self, bag: BagRegions, *, limit: int | None = None,
+                rng: np.random.Generator | None = None) -> ModelInput:
+        """(R, T, D) regions with at least one valid token (at most ``limit`` when training)."""
+        rows = np.flatnonzero(bag.valid.any(axis=1))
+        rows = rows[_subsample(len(rows), limit, rng)]
+        x = torch.from_numpy(np.ascontiguousarray(bag.feats[rows])).float()
+        return ModelInput(x=x, valid=torch.from_numpy(bag.valid[rows]), region=rows.astype(np.int64), token=None)
+
+    def _encode(self, inp: ModelInput, encoder: nn.Module | None, chunk: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder is None:
+            raise ValueError(f"{type(self).__name__} needs a region encoder")
+        assert inp.valid is not None
+        n = inp.x.shape[0]
+        step = chunk or n
+        forward = encoder.forward_features  # the RegionEncoder API: (x, valid) -> (cls, tokens)
+        parts = [forward(inp.x[i:i + step], inp.valid[i:i + step]) for i in range(0, n, step)]  # type: ignore[operator]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@INSTANCE_SOURCES.register("tokens")
+class TokenSource(_RegionSource):
+    """Every valid contextualised token of every region: (Σ valid, W)."""
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """Run the encoder and keep the valid output tokens (5x, 10x and 20x alike)."""
+        _, tokens = self._encode(inp, encoder, chunk)
+        assert inp.valid is not None
+        rows, slots = torch.nonzero(inp.valid, as_tuple=True)
+        region = torch.as_tensor(inp.region, device=tokens.device)[rows]
+        return Instances(tokens[rows, slots], region, slots)
+
+
+@INSTANCE_SOURCES.register("cls")
+class ClsSource(_RegionSource):
+    """One CLS vector per region: (R, W)."""
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """Run the encoder and keep the CLS output of each region."""
+        cls, _ = self._encode(inp, encoder, chunk)
+        region = torch.as_tensor(inp.region, device=cls.device)
+        return Instances(cls, region, torch.full_like(region, -1))

@@ -1,0 +1,265 @@
+"""Training engine for one MIL model: epochs of one-bag steps, validation, early stopping.
+
+Plain functions (``train_one_epoch``, ``evaluate``, ``fit``), CPU-runnable, no framework. Bags have
+different lengths, so each optimiser step sees one bag (``grad_accum`` bags per update when set),
+which needs no padding and keeps memory per step bounded by the instance/region subsampling.
+Evaluation always uses every instance. On CUDA, autocast runs in bf16 where supported (fp16 with a
+gradient scaler otherwise); on the CPU training runs in fp32.
+
+Model selection (documented in ``docs/concepts/evaluation.md``): the epoch with the best
+validation AUROC (ties broken by lower validation loss) is kept; when the validation bags hold a
+single class the AUROC is undefined and the lowest validation loss is used instead (logged); without
+validation bags the last epoch is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mixmag.evaluate.metrics import auroc
+from mixmag.mil.data import BagRegions
+from mixmag.mil.model import MILModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation settings of one model (defaults: DESIGN.md §5 and common AB-MIL practice).
+
+    Attributes:
+        epochs: Maximum epochs (one pass over the training bags each).
+        patience: Epochs without validation improvement before stopping.
+        lr: AdamW learning rate of the MIL head.
+        encoder_lr_scale: Encoder learning rate = ``lr * encoder_lr_scale`` (0 freezes it).
+        weight_decay: AdamW weight decay.
+        freeze_encoder: Keep the region encoder fixed (eval mode, no gradients).
+        max_instances: Instances per bag per training step for tile methods (random subset).
+        max_regions: Regions per bag per training step for encoder methods (random subset).
+        grad_accum: Bags per optimiser update.
+        balanced: Weight the loss by inverse class frequency of the training bags.
+        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+    """
+
+    epochs: int = 30
+    patience: int = 8
+    lr: float = 2e-4
+    encoder_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    freeze_encoder: bool = False
+    max_instances: int = 4096
+    max_regions: int = 256
+    grad_accum: int = 1
+    balanced: bool = True
+    precision: str = "auto"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` learned besides the weights: per-epoch history and the kept epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    criterion: str = "val_auroc"
+
+
+@dataclass
+class BagPrediction:
+    """Prediction for one bag: ``prob`` (C,), and per instance (N,) attention, region row, token slot."""
+
+    prob: np.ndarray
+    attention: np.ndarray
+    region: np.ndarray
+    token: np.ndarray
+
+
+def amp_settings(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
+    """Autocast dtype (None = fp32) and whether a gradient scaler is needed."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None, False
+    if precision == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return dtype, dtype == torch.float16 and device.type == "cuda"
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _limit(model: MILModel, params: TrainParams) -> int:
+    return params.max_regions if model.source.needs_encoder else params.max_instances
+
+
+def make_optimizer(model: MILModel, params: TrainParams) -> torch.optim.Optimizer:
+    """AdamW with the head at ``lr`` and a trainable encoder at ``lr * encoder_lr_scale``."""
+    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": params.lr, "name": "head"}]
+    if model.encoder is not None:
+        frozen = params.freeze_encoder or params.encoder_lr_scale == 0
+        for p in model.encoder.parameters():
+            p.requires_grad_(not frozen)
+        if not frozen:
+            groups.append({"params": list(model.encoder.parameters()), "lr": params.lr * params.encoder_lr_scale,
+                           "name": "encoder"})
+    return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def _set_train_mode(model: MILModel, params: TrainParams) -> None:
+    model.train()
+    if model.encoder is not None and (params.freeze_encoder or params.encoder_lr_scale == 0):
+        model.encoder.eval()  # a frozen encoder is a fixed feature extractor: no dropout / drop-path
+
+
+def train_one_epoch(model: MILModel, bags: Sequence[BagRegions], labels: np.ndarray,
+                    optimizer: torch.optim.Optimizer, *, params: TrainParams, device: torch.device,
+                    rng: np.random.Generator, class_weight: torch.Tensor | None,
+                    scaler: torch.amp.GradScaler | None = None) -> float:
+    """One pass over the training bags in random order; returns the mean training loss."""
+    _set_train_mode(model, params)
+    amp_dtype, _ = amp_settings(device, params.precision)
+    limit = _limit(model, params)
+    order = rng.permutation(len(bags))
+    total, optimizer_steps = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    for i, b in enumerate(order):
+        inp = model.source.prepare(bags[int(b)], limit=limit, rng=rng).to(device)
+        target = torch.as_tensor([int(labels[b])], device=device)
+        with _autocast(device, amp_dtype):
+            out = model(inp)
+        loss = F.cross_entropy(out.logits.float()[None], target, weight=class_weight)
+        scaled = loss / params.grad_accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += float(loss.detach())
+        if (i + 1) % params.grad_accum == 0 or i == len(order) - 1:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            optimizer_steps += 1
+    return total / max(len(order), 1)
+
+
+@torch.no_grad()
+def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device,
+            precision: str = "auto", attention: bool = False) -> list[BagPrediction]:
+    """Predict every bag with all of its instances (eval mode).
+
+    Args:
+        model: Trained model (moved to ``device`` by the caller).
+        bags: Bags to predict.
+        device: Device to run on.
+        precision: See :class:`TrainParams`.
+        attention: Also return per-instance attention, region rows and token slots.
+    """
+    model.eval()
+    amp_dtype, _ = amp_settings(device, precision)
+    empty = np.zeros(0)
+    out: list[BagPrediction] = []
+    for bag in bags:
+        inp = model.source.prepare(bag).to(device)
+        with _autocast(device, amp_dtype):
+            res = model(inp)
+        prob = torch.softmax(res.logits.float(), dim=0).cpu().numpy()
+        if attention:
+            out.append(BagPrediction(prob, res.attention.float().cpu().numpy(), res.region.cpu().numpy(),
+                                     res.token.cpu().numpy()))
+        else:
+            out.append(BagPrediction(prob, empty, empty, empty))
+    return out
+
+
+def _val_scores(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(AUROC or NaN for one class, mean cross-entropy) of validation predictions."""
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+    prob = probs[:, 1] if probs.shape[1] == 2 else probs
+    return auroc(y, prob, on_single_class="nan"), loss
+
+
+def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, *,
+        val_bags: Sequence[BagRegions] | None = None, val_y: np.ndarray | None = None,
+        n_classes: int, params: TrainParams, device: torch.device, seed: int = 0,
+        progress: bool = False, desc: str = "train") -> FitResult:
+    """Train ``model`` in place and load the weights of the selected epoch.
+
+    Args:
+        model: Fresh model (moved to ``device`` here).
+        train_bags: Training bags.
+        train_y: (n,) class indices of the training bags.
+        val_bags: Validation bags for early stopping (optional).
+        val_y: Their class indices.
+        n_classes: Number of classes C.
+        params: Optimisation settings.
+        device: Device to train on.
+        seed: Seeds dropout, bag order and instance subsampling.
+        progress: Show a progress bar over epochs.
+        desc: Progress-bar label.
+
+    Returns:
+        The history (``epoch, train_loss, val_loss, val_auroc, seconds``), kept epoch and criterion.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(device)
+    optimizer = make_optimizer(model, params)
+    _, needs_scaler = amp_settings(device, params.precision)
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    train_y = np.asarray(train_y, dtype=np.int64)
+    class_weight = None
+    if params.balanced:
+        counts = np.bincount(train_y, minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, len(train_y) / (n_classes * np.maximum(counts, 1)), 0.0)
+        class_weight = torch.as_tensor(w, dtype=torch.float32, device=device)
+    has_val = val_bags is not None and val_y is not None and len(val_bags) > 0
+    criterion = "last_epoch"
+    if has_val:
+        assert val_y is not None
+        criterion = "val_auroc" if len(np.unique(val_y)) > 1 else "val_loss"
+        if criterion == "val_loss":
+            logger.warning("%s: the %d validation bags are all one class; early stopping on validation loss",
+                           desc, len(val_y))
+    result = FitResult(criterion=criterion)
+    best_key: tuple[float, float] = (-math.inf, -math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    bar = tqdm(range(1, params.epochs + 1), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, train_bags, train_y, optimizer, params=params, device=device,
+                                     rng=rng, class_weight=class_weight, scaler=scaler)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": math.nan, "val_auroc": math.nan}
+        if has_val:
+            assert val_bags is not None and val_y is not None
+            probs = np.stack([p.prob for p in predict(model, val_bags, device=device, precision=params.precision)])
+            row["val_auroc"], row["val_loss"] = _val_scores(probs, np.asarray(val_y, dtype=np.int64))
+        row["seconds"] = time.perf_counter() - t0
+        result.history.append(row)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_auroc=f"{row['val_auroc']:.3f}")
+        # larger is better: (AUROC, -loss) or (-loss, 0); the last epoch wins without validation
+        key = {"val_auroc": (row["val_auroc"], -row["val_loss"]), "val_loss": (-row["val_loss"], 0.0),
+               "last_epoch": (float(epoch), 0.0)}[criterion]
+        if key > best_key:
+            best_key, stale, result.best_epoch = key, 0, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= params.patience:
+                logger.debug("%s: early stop at epoch %d (best %d)", desc, epoch, result.best_epoch)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result

@@ -1,0 +1,187 @@
+"""``mixmag encode``: run a (pre)trained region encoder over a feature store and write region embeddings.
+
+One output file per slide (format in :mod:`mixmag.io.region_embeddings`): the CLS vector of every
+region (``mode="cls"``: the compressed, ~21x shorter MIL sequence) or every contextualised token
+(``mode="tokens"``). The encoder runs in eval mode without masking, so outputs are deterministic.
+Each slide is written atomically and recorded in ``<out>/manifest.csv``; a re-run skips slides whose
+file exists with the same checkpoint, mode and source feature file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixmag.io.checkpoints import LayoutMismatchError, check_layout, load_region_encoder
+from mixmag.io.features import FeatureFile
+from mixmag.io.h5common import FormatError
+from mixmag.io.manifest import Manifest, Status
+from mixmag.io.region_embeddings import MODES, RegionEmbeddingWriter, is_complete_region_embeddings
+from mixmag.io.regions import RegionIndex
+from mixmag.region.data import check_finite, feature_paths
+from mixmag.region.model import RegionEncoder
+from mixmag.utils.atomic import remove_stale_temp_files
+from mixmag.utils.device import autocast_dtype, resolve_device
+from mixmag.utils.hashing import quick_file_hash
+
+logger = logging.getLogger(__name__)
+
+# Feature-store attrs that describe the *tile* encoder; renamed with a tile_ prefix in the output so
+# that `encoder`/`embed_dim` of a region-embedding file describe the region embeddings themselves.
+_TILE_ATTRS = ("encoder", "embed_dim", "weights_source", "weights_hash", "transform", "pooling", "precision")
+_DROPPED_ATTRS = ("artifact", "format_version", "complete", "created_at")
+
+
+@dataclass(frozen=True)
+class EncodeSummary:
+    """What :func:`encode_regions` did.
+
+    Attributes:
+        out_dir: Output folder.
+        manifest: ``manifest.csv`` with one row per slide.
+        mode: ``cls`` or ``tokens``.
+        checkpoint_hash: SHA-256 of the encoder weights used.
+        n_ok, n_skipped, n_empty, n_error: Slides per outcome.
+        files: Written (or already complete) region-embedding files.
+        errors: ``slide_id -> message`` of failed slides.
+    """
+
+    out_dir: Path
+    manifest: Path
+    mode: str
+    checkpoint_hash: str
+    n_ok: int = 0
+    n_skipped: int = 0
+    n_empty: int = 0
+    n_error: int = 0
+    files: list[Path] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _output_index(index: RegionIndex) -> RegionIndex:
+    attrs = {k: v for k, v in index.attrs.items() if k not in _TILE_ATTRS + _DROPPED_ATTRS}
+    attrs.update({f"tile_{k}": index.attrs[k] for k in _TILE_ATTRS if k in index.attrs})
+    return RegionIndex(coords=index.coords, tile_valid=index.tile_valid, tissue_fraction=index.tissue_fraction,
+                       spec=index.spec, mpp_level0=index.mpp_level0, attrs=attrs)
+
+
+@torch.no_grad()
+def _encode_slide(ff: FeatureFile, path: Path, encoder: RegionEncoder, *, mode: str, batch_size: int,
+                  device: torch.device, dtype: torch.dtype | None, attrs: dict[str, Any]) -> int:
+    with RegionEmbeddingWriter(path, _output_index(ff.index), mode=mode, width=encoder.width,
+                               attrs=attrs) as writer:
+        for start in range(0, ff.n_regions, batch_size):
+            regions = slice(start, min(start + batch_size, ff.n_regions))
+            feats, valid = ff.read(regions)
+            check_finite(feats, ff.index.slide_id or ff.path.stem, np.arange(regions.start, regions.stop))
+            x = torch.from_numpy(feats).to(device)
+            v = torch.from_numpy(valid).to(device)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                cls, tokens = encoder.forward_features(x, v)
+            writer.write(start, cls=cls.float().cpu().numpy(), tokens=tokens.float().cpu().numpy())
+    return ff.n_regions
+
+
+def encode_regions(
+    features: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    mode: str = "cls",
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    resume: bool = True,
+    progress: bool = True,
+) -> EncodeSummary:
+    """Write one region-embedding file per slide of ``features`` into ``out_dir``.
+
+    Args:
+        features: Folder of feature files (``mixmag embed`` output) or a list of files.
+        checkpoint: Region-encoder checkpoint folder, or a ``mixmag pretrain`` run folder.
+        out_dir: Output folder (``<slide_id>.h5`` per slide plus ``manifest.csv``).
+        mode: ``"cls"`` (features (R, W)) or ``"tokens"`` (tokens (R, T, W) + flat TRIDENT view).
+        batch_size: Regions per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        precision: ``fp32`` (default: bit-reproducible), ``bf16``, ``fp16`` or ``auto``.
+        resume: Skip slides whose output is complete for the same checkpoint, mode and source.
+        progress: Show a progress bar over slides.
+
+    Returns:
+        An :class:`EncodeSummary`. A failing slide is recorded in the manifest and the batch goes on.
+
+    Raises:
+        FormatError: The features do not fit the checkpoint (tile dim or region layout).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    dev = resolve_device(device)
+    encoder, info = load_region_encoder(checkpoint, map_location=str(dev))
+    dtype = autocast_dtype(dev, precision)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    manifest = Manifest(out / "manifest.csv")
+    counts = dict.fromkeys(Status, 0)
+    files: list[Path] = []
+    errors: dict[str, str] = {}
+    base_attrs = {
+        "checkpoint_hash": info["checkpoint_hash"], "checkpoint_path": info["path"], "objective": info["objective"],
+        "checkpoint_step": info["step"], "encoder": f"mixmag-region.{info['objective']}",
+        "encoder_config": info["encoder_kwargs"], "training_config": info["config"],
+    }
+    from tqdm.auto import tqdm
+
+    paths = feature_paths(features)
+    for src in tqdm(paths, desc=f"encode ({mode})", unit="slide", disable=not progress):
+        t0 = time.perf_counter()
+        slide_id = src.stem
+        try:
+            ff = FeatureFile(src)
+            slide_id = ff.index.slide_id or src.stem
+            check_layout(info, tile_dim=ff.embed_dim, spec=ff.index.spec, source=str(src))
+        except LayoutMismatchError:
+            raise  # the checkpoint does not fit this cohort at all: stop with one clear message
+        except FormatError as exc:
+            logger.warning("slide %s: %s", slide_id, exc)
+            manifest.update(slide_id, status=Status.ERROR, path=src, error=str(exc))
+            counts[Status.ERROR] += 1
+            errors[slide_id] = str(exc)
+            continue
+        dest = out / f"{slide_id}.h5"
+        source_hash = quick_file_hash(src)
+        attrs = dict(base_attrs, source_feature_file=str(src), source_feature_hash=source_hash,
+                     tile_encoder=ff.encoder)
+        if resume and is_complete_region_embeddings(dest, {"checkpoint_hash": info["checkpoint_hash"], "mode": mode,
+                                                           "source_feature_hash": source_hash}):
+            manifest.update(slide_id, status=Status.SKIPPED, path=src, n_items=ff.n_regions, output=dest)
+            counts[Status.SKIPPED] += 1
+            files.append(dest)
+            continue
+        try:
+            with ff:
+                n = _encode_slide(ff, dest, encoder, mode=mode, batch_size=batch_size, device=dev, dtype=dtype,
+                                  attrs=attrs)
+        except (FormatError, OSError, RuntimeError) as exc:
+            logger.warning("slide %s failed: %s", slide_id, exc)
+            manifest.update(slide_id, status=Status.ERROR, path=src, error=str(exc), seconds=time.perf_counter() - t0)
+            counts[Status.ERROR] += 1
+            errors[slide_id] = str(exc)
+            continue
+        status = Status.OK if n else Status.EMPTY
+        manifest.update(slide_id, status=status, path=src, n_items=n, output=dest, seconds=time.perf_counter() - t0)
+        counts[status] += 1
+        files.append(dest)
+    return EncodeSummary(out_dir=out, manifest=manifest.path, mode=mode, checkpoint_hash=info["checkpoint_hash"],
+                         n_ok=counts[Status.OK], n_skipped=counts[Status.SKIPPED], n_empty=counts[Status.EMPTY],
+                         n_error=counts[Status.ERROR], files=files, errors=errors)

@@ -1,0 +1,315 @@
+"""Pretraining engine of the region encoder (MEM / CMEM / random), single process or DDP.
+
+Run folder written by rank 0::
+
+    <out>/config.resolved.json   settings, cohort fingerprint, feature source
+    <out>/env.json               versions, device, git sha
+    <out>/manifest.csv           slides used / skipped (and why)
+    <out>/metrics.jsonl          one record per optimizer step (loss terms, lr, grad norm, regions/s)
+    <out>/loss_curve.png         updated at every checkpoint and at the end
+    <out>/checkpoints/step_NNNNNNN/   resumable checkpoints (see mixmag.io.checkpoints)
+    <out>/final/                 the trained encoder (what `mixmag encode` and MIL load)
+
+Resuming is exact: the data order and masks are functions of the seed and the global step (see
+:mod:`mixmag.region.data`), and checkpoints carry optimizer, scheduler and RNG states, so a run
+killed after a checkpoint and restarted produces the same next losses as if it had never stopped.
+Launch under ``torchrun --nproc_per_node N`` for data parallelism: ``batch_size`` stays the global
+batch and every loss is normalised over the global batch, so the trajectory matches one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mixmag.io.checkpoints import (
+    CONFIG_FILE,
+    STATE_FILE,
+    check_layout,
+    load_checkpoint_tensors,
+    load_region_encoder,
+    load_training_state,
+    read_checkpoint_config,
+    remove_checkpoint,
+    save_region_checkpoint,
+    set_rng_state,
+)
+from mixmag.io.manifest import BASE_COLUMNS
+from mixmag.region.data import (
+    FeatureCohort,
+    RegionStream,
+    accumulate_target_moments,
+    scan_feature_cohort,
+)
+from mixmag.region.distributed import DistContext, init_distributed
+from mixmag.region.objectives import OBJECTIVES
+from mixmag.region.runlog import MetricsLog, plot_loss_curve
+from mixmag.region.settings import PretrainSettings
+from mixmag.region.trainer import Trainer
+from mixmag.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from mixmag.utils.device import resolve_device
+from mixmag.utils.env import environment_info
+from mixmag.utils.seed import seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """Outcome of :func:`pretrain_region_encoder`.
+
+    Attributes:
+        checkpoint: The final checkpoint folder (``<out>/final``).
+        final_loss: Loss of the last optimizer step (None for ``random`` or a run finished earlier).
+        metrics_path: ``metrics.jsonl``.
+        plot_path: ``loss_curve.png`` (None when no step was logged).
+        steps: Optimizer steps of the run.
+        objective: The objective key.
+        out_dir: Run folder.
+        resumed_from: Step the run resumed from (None for a fresh run).
+        n_slides: Slides used.
+        n_regions: Usable regions in those slides.
+    """
+
+    checkpoint: Path
+    final_loss: float | None
+    metrics_path: Path
+    plot_path: Path | None
+    steps: int
+    objective: str
+    out_dir: Path
+    resumed_from: int | None
+    n_slides: int
+    n_regions: int
+
+
+def _write_manifest(path: Path, cohort: FeatureCohort) -> None:
+    # One write for the whole cohort (Manifest.update rewrites the file per row: quadratic here).
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS)
+    writer.writeheader()
+    rows = [{"slide_id": s.slide_id, "path": str(s.path), "status": "ok", "n_items": s.usable.size}
+            for s in cohort.slides]
+    rows += [{"slide_id": sid, "path": p, "status": status, "error": reason}
+             for sid, p, status, reason in cohort.skipped]
+    for row in sorted(rows, key=lambda r: str(r["slide_id"])):
+        writer.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    """Newest complete checkpoint of a run folder (final first, then the highest step)."""
+    if (out / "final" / CONFIG_FILE).is_file():
+        return out / "final"
+    steps = sorted(c for c in (out / "checkpoints").glob("step_*") if (c / CONFIG_FILE).is_file())
+    return steps[-1] if steps else None
+
+
+def _target_stats(cohort: FeatureCohort, s: PretrainSettings, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
+    """Cohort mean/std of valid tile embeddings; ranks read disjoint slides and sum their moments."""
+    t0 = time.perf_counter()
+    mine = range(ctx.rank, len(cohort.slides), ctx.world_size)
+    m = accumulate_target_moments(cohort, mine, regions_per_slide=s.stats_regions_per_slide, seed=s.seed)
+    local = torch.from_numpy(np.concatenate([[m.count], m.total, m.total_sq]))
+    packed = ctx.all_reduce_sum(local).numpy()
+    d = cohort.tile_dim
+    m.count, m.total, m.total_sq = float(packed[0]), packed[1 : 1 + d], packed[1 + d :]
+    mean, std = m.finalize()
+    logger.info("target statistics from %d valid tokens in %.1f s", int(m.count), time.perf_counter() - t0)
+    return mean, std
+
+
+def pretrain_region_encoder(
+    features: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    settings: PretrainSettings | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> PretrainResult:
+    """Pretrain (or, for ``objective="random"``, initialise and save) a region encoder.
+
+    Args:
+        features: Folder of per-slide feature files (``mixmag embed`` output) or a list of files.
+        out_dir: Run folder (created; see the module docstring for its contents).
+        settings: Full settings; ``options`` override single fields of it.
+        resume: Continue from the newest checkpoint in ``out_dir`` (its settings and cohort must
+            match); False starts over and replaces the run's earlier checkpoints and metrics.
+        progress: Show a progress bar (rank 0 only).
+        **options: Any :class:`~mixmag.region.settings.PretrainSettings` field, e.g.
+            ``objective="cmem", preset="small", steps=500, batch_size=64, lr=3e-4``.
+
+    Returns:
+        A :class:`PretrainResult` (identical on every rank; only rank 0 writes files).
+
+    Raises:
+        FormatError: Inconsistent feature files, or a checkpoint of another layout in ``out_dir``.
+        ValueError: Bad settings, no usable regions, or ``out_dir`` holds a run with other settings.
+    """
+    base = settings.to_dict() if settings is not None else {}
+    s = PretrainSettings.from_options(**{**base, **options})
+    ctx = init_distributed(resolve_device(s.device))
+    try:
+        return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()
+    finally:
+        ctx.close()
+
+
+class _Run:
+    """State of one pretraining run (private: the public entry point is the function above)."""
+
+    def __init__(self, features: Any, out: Path, s: PretrainSettings, ctx: DistContext, *,
+                 resume: bool, progress: bool) -> None:
+        self.features, self.out, self.s, self.ctx = features, out, s, ctx
+        self.resume, self.progress = resume, progress
+        self.objective = OBJECTIVES.get(s.objective)
+        self.cohort = scan_feature_cohort(features)
+        self.metrics = MetricsLog(out / "metrics.jsonl")
+        self.run_id = {"settings": s.result_defining(), "cohort": self.cohort.fingerprint()}
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_folder(self) -> Path | None:
+        """Create the run folder; return the checkpoint to resume from (None = fresh start)."""
+        out, c = self.out, self.cohort
+        latest = _latest_checkpoint(out) if self.resume else None
+        if latest is not None:
+            meta = read_checkpoint_config(latest)
+            _, info = load_region_encoder(latest)
+            check_layout(info, tile_dim=c.tile_dim, spec=c.spec, source=f"the feature cohort {self.features}")
+            if meta.get("config", {}).get("run") != self.run_id:
+                raise ValueError(f"{out} holds a pretraining run with other settings or another cohort; "
+                                 "resume it with the same options, or pass --no-resume / a new --out")
+        if self.ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(out)
+            if latest is None:  # fresh start: clear what an earlier run of this folder left
+                remove_checkpoint(out / "final")
+                for old in (out / "checkpoints").glob("step_*"):
+                    remove_checkpoint(old)
+                self.metrics.path.unlink(missing_ok=True)
+            atomic_write_json(out / "config.resolved.json", {
+                "settings": self.s.to_dict(), "run": self.run_id, "features": str(self.features),
+                "tile_dim": c.tile_dim, "spec": c.spec.to_dict(), "tile_encoder": c.encoder,
+                "n_slides": len(c.slides), "n_regions": c.n_regions, "world_size": self.ctx.world_size})
+            atomic_write_json(out / "env.json", environment_info())
+            _write_manifest(out / "manifest.csv", c)
+        self.ctx.barrier()
+        return latest
+
+    def _save(self, folder: Path, step: int, *, with_state: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        save_region_checkpoint(
+            folder, model=self.trainer.model, optimizer=self.trainer.optimizer if with_state else None,
+            scheduler=self.trainer.scheduler if with_state else None, step=step,
+            config={"run": self.run_id, "settings": self.s.to_dict(), "tile_encoder": self.cohort.encoder},
+            target_mean=self.mean, target_std=self.std, spec=self.cohort.spec, objective=self.s.objective,
+            training_state=self.trainer.state() if with_state else None,
+        )
+
+    def _result(self, final_loss: float | None, resumed_from: int | None) -> PretrainResult:
+        plot = self.out / "loss_curve.png"
+        return PretrainResult(
+            checkpoint=self.out / "final", final_loss=final_loss, metrics_path=self.metrics.path,
+            plot_path=plot if plot.exists() else None, steps=self.s.steps, objective=self.s.objective,
+            out_dir=self.out, resumed_from=resumed_from, n_slides=len(self.cohort.slides),
+            n_regions=self.cohort.n_regions)
+
+    # ------------------------------------------------------------------ main
+    def execute(self) -> PretrainResult:
+        s, ctx = self.s, self.ctx
+        latest = self._prepare_folder()
+        if latest is not None and latest.name == "final":
+            logger.info("%s already holds the finished run (%d steps); nothing to do", self.out, s.steps)
+            return self._result(None, s.steps)
+        seed_everything(s.seed)
+        self.trainer = Trainer(tile_dim=self.cohort.tile_dim, spec=self.cohort.spec, settings=s, ctx=ctx)
+        kw = self.trainer.model.encoder.init_kwargs
+        n_params = sum(p.numel() for p in self.trainer.encoder.parameters())
+        logger.info("region encoder W=%d depth=%d heads=%d (%s positions), %.2fM parameters; %d slides, "
+                    "%d regions; objective %s", kw["width"], kw["depth"], kw["heads"], kw["position"],
+                    n_params / 1e6, len(self.cohort.slides), self.cohort.n_regions, s.objective)
+        self.mean = self.std = None
+        if not self.objective.trains:  # `random`: the initialised encoder *is* the result
+            self._save(self.out / "final", 0, with_state=False)
+            return self._result(None, None)
+
+        start = 0
+        if latest is not None:
+            tensors = load_checkpoint_tensors(latest)
+            state = load_training_state(latest)
+            self.trainer.load_state(tensors, state)
+            self.mean, self.std = tensors["stats.target_mean"].numpy(), tensors["stats.target_std"].numpy()
+            set_rng_state(state["rng"])
+            start = int(state["step"])
+            logger.info("resuming %s from step %d", self.out, start)
+            if ctx.is_main:
+                self.metrics.truncate(start)
+        else:
+            self.mean, self.std = _target_stats(self.cohort, s, ctx)
+        self.trainer.set_target_stats(self.mean, self.std)
+        final_loss = self._train(start)
+        self._save(self.out / "final", s.steps, with_state=False)
+        if ctx.is_main:
+            plot_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{s.objective} ({s.preset})")
+        ctx.barrier()
+        return self._result(final_loss, start if latest is not None else None)
+
+    def _train(self, start: int) -> float | None:
+        s, ctx = self.s, self.ctx
+        stream = RegionStream(
+            self.cohort, batch_size=s.batch_size, rank=ctx.rank, world_size=ctx.world_size, start_step=start,
+            total_steps=s.steps, seed=s.seed, n_views=self.objective.n_views, mask_ratio=s.mask_ratio,
+            mag_mask_prob=s.mag_mask_prob, token_drop_max=s.token_drop_max,
+            regions_per_slide=s.regions_per_slide, shuffle_buffer=s.shuffle_buffer, open_files=s.open_files)
+        # An explicit generator keeps the DataLoader from drawing on the global RNG (exact resume).
+        loader = DataLoader(stream, batch_size=None, num_workers=s.num_workers,
+                            pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if s.num_workers else None,
+                            generator=torch.Generator())
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.steps, initial=start, disable=not (self.progress and ctx.is_main), desc="pretrain",
+                   unit="step", dynamic_ncols=True)
+        final_loss = None
+        t_prev = time.perf_counter()
+        for expected, batch in enumerate(loader, start=start):
+            step = int(batch["step"])
+            assert step == expected, "data stream out of step with the optimizer"
+            t_data = time.perf_counter() - t_prev
+            record = self.trainer.step(batch)
+            now = time.perf_counter()
+            record.update(step=step + 1, data_s=round(t_data, 5),
+                          regions_per_s=round(s.batch_size / max(now - t_prev, 1e-9), 2))
+            t_prev = now
+            final_loss = record["loss"]
+            if ctx.is_main:
+                self.metrics.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{final_loss:.4f}")
+            done = step + 1
+            if s.checkpoint_every and done % s.checkpoint_every == 0 and done < s.steps:
+                self._checkpoint(done)
+        bar.close()
+        self.metrics.close()
+        return final_loss
+
+    def _checkpoint(self, step: int) -> None:
+        if not self.ctx.is_main:
+            return
+        self._save(self.out / "checkpoints" / f"step_{step:07d}", step, with_state=True)
+        olds = sorted(c for c in (self.out / "checkpoints").glob("step_*") if (c / STATE_FILE).is_file())
+        for old in olds[: max(len(olds) - self.s.keep_checkpoints, 0)]:
+            remove_checkpoint(old)
+        plot_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{self.s.objective} ({self.s.preset})")

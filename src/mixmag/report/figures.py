@@ -1,0 +1,62 @@
+"""Matplotlib plumbing shared by the report figures: Agg figures without pyplot, atomic PNG output.
+
+Figures are built with :class:`matplotlib.figure.Figure` and an explicit Agg canvas, so importing
+mixmag never switches the global pyplot backend and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mixmag.utils.atomic import atomic_path
+
+DEFAULT_DPI = 100
+
+# One small, consistent style for every report figure.
+STYLE: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
+
+
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A Figure of exactly ``width_in`` x ``height_in`` inches with an Agg canvas attached."""
+    import matplotlib as mpl
+
+    with mpl.rc_context(STYLE):  # type: ignore[arg-type]  # rc keys are plain strings here
+        fig = Figure(figsize=(width_in, height_in))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
+    """PNG encoding of ``fig``; its pixel size is exactly ``figsize * dpi`` (no tight cropping)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
+    """Write ``fig`` as a PNG atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png_bytes(fig, dpi))
+    return Path(path)
+
+
+def figure_pixels(fig: Figure, dpi: int = DEFAULT_DPI) -> np.ndarray:
+    """Render ``fig`` to a uint8 (H, W, 3) array (as the PNG would look)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png_bytes(fig, dpi))).convert("RGB"))

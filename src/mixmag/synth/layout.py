@@ -1,0 +1,366 @@
+"""Geometry plan of one synthetic slide: which region holds which structure, and where.
+
+The plan is pure geometry (µm and level-0 pixels) drawn from a seeded generator; it decides the
+slide's ground truth before any pixel is painted (:mod:`mixmag.synth.painter` paints it).
+
+Every full 448-µm cell of the region grid (origin at level-0 (0, 0), the default tiling grid) holds
+one *tissue unit*: ~8-20 epithelial nests plus one lumen, arranged either as a **ring** (nests on a
+circle around the lumen, a rosette/gland 190-350 µm across) or **scattered** (a broken ring: the
+same nests cut into arcs of 2-3 that keep the ring's spacing and curvature, moved and turned at
+random, and the same lumen elsewhere in the cell).
+Independently the unit's epithelial nuclei are **atypical** (granular chromatin) or **normal**.
+A slide is positive when at least one cell is ring + atypical ("informative"); negatives hold the
+same number of ring cells and of atypical cells, but never in the same cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RING = "ring"
+SCATTERED = "scattered"
+ATYPICAL = "atypical"
+NORMAL = "normal"
+
+# Ring radius (nest centres) in µm: with nests of radius 15-22 µm the outer diameter is ~190-350 µm,
+# more than a 112-µm 20x tile and less than the 448-µm 5x tile.
+RING_RADIUS_UM = (80.0, 150.0)
+NEST_RADIUS_UM = (15.0, 22.0)
+NEST_SPACING_UM = (48.0, 58.0)  # centre-to-centre along the ring
+LUMEN_FRACTION = (0.35, 0.5)  # lumen radius / ring radius
+CELL_MARGIN_UM = 8.0  # keep every structure this far inside its cell
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Per-cohort settings derived from ``difficulty`` (see :func:`knobs_from_difficulty`).
+
+    Attributes:
+        atypical_gain: Amplitude of the granular chromatin pattern of atypical nuclei, as a
+            fraction of the largest amplitude that keeps opacity in [0, 1]; normal nuclei use
+            ``normal_gain``.
+        normal_gain: Amplitude of the faint chromatin grain of normal nuclei.
+        atypical_fraction: Share of the epithelial nuclei of an atypical unit that are atypical.
+        ring_jitter: Radial jitter of ring nests as a fraction of the ring radius.
+        stain_jitter: Per-slide relative variation of the stain colours.
+        informative_share: Share of a positive slide's ring cells that are also atypical.
+    """
+
+    atypical_gain: float
+    normal_gain: float
+    atypical_fraction: float
+    ring_jitter: float
+    stain_jitter: float
+    informative_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON form."""
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def knobs_from_difficulty(difficulty: float) -> Knobs:
+    """Map ``difficulty`` in [0, 1] to generator settings (0 = easy, 1 = hard).
+
+    Harder means fewer informative cells per positive slide, fainter and rarer atypia, less
+    regular rings and more stain variation between slides.
+    """
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+
+    def lerp(easy: float, hard: float) -> float:
+        return easy + (hard - easy) * difficulty
+
+    return Knobs(
+        atypical_gain=lerp(0.95, 0.6),
+        normal_gain=0.12,
+        atypical_fraction=lerp(1.0, 0.6),
+        ring_jitter=lerp(0.03, 0.12),
+        stain_jitter=lerp(0.03, 0.10),
+        informative_share=lerp(1.0, 0.0),
+    )
+
+
+@dataclass
+class RegionPlan:
+    """Ground truth of one full grid cell (= one default 448-µm region).
+
+    Attributes:
+        row: Grid row (y) of the cell.
+        col: Grid column (x) of the cell.
+        x_px: Level-0 x of the cell's top-left corner.
+        y_px: Level-0 y of the cell's top-left corner.
+        size_px: Cell side in level-0 pixels.
+        architecture: ``"ring"`` or ``"scattered"``.
+        nuclei: ``"atypical"`` or ``"normal"`` (the epithelial nuclei of this cell's unit).
+        centre_um: (x, y) centre of the unit (ring centre) in slide µm.
+        radius_um: Ring radius (nest centres) in µm; scattered units use the same extent.
+        lumen_um: (x, y, r) of the unit's lumen in slide µm.
+        nests_um: (n, 3) nests as (x, y, r) in slide µm.
+    """
+
+    row: int
+    col: int
+    x_px: int
+    y_px: int
+    size_px: int
+    architecture: str
+    nuclei: str
+    centre_um: tuple[float, float]
+    radius_um: float
+    lumen_um: tuple[float, float, float]
+    nests_um: np.ndarray
+
+    @property
+    def informative(self) -> bool:
+        """True when the cell combines ring architecture with atypical nuclei."""
+        return self.architecture == RING and self.nuclei == ATYPICAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (µm values rounded to 0.01)."""
+        return {
+            "row": self.row, "col": self.col, "x_px": self.x_px, "y_px": self.y_px,
+            "size_px": self.size_px, "architecture": self.architecture, "nuclei": self.nuclei,
+            "informative": self.informative,
+            "centre_um": [round(v, 2) for v in self.centre_um],
+            "radius_um": round(self.radius_um, 2),
+            "lumen_um": [round(v, 2) for v in self.lumen_um],
+            "n_nests": int(len(self.nests_um)),
+        }
+
+
+@dataclass
+class SlidePlan:
+    """Everything that decides one slide's content, in level-0 pixels and µm.
+
+    Attributes:
+        width_px: Level-0 width.
+        height_px: Level-0 height.
+        mpp: Level-0 resolution, µm/px.
+        region_um: Side of a grid cell, µm.
+        label: 1 when some region is informative, else 0.
+        regions: One plan per full grid cell, row-major.
+        filler_nests_um: (n, 3) nests (x, y, r, µm) in the partial strips right/below the full
+            grid; their nuclei are always normal.
+        knobs: Difficulty settings.
+    """
+
+    width_px: int
+    height_px: int
+    mpp: float
+    region_um: float
+    label: int
+    regions: list[RegionPlan]
+    filler_nests_um: np.ndarray
+    knobs: Knobs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_informative(self) -> int:
+        """Number of ring + atypical cells."""
+        return sum(r.informative for r in self.regions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON ground truth of the slide."""
+        return {
+            "label": self.label, "width_px": self.width_px, "height_px": self.height_px,
+            "mpp": self.mpp, "region_um": self.region_um,
+            "n_ring": sum(r.architecture == RING for r in self.regions),
+            "n_atypical": sum(r.nuclei == ATYPICAL for r in self.regions),
+            "n_informative": self.n_informative,
+            "regions": [r.to_dict() for r in self.regions],
+        }
+
+
+def grid_shape(width_px: int, height_px: int, mpp: float, region_um: float) -> tuple[int, int]:
+    """(rows, cols) of full cells of a ``region_um`` grid starting at level-0 (0, 0)."""
+    size_px = region_um / mpp
+    return int(height_px // size_px), int(width_px // size_px)
+
+
+def _poisson_disc(
+    rng: np.random.Generator, radii: np.ndarray, inside: Any, sample: Any, gap_um: float,
+    avoid: list[tuple[float, float, float]], max_tries: int = 4000,
+) -> np.ndarray:
+    """Place discs of ``radii`` without overlap by rejection sampling.
+
+    ``sample()`` draws a candidate (x, y); ``inside(x, y, r)`` says if it fits the allowed area.
+    Discs keep ``gap_um`` from each other and from the ``avoid`` discs. The draw order is fixed,
+    so the result depends only on the generator state.
+    """
+    placed: list[tuple[float, float, float]] = []
+    for r in radii:
+        for _ in range(max_tries):
+            x, y = sample()
+            if not inside(x, y, r):
+                continue
+            if all(math.hypot(x - px, y - py) >= r + pr + gap_um for px, py, pr in placed + avoid):
+                placed.append((x, y, float(r)))
+                break
+        else:
+            raise RuntimeError("could not place all nests; the cell is too small for the unit")
+    return np.asarray(placed, dtype=np.float64).reshape(-1, 3)
+
+
+def _plan_unit(
+    rng: np.random.Generator, cell_xy_um: tuple[float, float], region_um: float,
+    architecture: str, knobs: Knobs,
+) -> tuple[tuple[float, float], float, tuple[float, float, float], np.ndarray]:
+    """Draw one tissue unit inside a cell; the draws are identical in number for both architectures.
+
+    Returns (centre, ring radius, lumen (x, y, r), nests (n, 3)) in slide µm.
+    """
+    x0, y0 = cell_xy_um
+    radius = rng.uniform(*RING_RADIUS_UM)
+    spacing = rng.uniform(*NEST_SPACING_UM)
+    n = max(6, round(2 * math.pi * radius / spacing))
+    nest_r = rng.uniform(*NEST_RADIUS_UM, size=n)
+    lumen_r = radius * rng.uniform(*LUMEN_FRACTION)
+    extent = radius + NEST_RADIUS_UM[1] + 3 * knobs.ring_jitter * radius
+    slack = max(region_um / 2 - extent - CELL_MARGIN_UM, 0.0)
+    cx = x0 + region_um / 2 + rng.uniform(-slack, slack)
+    cy = y0 + region_um / 2 + rng.uniform(-slack, slack)
+    # Pre-draw the angles/jitters so both architectures consume the generator identically.
+    step = 2 * math.pi / n
+    angles = rng.uniform(0, 2 * math.pi) + step * np.arange(n) + rng.normal(0, 0.12 * step, n)
+    radial = radius * (1 + rng.normal(0, knobs.ring_jitter, n))
+    lumen_offset = rng.uniform(-1, 1, 2)
+    sub = np.random.default_rng(rng.integers(2**63))  # only the scattered layout uses it
+    if architecture == RING:
+        nests = np.stack([cx + radial * np.cos(angles), cy + radial * np.sin(angles), nest_r], 1)
+        lumen = (cx + 0.05 * radius * lumen_offset[0], cy + 0.05 * radius * lumen_offset[1], lumen_r)
+        return (cx, cy), radius, lumen, nests
+    # Scattered = a *broken* ring: the same nests cut into arcs of 2-3 that keep the ring's spacing
+    # and curvature, each moved and turned at random. A 112-µm 20x tile sees 1-3 nests of an arc
+    # either way; only a 448-µm 5x tile sees whether the arcs close into one ring.
+    local = np.stack([radial * np.cos(angles), radial * np.sin(angles)], 1)  # relative to centre
+    lo = (x0 + CELL_MARGIN_UM, y0 + CELL_MARGIN_UM)
+    hi = (x0 + region_um - CELL_MARGIN_UM, y0 + region_um - CELL_MARGIN_UM)
+    for _ in range(100):
+        placed = _broken_ring(sub, local, nest_r, lo, hi, lumen_r)
+        if placed is not None:
+            return (cx, cy), radius, placed[1], placed[0]
+    raise RuntimeError(f"could not lay out a broken ring of {n} nests in a {region_um:g}-µm cell")
+
+
+def _broken_ring(
+    rng: np.random.Generator, local: np.ndarray, nest_r: np.ndarray, lo: tuple[float, float],
+    hi: tuple[float, float], lumen_r: float, gap_um: float = 20.0, tries: int = 400,
+) -> tuple[np.ndarray, tuple[float, float, float]] | None:
+    """Place a lumen, then arcs of consecutive ring nests, rigidly moved, without overlap.
+
+    Returns (nests (n, 3), lumen) in slide µm, or None when this attempt got stuck.
+    """
+    lumen = (rng.uniform(lo[0] + lumen_r, hi[0] - lumen_r), rng.uniform(lo[1] + lumen_r, hi[1] - lumen_r),
+             lumen_r)
+    placed: list[tuple[float, float, float]] = [(lumen[0], lumen[1], lumen_r + 12.0 - gap_um)]
+    start = 0
+    out = []
+    while start < len(local):
+        size = min(int(rng.integers(2, 4)), len(local) - start)
+        arc, radii = local[start: start + size], nest_r[start: start + size]
+        arc = arc - arc.mean(axis=0)
+        for _ in range(tries):
+            phi = rng.uniform(0, 2 * math.pi)
+            rot = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
+            pos = arc @ rot.T + (rng.uniform(lo[0], hi[0]), rng.uniform(lo[1], hi[1]))
+            inside = np.all((pos - radii[:, None] >= lo) & (pos + radii[:, None] <= hi))
+            if inside and all(
+                math.hypot(x - px, y - py) >= r + pr + gap_um
+                for (x, y), r in zip(pos, radii, strict=True) for px, py, pr in placed
+            ):
+                break
+        else:
+            return None
+        new = [(float(x), float(y), float(r)) for (x, y), r in zip(pos, radii, strict=True)]
+        placed += new
+        out += new
+        start += size
+    return np.asarray(out, np.float64).reshape(-1, 3), lumen
+
+
+def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
+                  grid_w_um: float, grid_h_um: float) -> np.ndarray:
+    """Scattered nests (normal nuclei) in the partial strips right of and below the full grid."""
+    strips = [(grid_w_um, 0.0, plan_w_um, plan_h_um), (0.0, grid_h_um, grid_w_um, plan_h_um)]
+    out = []
+    for x0, y0, x1, y1 in strips:
+        area = max(x1 - x0 - 2 * CELL_MARGIN_UM, 0) * max(y1 - y0 - 2 * CELL_MARGIN_UM, 0)
+        n = int(area / 14000.0)  # ~ the nest density of a unit
+        if n == 0:
+            continue
+        radii = rng.uniform(*NEST_RADIUS_UM, size=n)
+
+        def sample(x0: float = x0, y0: float = y0, x1: float = x1, y1: float = y1) -> tuple[float, float]:
+            return rng.uniform(x0, x1), rng.uniform(y0, y1)
+
+        def inside(x: float, y: float, r: float, x0: float = x0, y0: float = y0,
+                   x1: float = x1, y1: float = y1) -> bool:
+            m = CELL_MARGIN_UM + r
+            return x0 + m <= x <= x1 - m and y0 + m <= y <= y1 - m
+
+        try:
+            out.append(_poisson_disc(rng, radii, inside, sample, 6.0, [], max_tries=200))
+        except RuntimeError:  # a crowded strip just gets fewer nests; it carries no label signal
+            continue
+    return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def plan_slide(
+    rng: np.random.Generator,
+    *,
+    label: int,
+    width_px: int,
+    height_px: int,
+    mpp: float,
+    region_um: float,
+    knobs: Knobs,
+) -> SlidePlan:
+    """Decide the content of one slide.
+
+    The number of ring cells and of atypical cells (``m`` each) is drawn from the same
+    distribution for both labels; a positive slide then turns ``k >= 1`` of its ring cells
+    atypical (and has ``m - k`` further atypical scattered cells), a negative keeps all ``m``
+    atypical cells scattered. So the count of each property alone carries no label information.
+
+    Raises:
+        ValueError: When the slide has fewer than two full grid cells.
+    """
+    rows, cols = grid_shape(width_px, height_px, mpp, region_um)
+    n_cells = rows * cols
+    if n_cells < 2:
+        raise ValueError(
+            f"a {width_px}x{height_px} px slide at {mpp} µm/px holds {n_cells} full "
+            f"{region_um:g}-µm regions; use at least 2 (e.g. --size {round(2 * region_um / mpp)}x"
+            f"{round(region_um / mpp)})"
+        )
+    m_lo, m_hi = max(1, n_cells // 4), max(1, n_cells // 2)
+    m = int(rng.integers(m_lo, m_hi + 1))
+    k = max(1, int(math.floor(1 + knobs.informative_share * (m - 1) + 0.5)))
+    order = rng.permutation(n_cells)
+    kinds: list[tuple[str, str]] = [(SCATTERED, NORMAL)] * n_cells
+    if label:
+        picks = [(RING, ATYPICAL)] * k + [(RING, NORMAL)] * (m - k) + [(SCATTERED, ATYPICAL)] * (m - k)
+    else:
+        picks = [(RING, NORMAL)] * m + [(SCATTERED, ATYPICAL)] * m
+    for slot, kind in zip(order, picks, strict=False):
+        kinds[int(slot)] = kind
+    size_px = region_um / mpp
+    regions = []
+    for idx, (arch, nuc) in enumerate(kinds):
+        r, c = divmod(idx, cols)
+        unit_rng = np.random.default_rng(rng.integers(2**63))
+        centre, radius, lumen, nests = _plan_unit(
+            unit_rng, (c * region_um, r * region_um), region_um, arch, knobs)
+        regions.append(RegionPlan(
+            row=r, col=c, x_px=round(c * size_px), y_px=round(r * size_px), size_px=round(size_px),
+            architecture=arch, nuclei=nuc, centre_um=centre, radius_um=radius, lumen_um=lumen,
+            nests_um=nests,
+        ))
+    filler = _filler_nests(np.random.default_rng(rng.integers(2**63)), width_px * mpp,
+                           height_px * mpp, cols * region_um, rows * region_um)
+    return SlidePlan(width_px=width_px, height_px=height_px, mpp=mpp, region_um=region_um,
+                     label=int(label), regions=regions, filler_nests_um=filler, knobs=knobs)

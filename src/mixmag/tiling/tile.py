@@ -1,0 +1,394 @@
+"""``mixmag tile``: region indices for a batch of slides, resumable and crash-safe.
+
+Per slide ``<id>`` the run folder receives::
+
+    regions/<id>.h5          region index (docs/formats/region-index.md), written atomically
+    regions/manifest.csv     one row per slide: status ok/skipped/error/empty, n_items = regions
+    qc/<id>.png              thumbnail + tissue outline + region grid + invalid 20x tiles
+    tissue/<id>.geojson      tissue polygons in level-0 px (QuPath: File > Import objects)
+    tile_run.json            parameters and environment of the last run
+
+A slide is skipped when its region file is complete and carries the same slide hash and
+parameter fingerprint (an empty slide: when its manifest row does). A killed run leaves only
+``.*.tmp`` files, never a partial ``.h5``; they are removed at the next start. One bad slide never
+stops the batch: it gets status ``error`` (or ``empty``) with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mixmag._version import __version__
+from mixmag.io.manifest import Manifest, Status, read_manifest
+from mixmag.io.regions import RegionIndex, write_region_index
+from mixmag.slides.base import MppInfo, SlideError, SlideReader
+from mixmag.slides.geojson import write_tissue_geojson
+from mixmag.slides.mpp import resolve_mpp
+from mixmag.slides.opener import open_slide
+from mixmag.slides.tissue import TissueMask, TissueParams, detect_tissue
+from mixmag.tiling.extract import ReadPlan, RegionTileReader, plan_region_read
+from mixmag.tiling.grid import build_region_index, grid_coords
+from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
+from mixmag.tiling.qc import write_qc
+from mixmag.tiling.resume import complete_region_count, remove_stale_tmp
+from mixmag.tiling.spec import RegionSpec, magnification_label
+from mixmag.utils.atomic import atomic_write_json
+from mixmag.utils.env import git_sha
+from mixmag.utils.hashing import quick_file_hash, sha256_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Everything that determines a slide's region index (picklable for worker processes)."""
+
+    spec: RegionSpec
+    min_tissue: float
+    valid_min_tissue: float
+    reader: str | None
+    thumbnail_px: int
+    tissue: TissueParams
+    resample: str = "box"
+    verify_reads: int = 3
+    overwrite: bool = False
+
+    def fingerprint(self, mpp_override: float | None) -> str:
+        """Hash of the parameters that change the output (resume compares it)."""
+        payload = {
+            "spec": self.spec.to_dict(), "min_tissue": self.min_tissue, "valid_min_tissue": self.valid_min_tissue,
+            "reader": self.reader, "thumbnail_px": self.thumbnail_px, "tissue": self.tissue.to_dict(),
+            "resample": self.resample, "mpp_override": mpp_override,
+        }
+        return sha256_text(json.dumps(payload, sort_keys=True))[:16]
+
+
+@dataclass
+class SlideResult:
+    """Outcome of one slide (one manifest row)."""
+
+    slide_id: str
+    path: str
+    status: Status
+    n_regions: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+    output: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TileSummary:
+    """What a :func:`tile_slides` run did.
+
+    Attributes:
+        out_dir: Run folder.
+        results: One entry per slide processed in this run (in completion order).
+        n_inputs: Slides found in the inputs.
+        stopped_early: True when ``fail_fast`` stopped the batch at the first error.
+    """
+
+    out_dir: Path
+    results: list[SlideResult]
+    n_inputs: int
+    stopped_early: bool = False
+
+    def count(self, status: Status) -> int:
+        """Number of slides with ``status``."""
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def n_regions(self) -> int:
+        """Regions indexed over all ok/skipped slides."""
+        return sum(r.n_regions or 0 for r in self.results if r.status in (Status.OK, Status.SKIPPED))
+
+    @property
+    def all_failed(self) -> bool:
+        """True when there were slides and every one of them ended in ``error``."""
+        return bool(self.results) and all(r.status == Status.ERROR for r in self.results)
+
+    @property
+    def manifest_path(self) -> Path:
+        """``<out>/regions/manifest.csv``."""
+        return self.out_dir / "regions" / "manifest.csv"
+
+
+def _verify_reads(reader: SlideReader, index: RegionIndex, options: TileOptions, n: int) -> None:
+    """Decode ``n`` regions spread over the slide, so a damaged file fails now, not at embed time."""
+    if n <= 0 or index.n_regions == 0:
+        return
+    tiles = RegionTileReader(reader, index, resample=options.resample)
+    picks = sorted({round(i * (index.n_regions - 1) / max(1, n - 1)) for i in range(n)})
+    for region in picks:
+        tiles.read_region_mosaic(region)
+
+
+def tile_one_slide(
+    job: SlideJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None = None
+) -> SlideResult:
+    """Tile one slide (runs in a worker process); never raises for a bad slide.
+
+    Args:
+        job: The slide and its mpp override.
+        options: Tiling parameters.
+        out_dir: Run folder.
+        previous: This slide's row of an earlier manifest (to resume ``empty`` slides).
+    """
+    start = time.perf_counter()
+    result = SlideResult(slide_id=job.slide_id, path=str(job.path), status=Status.ERROR)
+    try:
+        _tile(job, options, out_dir, previous, result)
+    except SlideError as exc:  # includes MppError: messages are written for the user
+        result.status, result.error = Status.ERROR, str(exc)
+    except Exception as exc:  # any other failure of this slide is recorded; the batch goes on
+        logger.debug("%s failed", job.slide_id, exc_info=True)
+        result.status, result.error = Status.ERROR, f"{job.path.name}: {type(exc).__name__}: {exc}"
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _index_attrs(
+    job: SlideJob, reader: SlideReader, mpp: MppInfo, plan: ReadPlan, tissue: TissueMask, options: TileOptions,
+    hashes: dict[str, Any],
+) -> dict[str, Any]:
+    """Provenance attributes of a region index (documented in docs/formats/region-index.md)."""
+    props = reader.properties
+    w, h = reader.dimensions
+    return {
+        "slide_id": job.slide_id, "slide_path": str(job.path.resolve()), "slide_hash": hashes["slide_hash"],
+        "params_hash": hashes["params_hash"], "reader": reader.name, "vendor": props.vendor,
+        "objective_power": props.objective_power, "mpp_source": mpp.source,
+        "mpp_level0_y": mpp.mpp_y if mpp.mpp_y is not None else mpp.mpp,
+        "achieved_mpps": [plan.achieved_mpps[m] for m in options.spec.mpps], "read_level": plan.level,
+        "read_downsample": plan.downsample, "read_mpp": plan.level_mpp, "resample": options.resample,
+        "level0_width": w, "level0_height": h,
+        "tissue_params": {
+            **options.tissue.to_dict(), "min_tissue": options.min_tissue,
+            "valid_min_tissue": options.valid_min_tissue, "thumbnail_px": options.thumbnail_px,
+            "detected_background": tissue.background, "threshold": tissue.threshold, "mask_mpp_actual": tissue.mpp,
+        },
+        "tissue_fraction_slide": tissue.tissue_fraction_total,
+    }
+
+
+def _tile(job: SlideJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None, result: SlideResult) -> None:
+    region_path = out_dir / "regions" / f"{job.slide_id}.h5"
+    if not job.path.is_file():
+        raise SlideError(f"{job.path}: file not found")
+    slide_hash = quick_file_hash(job.path)
+    params_hash = options.fingerprint(job.mpp_override)
+    result.extra.update(slide_hash=slide_hash, params_hash=params_hash)
+    if not options.overwrite:
+        n_done = complete_region_count(region_path, slide_hash, params_hash)
+        if n_done is not None:
+            result.status, result.n_regions, result.output = Status.SKIPPED, n_done, str(region_path)
+            return
+        if (
+            previous and previous.get("status") == Status.EMPTY.value
+            and previous.get("slide_hash") == slide_hash and previous.get("params_hash") == params_hash
+        ):
+            result.status, result.n_regions, result.error = Status.EMPTY, 0, previous.get("error", "")
+            return
+
+    spec = options.spec
+    with open_slide(job.path, options.reader) as reader:
+        mpp = resolve_mpp(reader, job.mpp_override)
+        w, h = reader.dimensions
+        result.extra.update(reader=reader.name, mpp=f"{mpp.mpp:.6g}", mpp_source=mpp.source)
+        if len(grid_coords((w, h), spec.region_size_level0(mpp.mpp))) == 0:
+            region_path.unlink(missing_ok=True)
+            result.status, result.n_regions = Status.EMPTY, 0
+            result.error = (
+                f"slide is {w * mpp.mpp:.0f} x {h * mpp.mpp:.0f} µm ({w} x {h} px at {mpp.mpp:.4g} µm/px), "
+                f"smaller than one {spec.region_um:g} µm region; nothing to tile (a smaller --region-um would fit)"
+            )
+            return
+        thumb = reader.thumbnail(options.thumbnail_px)
+        tissue = detect_tissue(thumb, (w, h), mpp.mpp, options.tissue)
+        plan = plan_region_read(reader, mpp.mpp, spec, options.resample)
+        index = build_region_index(
+            tissue, mpp.mpp, spec, min_tissue=options.min_tissue, valid_min_tissue=options.valid_min_tissue,
+            attrs=_index_attrs(job, reader, mpp, plan, tissue, options, result.extra),
+        )
+        valid_pct = 100.0 * float(index.tile_valid.mean()) if index.n_regions else 0.0
+        caption = (
+            f"{job.slide_id}  {mpp.mpp:.4g} um/px ({mpp.source})  {index.n_regions} regions  "
+            f"{valid_pct:.0f}% tokens valid  read level {plan.level}"
+        )
+        write_qc(out_dir / "qc" / f"{job.slide_id}.png", thumb, tissue, index, caption)
+        write_tissue_geojson(out_dir / "tissue" / f"{job.slide_id}.geojson", tissue)
+        result.extra.update(tissue_pct=f"{100 * tissue.tissue_fraction_total:.1f}", valid_token_pct=f"{valid_pct:.1f}")
+        if index.n_regions == 0:
+            region_path.unlink(missing_ok=True)  # an index from earlier parameters is now wrong
+            result.status, result.n_regions = Status.EMPTY, 0
+            result.error = (
+                f"no region has >= {options.min_tissue:g} tissue at {magnification_label(spec.mpps[0])} "
+                f"(tissue covers {100 * tissue.tissue_fraction_total:.1f}% of the slide); see qc/{job.slide_id}.png"
+            )
+            return
+        _verify_reads(reader, index, options, options.verify_reads)
+    write_region_index(region_path, index)
+    result.status, result.n_regions, result.output = Status.OK, index.n_regions, str(region_path)
+
+
+_ENV_PACKAGES = ("numpy", "pillow", "h5py", "openslide-python", "openslide-bin", "tiffslide", "tifffile",
+                 "imagecodecs", "scikit-image", "scipy")
+
+
+def _environment() -> dict[str, Any]:
+    """Versions that affect tiling. (utils.env.environment_info imports torch: 0.5 GB for nothing here.)"""
+    versions: dict[str, str | None] = {}
+    for name in _ENV_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {"mixmag": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "packages": versions, "git_sha": git_sha()}
+
+
+@contextlib.contextmanager
+def _executor(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    if workers <= 1:
+        yield None
+        return
+    # spawn, not fork: slide libraries hold threads and file handles that do not survive a fork
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _record(manifest: Manifest, r: SlideResult) -> None:
+    manifest.update(
+        r.slide_id, status=r.status, path=r.path, n_items=r.n_regions, seconds=r.seconds,
+        error=r.error, output=r.output or None, **r.extra,
+    )
+    level = logging.WARNING if r.status == Status.ERROR else logging.INFO
+    details = f" ({r.n_regions} regions)" if r.n_regions else ""
+    if r.error:
+        details += f" - {r.error}"
+    logger.log(level, "%s: %s%s", r.slide_id, r.status.value, details)
+
+
+def tile_slides(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    spec: RegionSpec | None = None,
+    min_tissue: float = 0.25,
+    valid_min_tissue: float = 0.1,
+    mpp_override: float | None = None,
+    mpp_csv: str | os.PathLike[str] | None = None,
+    reader: str | None = None,
+    thumbnail_px: int = 2048,
+    tissue_params: TissueParams | None = None,
+    resample: str = "box",
+    workers: int = 1,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    progress: bool = True,
+) -> TileSummary:
+    """Build region indices, QC pictures and tissue GeoJSON for every input slide.
+
+    Args:
+        inputs: Slide files, folders (searched recursively) and/or CSV lists (``path``[, ``mpp``]).
+        out_dir: Run folder (created).
+        spec: Region geometry (default 448 µm, 224 px, 2.0/1.0/0.5 µm/px).
+        min_tissue: Keep a region when its coarsest-magnification tissue fraction is >= this.
+        valid_min_tissue: A token is valid when its tile's tissue fraction is >= this.
+        mpp_override: Level-0 µm/px for every slide (beats metadata; a CSV row beats it).
+        mpp_csv: ``slide,mpp`` table of per-slide overrides.
+        reader: Force a backend; default by extension and priority.
+        thumbnail_px: Longer side of the detection/QC thumbnail.
+        tissue_params: Tissue-detection settings.
+        resample: Filter used to reach the exact target mpp ("box" area average or "lanczos").
+        workers: Slides processed in parallel processes.
+        overwrite: Recompute slides even when a matching complete output exists.
+        fail_fast: Stop at the first slide that errors.
+        progress: Show a progress bar.
+
+    Returns:
+        A summary; per-slide outcomes are also in ``<out>/regions/manifest.csv``.
+    """
+    out = Path(out_dir)
+    spec = spec or RegionSpec()
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    if thumbnail_px < 64:
+        raise ValueError("thumbnail_px must be >= 64")
+    options = TileOptions(
+        spec=spec, min_tissue=min_tissue, valid_min_tissue=valid_min_tissue, reader=reader,
+        thumbnail_px=thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
+    )
+    if reader is not None:
+        from mixmag.slides import READERS
+
+        READERS.entry(reader)  # unknown backend: fail now with close matches, not once per slide
+    table = read_mpp_csv(mpp_csv) if mpp_csv is not None else None
+    jobs = collect_slides(list(inputs), mpp_override=mpp_override, mpp_table=table, exclude=out)
+    if not jobs:
+        raise ValueError(f"no slides found in {', '.join(map(str, inputs))}")
+    for sub in ("regions", "qc", "tissue"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        if n := remove_stale_tmp(out / sub):
+            logger.info("removed %d unfinished temporary file(s) from %s", n, out / sub)
+    atomic_write_json(out / "tile_run.json", {
+        "inputs": [str(i) for i in inputs], "n_slides": len(jobs), "spec": spec.to_dict(),
+        "options": {k: v for k, v in asdict(options).items() if k != "spec"},
+        "mpp_override": mpp_override, "mpp_csv": None if mpp_csv is None else str(mpp_csv),
+        "workers": workers, "environment": _environment(),
+    })
+    manifest = Manifest(out / "regions" / "manifest.csv")
+    previous_rows = read_manifest(manifest.path)
+    summary = TileSummary(out_dir=out, results=[], n_inputs=len(jobs))
+    bar = tqdm(total=len(jobs), unit="slide", disable=not progress, desc="tile")
+
+    def finish(r: SlideResult) -> bool:
+        _record(manifest, r)
+        summary.results.append(r)
+        bar.update(1)
+        return fail_fast and r.status == Status.ERROR
+
+    with _executor(workers) as pool:
+        if pool is None:
+            for job in jobs:
+                if finish(tile_one_slide(job, options, out, previous_rows.get(job.slide_id))):
+                    summary.stopped_early = True
+                    break
+        else:
+            futures: dict[Future[SlideResult], SlideJob] = {
+                pool.submit(tile_one_slide, job, options, out, previous_rows.get(job.slide_id)): job for job in jobs
+            }
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    r = fut.result()
+                except BrokenProcessPool as exc:  # a native crash in a slide library kills the worker
+                    r = SlideResult(job.slide_id, str(job.path), Status.ERROR,
+                                    error=f"worker process died while processing the batch ({exc})")
+                except Exception as exc:  # e.g. the result could not be sent back
+                    r = SlideResult(job.slide_id, str(job.path), Status.ERROR, error=f"{type(exc).__name__}: {exc}")
+                if finish(r):
+                    summary.stopped_early = True
+                    for other in futures:
+                        other.cancel()
+                    break
+    bar.close()
+    return summary

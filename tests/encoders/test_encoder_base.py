@@ -1,0 +1,78 @@
+"""Transform, pooling, precision and registry behaviour of the encoder base classes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mixmag.encoders import ENCODERS, EncoderMeta, TileTransform, build_encoder, register_encoder
+
+
+def test_transform_normalises_and_resizes() -> None:
+    t = TileTransform(input_px=112, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    tiles = torch.full((3, 224, 224, 3), 255, dtype=torch.uint8)
+    x = t(tiles)
+    assert x.shape == (3, 3, 112, 112) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="uint8"):
+        t(tiles.float())
+
+
+def test_importing_the_registry_does_not_import_vendor_libraries() -> None:
+    code = "import sys, mixmag.encoders as e; assert len(e.ENCODERS) >= 10; print('timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_bf16_autocast_matches_fp32() -> None:
+    """The reduced precision used on CPU keeps embeddings at cosine >= 0.999 (tiny ViT, real-ish input)."""
+    fp32 = build_encoder("tiny.vit-d32", precision="fp32")
+    bf16 = build_encoder("tiny.vit-d32", precision="bf16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    tiles = torch.randint(0, 256, (4, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a, b = fp32.encode(tiles), bf16.encode(tiles)
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.999
+
+
+def test_plugin_style_registration_and_duplicate_keys() -> None:
+    meta = EncoderMeta(key="test.linear-probe", family="Tests", embed_dim=4, pooling="avgpool")
+
+    @register_encoder(meta)
+    def _probe(**overrides):
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+
+    try:
+        enc = build_encoder("test.linear-probe")
+        assert enc.encode(torch.zeros(2, 224, 224, 3, dtype=torch.uint8)).shape == (2, 4)
+        with pytest.raises(ValueError, match="duplicate"):
+            register_encoder(meta)(_probe)
+    finally:
+        ENCODERS._entries.pop("test.linear-probe")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        register_encoder(EncoderMeta(key="test.bad", family="x", embed_dim=1, pooling="max"))
+
+
+def test_metadata_of_published_models() -> None:
+    v2 = ENCODERS.meta("virchow2")
+    assert (v2.embed_dim, v2.pooling, v2.gated, v2.hf_repo) == (2560, "cls+mean", True, "paige-ai/Virchow2")
+    hopt = ENCODERS.meta("h-optimus-0")
+    assert hopt.mean == (0.707223, 0.578729, 0.703617) and hopt.std == (0.211883, 0.230117, 0.177517)
+    lite = ENCODERS.meta("efficientnet-lite0-imagenet")
+    assert lite.default_weights == "package" and "NOT a pathology model" in lite.weights_note
+
+
+def test_zoo_table_in_docs_is_current(tmp_path) -> None:
+    """docs/encoders.md holds the table generated from the registry (regenerate with the catalog module)."""
+    from pathlib import Path
+
+    from mixmag.encoders.catalog import update_doc
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "encoders.md"
+    copy = tmp_path / "encoders.md"
+    copy.write_text(doc.read_text(encoding="utf-8"), encoding="utf-8")
+    assert not update_doc(copy), "run: python -m mixmag.encoders.catalog docs/encoders.md"

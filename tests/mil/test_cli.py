@@ -1,0 +1,49 @@
+"""`mixmag train` and `mixmag compare` through the CLI: thin wrappers, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from mixmag.cli import app as app_module
+from mixmag.cli import train_cmd
+from mixmag.mil.synthetic import SyntheticCohort
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    train_cmd.register(app)
+    return app
+
+
+def test_registered_in_the_app() -> None:
+    assert "train_cmd" in app_module.COMMAND_MODULES
+
+
+def test_train_then_compare(cli: typer.Typer, small_cohort: SyntheticCohort, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "runs"
+    res = runner.invoke(cli, ["train", str(small_cohort.features_dir), "--labels", str(small_cohort.labels_csv),
+                              "--out", str(out), "--methods", "abmil-5x,abmil-20x", "--folds", "2", "--epochs", "1",
+                              "--bootstrap", "20", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "abmil-20x" in res.output and (out / "label" / "abmil-5x" / "metrics.json").is_file()
+    assert (out / "run.log").is_file()
+    res = runner.invoke(cli, ["compare", str(out), "--out", str(tmp_path / "cmp"), "--bootstrap", "50"])
+    assert res.exit_code == 0, res.output
+    assert "Δ AUROC vs abmil-20x" in res.output and "Average" in res.output
+    assert (tmp_path / "cmp" / "comparison.md").is_file()
+
+
+def test_bad_labels_give_one_line_error(cli: typer.Typer, small_cohort: SyntheticCohort, tmp_path: Path) -> None:
+    bad = tmp_path / "labels.csv"
+    bad.write_text("patient_id,slide_id,y\nA,P000-S0,1\nA,P001-S0,0\nB,P002-S0,0\n")
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--labels", str(bad), "--out",
+                                   str(tmp_path / "o"), "--methods", "abmil-5x", "--no-progress"])
+    assert res.exit_code == 2
+    assert "patients whose slides have different labels: 'A'" in res.output
+    assert "Traceback" not in res.output

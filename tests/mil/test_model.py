@@ -1,0 +1,86 @@
+"""Instance sources and the MIL model: which instances each method sees, and end-to-end gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mixmag.mil.data import BagRegions
+from mixmag.mil.estimator import MILClassifier
+from mixmag.mil.methods import METHODS, PAPER_METHODS
+from mixmag.region.model import build_region_encoder
+from mixmag.tiling.spec import RegionSpec
+
+SPEC = RegionSpec()
+
+
+def _bag(r: int = 3, d: int = 4, seed: int = 0) -> BagRegions:
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((r, 21, d)).astype(np.float32)
+    feats[:, :, 0] = np.arange(21)  # feature 0 = token slot, to check what each source picks
+    valid = np.ones((r, 21), bool)
+    valid[0, 5:9] = False  # four invalid 20x tiles in region 0
+    valid[1, 1] = False  # one invalid 10x tile in region 1
+    return BagRegions.from_array(feats, valid, spec=SPEC)
+
+
+def test_every_paper_method_is_registered_with_a_source() -> None:
+    assert set(PAPER_METHODS) <= set(METHODS.keys())
+    for key in PAPER_METHODS:
+        METHODS.get(key).build_source()
+
+
+@pytest.mark.parametrize(("method", "n_per_region", "slots"), [
+    ("abmil-5x", 1, range(0, 1)), ("abmil-10x", 4, range(1, 5)), ("abmil-20x", 16, range(5, 21))])
+def test_tile_sources_pick_valid_tiles_of_their_magnification(method: str, n_per_region: int, slots: range) -> None:
+    bag = _bag()
+    inp = METHODS.get(method).build_source().prepare(bag)
+    expected = 3 * n_per_region - int((~bag.valid[:, slots.start:slots.stop]).sum())
+    assert inp.x.shape == (expected, 4)
+    assert set(inp.x[:, 0].int().tolist()) <= set(slots)
+    assert bag.valid[inp.region, inp.token].all()
+    np.testing.assert_array_equal(inp.x[:, 0].numpy(), inp.token)
+
+
+def test_training_subsample_respects_limit_and_evaluation_uses_all() -> None:
+    src = METHODS.get("abmil-20x").build_source()
+    bag = _bag(r=10)
+    assert src.prepare(bag, limit=7, rng=np.random.default_rng(0)).x.shape[0] == 7
+    assert src.prepare(bag, limit=7).x.shape[0] == int(bag.valid[:, 5:].sum())  # no rng: evaluation
+    region_src = METHODS.get("mix-mem").build_source()
+    assert region_src.prepare(bag, limit=4, rng=np.random.default_rng(0)).x.shape[:2] == (4, 21)
+
+
+def test_region_sources_with_a_real_tiny_encoder() -> None:
+    torch.manual_seed(0)
+    enc = build_region_encoder(tile_dim=4, spec=SPEC, preset="tiny").eval()
+    bag = _bag()
+    tok = METHODS.get("mix-mem").build_source()
+    inst = tok.instances(tok.prepare(bag), enc)
+    assert inst.x.shape == (int(bag.valid.sum()), enc.width)
+    assert bag.valid[inst.region.numpy(), inst.token.numpy()].all()
+    cls = METHODS.get("mix-mem-cls").build_source()
+    inst_cls = cls.instances(cls.prepare(bag), enc, chunk=2)  # chunked encoding == one call
+    assert inst_cls.x.shape == (3, enc.width) and (inst_cls.token == -1).all()
+    torch.testing.assert_close(inst_cls.x, cls.instances(cls.prepare(bag), enc).x)
+
+
+def test_encoder_is_fine_tuned_end_to_end_unless_frozen() -> None:
+    torch.manual_seed(0)
+    enc = build_region_encoder(tile_dim=4, spec=SPEC, preset="tiny")
+    bags, y = [_bag(seed=i) for i in range(4)], [0, 1, 0, 1]
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    tuned = MILClassifier("mix-mem", encoder=enc, hidden_dim=8, attention_dim=4, epochs=1, device="cpu").fit(bags, y)
+    frozen = MILClassifier("mix-mem", encoder=enc, hidden_dim=8, attention_dim=4, epochs=1, device="cpu",
+                           freeze_encoder=True).fit(bags, y)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items()), "the estimator parameter is untouched"
+    changed = [k for k, v in tuned.model_.encoder.state_dict().items() if not torch.equal(v, before[k])]
+    assert "proj.weight" in changed
+    assert all(torch.equal(v, before[k]) for k, v in frozen.model_.encoder.state_dict().items())
+    assert not torch.equal(frozen.model_.head.classifier.weight, tuned.model_.head.classifier.weight)
+
+
+def test_mix_method_without_encoder_is_an_error() -> None:
+    with pytest.raises(ValueError, match="needs a region encoder"):
+        MILClassifier("mix-mem", epochs=1).fit([_bag()] * 2, [0, 1])
