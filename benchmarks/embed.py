@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -115,27 +115,43 @@ def model_only(key: str, tiles: torch.Tensor, args: argparse.Namespace,
     return results
 
 
-def _tree_pss_mb(root: int) -> float:
-    """Proportional set size (MB) of ``root`` and its descendants: shared pages counted once overall."""
-    total, stack = 0.0, [root]
+def _proc_field_mb(pid: int, name: str, file: str = "status") -> float:
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return float(line.split()[1]) / 1024
+    return 0.0
+
+
+def _descendants(root: int) -> list[int]:
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += float(line.split()[1]) / 1024
             for task in Path(f"/proc/{pid}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                stack += kids
         except OSError:
             continue
-    return total
+    return out
 
 
-def _pss_sampler(stop: threading.Event, peak: list[float]) -> None:
-    import os
+def _memory_sampler(stop: threading.Event, peak: dict[str, float]) -> None:
+    """Peak PSS of the process tree (shared pages counted once) and peak RSS of the worker processes.
 
+    RSS of the model process is VmHWM, read at the end (``ru_maxrss`` would include the RSS this
+    process inherited from its parent at fork).
+    """
+    me = os.getpid()
     while not stop.is_set():
-        peak[0] = max(peak[0], _tree_pss_mb(os.getpid()))
+        kids = _descendants(me)
+        try:
+            pss = sum(_proc_field_mb(p, "Pss", "smaps_rollup") for p in [me, *kids])
+            worker = max((_proc_field_mb(p, "VmHWM") for p in kids), default=0.0)
+        except OSError:  # a worker exited between listing and reading
+            continue
+        peak["pss"] = max(peak["pss"], pss)
+        peak["worker_rss"] = max(peak["worker_rss"], worker)
         time.sleep(0.1)
 
 
@@ -164,18 +180,16 @@ def end_to_end_child(args: argparse.Namespace) -> None:
     sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True) if args.gpu_util else None
     if sampler:
         sampler.start()
-    pss_peak = [0.0]
-    threading.Thread(target=_pss_sampler, args=(stop, pss_peak), daemon=True).start()
+    peak = {"pss": 0.0, "worker_rss": 0.0}
+    threading.Thread(target=_memory_sampler, args=(stop, peak), daemon=True).start()
     t0 = time.perf_counter()
     summary = embed_slides(args.tiles_dir, args.out_dir, encoder=enc, batch_size=args.batch_size, precision="auto",
                            workers=args.workers, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
     stop.set()
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = {"tiles": summary.n_tiles, "seconds": seconds, "tiles_per_s": summary.n_tiles / seconds,
-              "precision": summary.precision, "peak_rss_main_mb": self_kb / 1024,
-              "peak_rss_worker_mb": child_kb / 1024, "peak_pss_total_mb": pss_peak[0],
+              "precision": summary.precision, "peak_rss_main_mb": _proc_field_mb(os.getpid(), "VmHWM"),
+              "peak_rss_worker_mb": peak["worker_rss"], "peak_pss_total_mb": peak["pss"],
               "errors": summary.errors}
     if samples:
         util = [u for u, _ in samples]

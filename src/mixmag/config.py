@@ -40,6 +40,8 @@ class SlidesConfig(_Section):
     """CSV with columns `slide,mpp` overriding the resolution per slide (slide = file name or stem)."""
     reader: str | None = None
     """Force a reader backend (`openslide`, `tiffslide`, `image`); default: by extension and priority."""
+    pretrain_inputs: list[Path] = Field(default_factory=list)
+    """Extra unlabeled slides (files, folders or CSV) used only for region-encoder pretraining."""
 
 
 class TilingConfig(_Section):
@@ -93,6 +95,10 @@ class RegionConfig(_Section):
     drop_path: float = Field(default=0.1, ge=0, lt=1)
     position: str = "slot"
     """`slot` (learned per token slot) or `sincos` (2D sin-cos of the tile centre)."""
+    pretrain_on: str = Field(default="auto", pattern="^(auto|all|unlabeled)$")
+    """Pretraining corpus: `unlabeled` (only `slides.pretrain_inputs`: no test patient is seen),
+    `all` (labeled + unlabeled slides; self-supervised, labels unused, but test patients' slides are
+    seen; the report says so), `auto` = `unlabeled` when `slides.pretrain_inputs` is set, else `all`."""
     objectives: list[str] = Field(default_factory=lambda: ["mem", "cmem"])
     """Pretraining objectives to run (each gives one checkpoint): `mem`, `cmem`."""
     mask_ratio: float = Field(default=0.5, gt=0, lt=1)

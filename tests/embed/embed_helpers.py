@@ -48,7 +48,10 @@ def fake_region_tiles(slide_id: str, region: int) -> np.ndarray:
 
 
 class FakeTiles:
-    """TileSource over :func:`fake_region_tiles`; slides whose path contains 'unreadable' fail to open."""
+    """TileSource over :func:`fake_region_tiles`.
+
+    Slides whose path contains 'unreadable' fail to open; 'corrupt*' slides fail on region 5.
+    """
 
     def __init__(self, index: RegionIndex) -> None:
         if "unreadable" in str(index.attrs.get("slide_path")):
@@ -56,6 +59,8 @@ class FakeTiles:
         self.slide_id = index.slide_id
 
     def read_region_tiles(self, region: int) -> np.ndarray:
+        if self.slide_id.startswith("corrupt") and region == 5:
+            raise OSError("JPEG decode error in tile 17 (truncated data)")
         return fake_region_tiles(self.slide_id, region)
 
     def close(self) -> None:

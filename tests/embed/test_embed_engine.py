@@ -70,6 +70,17 @@ def test_worker_processes_give_the_same_files(tmp_path) -> None:
                                       _features(tmp_path / "workers" / f"{s}.h5"))
 
 
+def test_workers_share_one_large_slide_and_survive_a_corrupt_region(tmp_path) -> None:
+    """Three workers decode chunks of the same slide; a corrupt region fails only its slide."""
+    src = write_regions(tmp_path / "tiles", {"big": 13, "corrupt": 9, "small": 1})
+    summary = embed_slides(src, tmp_path / "w3", **{**RUN, "workers": 3, "batch_size": 8})
+    assert sorted(summary.ok) == ["big", "small"] and "JPEG decode error" in summary.errors["corrupt"]
+    embed_slides(src, tmp_path / "w0", **RUN)
+    for s in ("big", "small"):
+        np.testing.assert_array_equal(_features(tmp_path / "w3" / f"{s}.h5"), _features(tmp_path / "w0" / f"{s}.h5"))
+    assert not (tmp_path / "w3" / "corrupt.h5").exists() and not list((tmp_path / "w3").glob(".*.tmp"))
+
+
 def test_resume_checks_provenance_not_existence(tmp_path) -> None:
     src = write_regions(tmp_path / "tiles", {"a": 2, "b": 2})
     out = tmp_path / "feats"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,26 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def print_comparison(table: Any, *, reference: str = "abmil-20x", console: Any = None) -> None:
+    """Print the AUROC and Δ tables of a :func:`~mixmag.evaluate.compare.compare_runs` result (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mixmag.evaluate.compare import format_tables
+
+    console = console or Console()
+    auc, delta = format_tables(table, reference=reference)
+    for title, frame in (("AUROC: mean ± sd over folds (95% CI of the pooled AUROC)", auc),
+                         (f"Δ AUROC vs {reference} (paired bootstrap p)", delta)):
+        t = Table(title=title)
+        t.add_column("task")
+        for col in frame.columns:
+            t.add_column(col)
+        for idx, row in frame.iterrows():
+            t.add_row(str(idx), *map(str, row.tolist()))
+        console.print(t)
 
 
 def register(app: typer.Typer) -> None:
@@ -103,24 +123,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print (and write) the tasks x methods AUROC table with CIs and paired Δ vs a reference."""
         from rich.console import Console
-        from rich.table import Table
 
         from mixmag.cli.common import friendly_errors
 
         with friendly_errors():
-            from mixmag.evaluate.compare import compare_runs, format_tables
+            from mixmag.evaluate.compare import compare_runs
 
             table = compare_runs(run_dirs, out, reference=reference, n_boot=bootstrap, seed=seed)
-            auc, delta = format_tables(table, reference=reference)
         console = Console()
-        for title, frame in (("AUROC: mean ± sd over folds (95% CI of the pooled AUROC)", auc),
-                             (f"Δ AUROC vs {reference} (paired bootstrap p)", delta)):
-            t = Table(title=title)
-            t.add_column("task")
-            for col in frame.columns:
-                t.add_column(col)
-            for idx, row in frame.iterrows():
-                t.add_row(str(idx), *map(str, row.tolist()))
-            console.print(t)
+        print_comparison(table, reference=reference, console=console)
         if out is not None:
             console.print(f"written: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}")

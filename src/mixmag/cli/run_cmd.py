@@ -1,0 +1,73 @@
+"""``mixmag run`` (a whole study from a config) and ``mixmag demo`` (the same on embedded data)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _print_outcome(result: object, started: float) -> None:
+    from rich.console import Console
+
+    from mixmag.pipeline.study import StudyResult
+
+    assert isinstance(result, StudyResult)
+    console = Console()
+    if result.comparison is not None:
+        from mixmag.cli.train_cmd import print_comparison
+
+        print_comparison(result.comparison, console=console)
+    reused = ", ".join(result.skipped) or "none"
+    console.print(f"\nstages reused from an earlier run: {reused}")
+    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+    if result.report is not None:
+        console.print(f"[bold green]report:[/bold green] {result.report}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``run`` and ``demo`` commands to ``app``."""
+
+    @app.command("run")
+    def run(
+        config: Annotated[Path, typer.Argument(help="Study config YAML (`mixmag config init study.yaml`).")],
+        overrides: Annotated[list[str] | None, typer.Option(
+            "--set", help="Override a key: section.key=value (repeatable).")] = None,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ) -> None:
+        """Run the whole study: tile -> embed -> pretrain -> MIL comparison -> heatmaps -> report.
+
+        Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
+        """
+        from mixmag.cli.common import fail, friendly_errors
+        from mixmag.config_errors import ConfigError, load_config_checked
+        from mixmag.pipeline.study import run_study
+
+        try:
+            cfg = load_config_checked(config, overrides or [])
+        except ConfigError as exc:
+            fail(str(exc))
+        started = time.perf_counter()
+        with friendly_errors():
+            result = run_study(cfg, progress=progress)
+        _print_outcome(result, started)
+
+    @app.command("demo")
+    def demo(
+        out: Annotated[Path, typer.Option("--out", help="Demo folder (cohort cached inside).")] = Path("mixmag-demo"),
+        slides: Annotated[list[Path] | None, typer.Option(
+            "--slides", help="Your own slide files/folders to tile, QC and get heatmaps for.")] = None,
+        quick: Annotated[bool, typer.Option("--quick", help="Small cohort, short training (~1-2 min).")] = False,
+        seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    ) -> None:
+        """Generate a synthetic multi-scale cohort and run the whole study on it (CPU, no download)."""
+        from mixmag.cli.common import friendly_errors
+        from mixmag.pipeline.demo import run_demo
+
+        started = time.perf_counter()
+        with friendly_errors():
+            result = run_demo(out, user_slides=slides, quick=quick, seed=seed, progress=progress)
+        _print_outcome(result, started)

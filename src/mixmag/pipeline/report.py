@@ -1,0 +1,113 @@
+"""Collect a finished (or partial) study's outputs into the self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from mixmag.io.manifest import read_manifest
+from mixmag.report.build import build_report
+from mixmag.utils.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from mixmag.pipeline.study import Study, StudyResult
+
+logger = logging.getLogger(__name__)
+
+MAX_QC_IMAGES = 4
+IMAGENET_BASELINES = ("efficientnet-lite0-imagenet",)
+
+
+def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | None:
+    """One row per slide: tiling status, regions, and (when known) patient and label columns."""
+    rows = read_manifest(regions_manifest)
+    if not rows:
+        return None
+    df = pd.DataFrame([{"slide_id": k, "status": r["status"], "regions": r["n_items"], "note": r["error"]}
+                       for k, r in rows.items()])
+    if labels is not None and Path(labels).exists():
+        from mixmag.mil.labels import read_labels
+
+        lab = read_labels(labels)
+        df = df.merge(lab.astype({"slide_id": str}), on="slide_id", how="left")
+    return df
+
+
+def comparison_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-(target, method) rows renamed for the report (``method, mean, ci_low, ci_high`` ...)."""
+    runs = table[table["target"] != "Average"].copy()
+    several = runs["target"].nunique() > 1
+    out = pd.DataFrame({
+        "method": [f"{t} · {m}" if several else m for t, m in zip(runs["target"], runs["method"], strict=True)],
+        "mean": runs["mean_auroc"].astype(float),
+        "sd": runs["sd_auroc"].astype(float),
+        "ci_low": runs["ci_lo"].astype(float),
+        "ci_high": runs["ci_hi"].astype(float),
+        "Δ vs abmil-20x": runs["delta"].astype(float),
+        "p (paired bootstrap)": runs["p_bootstrap"].astype(float),
+    })
+    return out.reset_index(drop=True)
+
+
+def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{method: (y_true, y_score)}`` from the pooled out-of-fold predictions of binary runs."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    runs = table[table["target"] != "Average"]
+    several = runs["target"].nunique() > 1
+    for _, row in runs.iterrows():
+        pred = pd.read_csv(Path(str(row["run_dir"])) / "predictions.csv")
+        if "prob" not in pred.columns:
+            continue  # multi-class: the table carries the macro AUROC
+        name = f"{row['target']} · {row['method']}" if several else str(row["method"])
+        out[name] = (pred["label"].to_numpy(), pred["prob"].to_numpy())
+    return out
+
+
+def write_study_report(study: Study, result: StudyResult) -> Path:
+    """Write ``<run>/report.html`` (and ``timings.json``) from the stage outputs of ``result``."""
+    out = study.out
+    timings = {name: rec.seconds for name, rec in result.stages.items()}
+    atomic_write_json(out / "timings.json", timings)
+    notes: list[str] = []
+    encoder = study.config.embed.encoder
+    if encoder in IMAGENET_BASELINES:
+        notes.append(f"Tile embeddings come from {encoder}, an ImageNet model used as an offline "
+                     "baseline, not a pathology foundation model.")
+    if study.config.embed.random_weights:
+        notes.append("Tile embeddings come from an encoder with RANDOM weights (testing only).")
+    pretrain_notes = {rec.outputs.get("corpus_note") for k, rec in result.stages.items() if k.startswith("pretrain-")}
+    notes.extend(sorted(n for n in pretrain_notes if n))
+    train = result.stages.get("train")
+    if train is not None:
+        for method, reason in (train.outputs.get("skipped") or {}).items():
+            notes.append(f"Method {method} was not run: {reason}")
+    if result.stages.get("tile") is not None:
+        skipped = result.skipped
+        if skipped:
+            notes.append("Stages reused from an earlier run: " + ", ".join(skipped) + ".")
+
+    qc = sorted((out / "tiles" / "qc").glob("*.png"))[:MAX_QC_IMAGES]
+    heatmaps: list[Any] = []
+    if "heatmaps" in result.stages:
+        heatmaps = [Path(p) for p in result.stages["heatmaps"].outputs.get("files", [])]
+    loss = {name.removeprefix("pretrain-"): rec.outputs["metrics"] for name, rec in result.stages.items()
+            if name.startswith("pretrain-") and rec.outputs.get("final_loss") is not None}
+    table = result.comparison
+    return build_report(
+        out / "report.html",
+        title="mixmag study report",
+        subtitle=str(out),
+        config=study.config,
+        cohort=cohort_table(out / "tiles" / "regions" / "manifest.csv", study.config.mil.labels),
+        qc_images=[(p, p.stem) for p in qc],
+        comparison=None if table is None else comparison_rows(table),
+        roc=None if table is None else roc_inputs(table),
+        loss=loss or None,
+        heatmaps=[(p, p.stem) for p in heatmaps],
+        timings=timings,
+        notes=notes,
+    )

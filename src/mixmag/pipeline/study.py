@@ -1,0 +1,320 @@
+"""``mixmag run``: the whole study from one config, stage by stage, skipping what is finished.
+
+Stages and their folders below ``config.out``::
+
+    tiles/       regions/<slide>.h5, qc/, tissue/          (mixmag.tiling)
+    features/    <encoder>/<slide>.h5                      (mixmag.embed)
+    pretrain/    <objective>/ checkpoints, metrics, plot   (mixmag.region)
+    mil/         <target>/<method>/ folds, predictions     (mixmag.mil)
+    compare/     comparison.md/.csv/.png                   (mixmag.evaluate)
+    heatmaps/    <slide>_attention.png ...                 (mixmag.report)
+    report.html, stages.json, config.resolved.yaml, env.json, run.log
+
+Every stage is fingerprinted in ``stages.json`` (:mod:`mixmag.pipeline.ledger`); the stage functions
+are themselves resumable per slide/step, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mixmag.config import PipelineConfig, dump_config
+from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
+from mixmag.tiling.spec import RegionSpec, parse_magnification
+from mixmag.utils.atomic import atomic_write_json, atomic_write_text
+from mixmag.utils.env import environment_info
+from mixmag.utils.logging import add_file_handler
+
+logger = logging.getLogger(__name__)
+
+# methods -> the pretraining objective whose checkpoint they need
+METHOD_OBJECTIVE = {"mix-random": "random", "mix-mem": "mem", "mix-cmem": "cmem", "mix-mem-cls": "mem"}
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did.
+
+    Attributes:
+        run_dir: The run folder.
+        stages: Ledger record per stage (``skipped`` tells which were reused).
+        comparison: The methods x tasks table (None without labels).
+        report: Path of ``report.html``.
+    """
+
+    run_dir: Path
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    comparison: pd.DataFrame | None = None
+    report: Path | None = None
+
+    @property
+    def skipped(self) -> list[str]:
+        """Names of stages reused from an earlier run."""
+        return [k for k, r in self.stages.items() if r.skipped]
+
+
+def region_spec(config: PipelineConfig) -> RegionSpec:
+    """The :class:`RegionSpec` described by the ``tiling`` section."""
+    t = config.tiling
+    return RegionSpec(region_um=t.region_um, tile_px=t.tile_px,
+                      mpps=tuple(parse_magnification(m) for m in t.magnifications))
+
+
+def _section(config: PipelineConfig, name: str, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = getattr(config, name).model_dump(mode="json")
+    return {k: v for k, v in data.items() if k not in exclude}
+
+
+class Study:
+    """One study run: owns the folder, the ledger and the stage functions.
+
+    Args:
+        config: Validated study config.
+        progress: Show progress bars.
+    """
+
+    # settings that never change a stage's result (excluded from fingerprints)
+    RUNTIME_KEYS = ("workers", "device", "num_workers", "checkpoint_every", "cache_gb")
+
+    def __init__(self, config: PipelineConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.out = Path(config.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ledger = StageLedger(self.out)
+        self.spec = region_spec(config)
+        self.fps: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- helpers
+    def _fp(self, name: str, settings: dict[str, Any], upstream: list[str]) -> str:
+        fp = fingerprint(settings, [self.fps[u] for u in upstream])
+        self.fps[name] = fp
+        return fp
+
+    def _settings(self, section: str, **extra: Any) -> dict[str, Any]:
+        return {**_section(self.config, section, exclude=self.RUNTIME_KEYS), **extra}
+
+    @property
+    def regions_dir(self) -> Path:
+        """Region indexes of every slide."""
+        return self.out / "tiles" / "regions"
+
+    @property
+    def features_dir(self) -> Path:
+        """Feature files of the configured encoder."""
+        return self.out / "features" / self.config.embed.encoder
+
+    def _unlabeled_ids(self) -> set[str]:
+        from mixmag.tiling.inputs import collect_slides
+
+        pool = self.config.slides.pretrain_inputs
+        if not pool:
+            return set()
+        everything = collect_slides([*self.config.slides.inputs, *pool], exclude=self.out)
+        pool_paths = {j.path for j in collect_slides(list(pool), exclude=self.out)}
+        return {j.slide_id for j in everything if j.path in pool_paths}
+
+    def pretrain_corpus(self) -> tuple[list[Path], str]:
+        """Feature files used for pretraining and a sentence saying which slides they are."""
+        files = sorted(p for p in self.features_dir.glob("*.h5") if not p.name.startswith("."))
+        unlabeled = self._unlabeled_ids()
+        mode = self.config.region.pretrain_on
+        if mode == "auto":
+            mode = "unlabeled" if unlabeled else "all"
+        if mode == "unlabeled":
+            if not unlabeled:
+                raise ValueError("region.pretrain_on is 'unlabeled' but slides.pretrain_inputs is empty; "
+                                 "add unlabeled slides or set region.pretrain_on: all")
+            chosen = [p for p in files if p.stem in unlabeled]
+            note = (f"Region encoders were pretrained on {len(chosen)} unlabeled slides only: no slide "
+                    "of an evaluated patient was seen during pretraining.")
+        else:
+            chosen = files
+            note = (f"Region encoders were pretrained (self-supervised, labels unused) on all {len(chosen)} "
+                    "slides, including the slides of the patients later used as test folds.")
+        if not chosen:
+            raise ValueError(f"no feature files to pretrain on in {self.features_dir}")
+        return chosen, note
+
+    # ------------------------------------------------------------------ stages
+    def tile(self) -> StageRecord:
+        """Region indexes, QC pictures and tissue GeoJSON for labeled and unlabeled slides."""
+        from mixmag.tiling.tile import tile_slides
+
+        s, t = self.config.slides, self.config.tiling
+        inputs = [*s.inputs, *s.pretrain_inputs]
+        if not inputs:
+            raise ValueError("slides.inputs is empty: list slide files or folders in the config")
+        fp = self._fp("tile", {"slides": _section(self.config, "slides"), **self._settings("tiling")}, [])
+
+        def run() -> dict[str, Any]:
+            summary = tile_slides(
+                inputs, self.out / "tiles", spec=self.spec, min_tissue=t.min_tissue,
+                valid_min_tissue=t.valid_min_tissue, mpp_override=s.mpp, mpp_csv=s.mpp_csv, reader=s.reader,
+                thumbnail_px=t.thumbnail_px, workers=t.workers, progress=self.progress,
+            )
+            if summary.all_failed:
+                raise RuntimeError(f"every slide failed to tile; see {summary.manifest_path}")
+            return {"regions": str(self.regions_dir), "manifest": str(summary.manifest_path),
+                    "n_regions": summary.n_regions}
+
+        return self.ledger.run("tile", fp, run)
+
+    def embed(self) -> StageRecord:
+        """Tile embeddings of every region with the configured foundation model."""
+        from mixmag.embed.engine import embed_slides
+
+        e = self.config.embed
+        fp = self._fp("embed", self._settings("embed"), ["tile"])
+
+        def run() -> dict[str, Any]:
+            summary = embed_slides(
+                self.regions_dir, self.features_dir, encoder=e.encoder, weights=e.weights,
+                random_weights=e.random_weights, batch_size=e.batch_size, precision=e.precision.value,
+                device=e.device, workers=e.workers, progress=self.progress,
+            )
+            done = sorted(self.features_dir.glob("*.h5"))
+            if not done:
+                raise RuntimeError(f"no slide was embedded; see {self.features_dir / 'manifest.csv'}")
+            logger.info("embedded %d slides (%s)", len(done), summary)
+            return {"features": str(self.features_dir), "n_slides": len(done)}
+
+        return self.ledger.run("embed", fp, run)
+
+    def objectives(self) -> list[str]:
+        """Pretraining runs needed: configured objectives plus ``random`` for ``mix-random``."""
+        wanted = list(dict.fromkeys(self.config.region.objectives))
+        methods = self.config.mil.methods if self.config.mil.labels else []
+        for method in methods:
+            obj = METHOD_OBJECTIVE.get(method)
+            if obj is not None and obj not in wanted:
+                wanted.append(obj)
+        return wanted
+
+    def pretrain(self, objective: str) -> StageRecord:
+        """Pretrain one region encoder (``random`` saves the seeded initialisation)."""
+        from mixmag.region.pretrain import pretrain_region_encoder
+
+        r = self.config.region
+        name = f"pretrain-{objective}"
+        fp = self._fp(name, self._settings("region", objective=objective,
+                                           pretrain_inputs=[str(p) for p in self.config.slides.pretrain_inputs]),
+                      ["embed"])
+        arch = {k: getattr(r, k) for k in ("width", "depth", "heads", "mlp_ratio", "drop_path")
+                if k in r.model_fields_set}
+
+        def run() -> dict[str, Any]:
+            files, note = self.pretrain_corpus()
+            result = pretrain_region_encoder(
+                files, self.out / "pretrain" / objective, objective=objective, preset=r.preset,
+                position=r.position, steps=r.steps, batch_size=r.batch_size, lr=r.lr,
+                weight_decay=r.weight_decay, warmup_frac=r.warmup_frac, grad_clip=r.grad_clip,
+                mask_ratio=r.mask_ratio, mag_mask_prob=r.mag_mask_prob, token_drop_max=r.token_drop_max,
+                regions_per_slide=r.regions_per_slide, shuffle_buffer=r.shuffle_buffer,
+                contrastive_weight=r.contrastive_weight, temperature=r.temperature, seed=r.seed,
+                device=r.device, precision=r.precision.value, num_workers=r.num_workers,
+                checkpoint_every=r.checkpoint_every, progress=self.progress, **arch,
+            )
+            return {"checkpoint": str(result.checkpoint), "metrics": str(result.metrics_path),
+                    "final_loss": result.final_loss, "corpus_note": note}
+
+        return self.ledger.run(name, fp, run)
+
+    def train(self, checkpoints: dict[str, str]) -> StageRecord:
+        """Cross-validated AB-MIL for every method and target under identical splits."""
+        from mixmag.mil.experiment import train_methods
+
+        m, ev = self.config.mil, self.config.evaluate
+        assert m.labels is not None
+        fp = self._fp("train", {**self._settings("mil"), **self._settings("evaluate")},
+                      ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
+
+        def run() -> dict[str, Any]:
+            summary = train_methods(
+                self.features_dir, m.labels, self.out / "mil", methods=m.methods, targets=m.targets or None,
+                checkpoints={**checkpoints, **{k: str(v) for k, v in m.checkpoints.items()}},
+                folds=ev.folds, val_frac=ev.val_frac, seed=m.seed, epochs=m.epochs, patience=m.patience,
+                lr=m.lr, encoder_lr_scale=m.encoder_lr_scale, weight_decay=m.weight_decay,
+                freeze_encoder=m.freeze_encoder, max_instances=m.max_instances, max_regions=m.max_regions,
+                grad_accum=m.grad_accum, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
+                dropout=m.dropout, region_preset=m.region_preset, bag_level=m.bag_level,
+                allow_missing_slides=m.allow_missing_slides, bootstrap=ev.bootstrap, splits=ev.splits,
+                device=m.device, precision=m.precision.value, cache_gb=m.cache_gb, overwrite=True,
+                progress=self.progress,
+            )
+            for skipped in summary.skipped:
+                logger.warning("method %s skipped: %s", skipped.method, skipped.reason)
+            if not summary.runs:
+                raise RuntimeError("no MIL method could be trained; see the warnings above")
+            return {"mil": str(self.out / "mil"), "targets": summary.targets,
+                    "skipped": {s.method: s.reason for s in summary.skipped}}
+
+        return self.ledger.run("train", fp, run)
+
+    def compare(self) -> tuple[StageRecord, pd.DataFrame]:
+        """The paper-style table (methods x tasks, mean AUROC, CI, delta vs abmil-20x)."""
+        from mixmag.evaluate.compare import compare_runs
+
+        fp = self._fp("compare", {}, ["train"])
+        out = self.out / "compare"
+
+        def run() -> dict[str, Any]:
+            compare_runs([self.out / "mil"], out)
+            return {"table": str(out / "comparison.csv")}
+
+        rec = self.ledger.run("compare", fp, run)
+        return rec, pd.read_csv(rec.outputs["table"])
+
+    def heatmaps(self, table: pd.DataFrame) -> StageRecord:
+        """Attention heatmaps of a few slides from the best mixing method's out-of-fold attention."""
+        from mixmag.pipeline.heatmaps import write_study_heatmaps
+
+        n = self.config.report.heatmap_slides
+        fp = self._fp("heatmaps", {"n": n, "top_k": self.config.report.top_k}, ["compare"])
+
+        def run() -> dict[str, Any]:
+            paths = write_study_heatmaps(self.out / "mil", table, self.features_dir, self.out / "heatmaps",
+                                         n_slides=n, top_k=self.config.report.top_k)
+            return {"heatmaps": str(self.out / "heatmaps"), "files": [str(p) for p in paths]}
+
+        return self.ledger.run("heatmaps", fp, run)
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> StudyResult:
+        """Run every stage in order (labels-dependent stages only when labels are configured)."""
+        atomic_write_text(self.out / "config.resolved.yaml", dump_config(self.config))
+        atomic_write_json(self.out / "env.json", environment_info())
+        handler = add_file_handler(self.out / "run.log")
+        try:
+            result = StudyResult(run_dir=self.out)
+            result.stages["tile"] = self.tile()
+            result.stages["embed"] = self.embed()
+            checkpoints: dict[str, str] = {}
+            for objective in self.objectives():
+                rec = self.pretrain(objective)
+                result.stages[rec.name] = rec
+                checkpoints[objective] = rec.outputs["checkpoint"]
+            if self.config.mil.labels is None:
+                logger.warning("mil.labels is not set: stopping after pretraining (no biomarker evaluation)")
+            else:
+                result.stages["train"] = self.train(checkpoints)
+                result.stages["compare"], result.comparison = self.compare()
+                if self.config.report.heatmap_slides:
+                    result.stages["heatmaps"] = self.heatmaps(result.comparison)
+            from mixmag.pipeline.report import write_study_report
+
+            result.report = write_study_report(self, result)
+            return result
+        finally:
+            logging.getLogger("mixmag").removeHandler(handler)
+            handler.close()
+
+
+def run_study(config: PipelineConfig, *, progress: bool = True) -> StudyResult:
+    """Run (or resume) the study described by ``config``; see the module docstring."""
+    return Study(config, progress=progress).run()
