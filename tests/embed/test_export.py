@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from embed_helpers import FakeTiles, write_regions
 
 from mixmag.embed import embed_slides, export_features
 from mixmag.io.features import FeatureFile
@@ -15,13 +14,12 @@ TRIDENT_COORD_ATTRS = {"patch_size", "patch_size_level0", "level0_magnification"
                        "overlap", "level0_width", "level0_height", "name", "savetodir"}
 
 
-@pytest.fixture(scope="module")
-def feature_dir(tmp_path_factory):
+@pytest.fixture
+def feature_dir(tmp_path_factory, kit):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("export")
-    src = write_regions(tmp / "tiles", {"a": 3, "b": 5})
-    embed_slides(src, tmp / "feats", encoder="tiny.d16", precision="fp32", device="cpu", workers=0,
-                 progress=False, open_tiles=FakeTiles)
+    src = kit.write_regions(tmp / "tiles", {"a": 3, "b": 5})
+    embed_slides(src, tmp / "feats", **kit.run)
     return tmp / "feats"
 
 

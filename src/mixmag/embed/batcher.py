@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mixmag._version import __version__
 from mixmag.embed.claims import ClaimBoard
-from mixmag.embed.dataset import Message, SlideEnd, SlideFailed, SlideSkip, SlideStart, TileChunk
+from mixmag.embed.dataset import Message, SlideFailed, SlideSkip, SlideStart, TileChunk
 from mixmag.embed.jobs import SlideJob
 from mixmag.encoders import TileEncoder
 from mixmag.io.features import FeatureWriter
@@ -50,8 +50,7 @@ class _Slide:
     n_tokens: int
     n_regions: int
     t0: float = field(default_factory=time.perf_counter)
-    pending_chunks: int = 0
-    ended: bool = False
+    written_regions: int = 0
     failed: bool = False
 
 
@@ -83,14 +82,16 @@ class TileBatcher:
         self.fail_fast = fail_fast
         self.first_batch_hook = first_batch_hook
         self._slides: dict[int, _Slide] = {}
+        self._failed: set[int] = set()
+        # chunks that overtook their slide's SlideStart (they come from other workers)
+        self._orphans: dict[int, list[TileChunk]] = {}
         self._queue: deque[_Chunk] = deque()
         self._queued = 0
         self._known_ok = {k for k, r in manifest.rows().items() if r.get("status") == Status.OK.value}
         self._bar = tqdm(total=0, unit="tile", disable=not progress, desc=f"embed {encoder.meta.key}",
                          dynamic_ncols=True)
         self._handlers: dict[type, Callable[[Any], None]] = {
-            SlideStart: self.start_slide, TileChunk: self.add_chunk, SlideEnd: lambda m: self.end_slide(m.job),
-            SlideSkip: self.skip_slide, SlideFailed: lambda m: self.fail_slide(m.job, m.error, claimed=m.claimed),
+            SlideStart: self.start_slide, TileChunk: self.add_chunk, SlideSkip: self.skip_slide, SlideFailed: lambda m: self.fail_slide(m.job, m.error, claimed=m.claimed),
         }
 
     # ---- messages ------------------------------------------------------------------------------
@@ -100,6 +101,8 @@ class TileBatcher:
 
     def start_slide(self, msg: SlideStart) -> None:
         """Open the slide's feature file (a temp file until complete)."""
+        if msg.job in self._failed:  # a worker already reported it broken
+            return
         job = self.jobs[msg.job]
         index = msg.index
         attrs = dict(self.encoder.provenance(), **msg.provenance,
@@ -110,26 +113,23 @@ class TileBatcher:
                                        n_regions=index.n_regions)
         self._bar.total += index.n_regions * index.spec.n_tokens
         self._bar.refresh()
+        self._maybe_finish(msg.job)  # a slide without regions is complete at once
+        for chunk in self._orphans.pop(msg.job, []):
+            self.add_chunk(chunk)
 
     def add_chunk(self, msg: TileChunk) -> None:
         """Queue a chunk of tiles; run the model while a full batch is available."""
-        slide = self._slides.get(msg.job)
-        if slide is None or slide.failed:
+        if msg.job in self._failed:
+            return
+        if msg.job not in self._slides:
+            self._orphans.setdefault(msg.job, []).append(msg)
             return
         n_tiles = msg.tiles.shape[0]
         self._queue.append(_Chunk(msg.job, msg.start, msg.n_regions, msg.tiles,
                                   np.empty((n_tiles, self.encoder.embed_dim), dtype=np.float32)))
-        slide.pending_chunks += 1
         self._queued += n_tiles
         while self._queued >= self.batch_size:
             self._run(self.batch_size)
-
-    def end_slide(self, job: int) -> None:
-        """All chunks of ``job`` were sent; finish it once their embeddings are written."""
-        slide = self._slides.get(job)
-        if slide is not None:
-            slide.ended = True
-            self._maybe_finish(job)
 
     def skip_slide(self, msg: SlideSkip) -> None:
         """Record a slide that needs no work ("complete") or is another process's ("claimed")."""
@@ -146,16 +146,17 @@ class TileBatcher:
         """Abort ``job``: remove its temp file, release its claim, record the error."""
         from mixmag.embed.engine import SlideEmbeddingError
 
+        if job in self._failed:
+            return
+        self._failed.add(job)
+        self._orphans.pop(job, None)
         sj = self.jobs[job]
-        slide = self._slides.get(job)
+        slide = self._slides.pop(job, None)
         if slide is not None:
-            if slide.failed:
-                return
             slide.failed = True
             self._queued -= sum(c.tiles.shape[0] - c.taken for c in self._queue if c.job == job)
             self._queue = deque(c for c in self._queue if c.job != job)
-            err = FormatError(error)
-            slide.writer.__exit__(FormatError, err, None)  # deletes the temp file
+            slide.writer.__exit__(FormatError, FormatError(error), None)  # deletes the temp file
         if claimed or slide is not None:
             self.claims.release(sj.slide_id)
         logger.error("slide %s failed: %s", sj.slide_id, error)
@@ -197,21 +198,21 @@ class TileBatcher:
         self._bar.update(tiles.shape[0])
 
     def _write(self, chunk: _Chunk) -> None:
-        slide = self._slides[chunk.job]
-        if slide.failed:
+        slide = self._slides.get(chunk.job)
+        if slide is None or slide.failed:
             return
         try:
             slide.writer.write(chunk.start, chunk.out.reshape(chunk.n_regions, slide.n_tokens, -1))
         except FormatError as exc:  # NaN/inf or shape problems: this slide only
             self.fail_slide(chunk.job, str(exc))
             return
-        slide.pending_chunks -= 1
+        slide.written_regions += chunk.n_regions
         self.claims.heartbeat(slide.job.slide_id)
         self._maybe_finish(chunk.job)
 
     def _maybe_finish(self, job: int) -> None:
         slide = self._slides[job]
-        if slide.failed or not slide.ended or slide.pending_chunks:
+        if slide.failed or slide.written_regions < slide.n_regions:
             return
         slide.writer.attrs["precision"] = self.encoder.precision  # final after the auto check
         try:
@@ -244,6 +245,7 @@ class TileBatcher:
                 slide.writer.__exit__(RuntimeError, RuntimeError("aborted"), None)
             self.claims.release(slide.job.slide_id)
             del self._slides[job]
+        self._orphans.clear()
 
     def close(self) -> None:
         """Close the progress bar."""

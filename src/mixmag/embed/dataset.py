@@ -1,19 +1,22 @@
 """CPU side of the extraction engine: workers claim slides and decode their regions into tiles.
 
-:class:`RegionTileStream` is a torch ``IterableDataset``. Each DataLoader worker walks the job list
-(starting at its own offset, so workers spread over the cohort), claims a slide atomically (see
-:mod:`mixmag.embed.claims`), keeps that one slide open, and yields small messages:
+:class:`RegionTileStream` is a torch ``IterableDataset``. DataLoader workers share the cohort
+through a :class:`~mixmag.embed.workqueue.SlideWorkQueue`: a worker helps decoding the chunks of a
+slide that is already open, or else opens the next slide (resume check, atomic claim, see
+:mod:`mixmag.embed.claims`). Each worker keeps one slide reader open. Messages to the model process:
 
-``SlideStart`` (with the region index) -> ``TileChunk`` x k (uint8 tiles of a few regions) -> ``SlideEnd``,
-or ``SlideSkip`` / ``SlideFailed``. The model process turns chunks into batches. Pixels travel as
-uint8 tensors (shared memory between processes); normalisation happens on the model's device.
+``SlideStart`` (with the region index) and ``TileChunk`` (uint8 tiles of a few regions; chunks of
+one slide may come from several workers, in any order), or ``SlideSkip`` / ``SlideFailed``. Pixels
+travel as uint8 tensors (shared memory between processes); normalisation happens on the model's
+device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
+import math
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.jobs import SlideJob, existing_encoder, expected_provenance, is_done
+from mixmag.embed.workqueue import SlideWorkQueue
 from mixmag.io.regions import RegionIndex, read_region_index
 from mixmag.utils.hashing import sha256_file
 
@@ -89,13 +93,6 @@ class TileChunk:
 
 
 @dataclass
-class SlideEnd:
-    """All chunks of slide ``job`` have been sent."""
-
-    job: int
-
-
-@dataclass
 class SlideSkip:
     """Slide ``job`` needs no work here: ``reason`` is "complete" or "claimed"."""
 
@@ -112,7 +109,7 @@ class SlideFailed:
     claimed: bool
 
 
-Message = SlideStart | TileChunk | SlideEnd | SlideSkip | SlideFailed
+Message = SlideStart | TileChunk | SlideSkip | SlideFailed
 
 
 class RegionTileStream(IterableDataset):
@@ -124,11 +121,12 @@ class RegionTileStream(IterableDataset):
         encoder_attrs: Provenance of the encoder (for the resume check).
         regions_per_chunk: Regions decoded per message (about one model batch of tiles).
         overwrite: Recompute slides even when a matching feature file exists.
+        max_workers: DataLoader workers that will share the stream (sizes the work queue).
         open_tiles: Factory of a :class:`TileSource` for a region index (tests inject fakes).
     """
 
     def __init__(self, jobs: list[SlideJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,
-                 regions_per_chunk: int, overwrite: bool = False,
+                 regions_per_chunk: int, overwrite: bool = False, max_workers: int = 1,
                  open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles) -> None:
         super().__init__()
         self.jobs = jobs
@@ -137,8 +135,11 @@ class RegionTileStream(IterableDataset):
         self.regions_per_chunk = max(1, int(regions_per_chunk))
         self.overwrite = overwrite
         self.open_tiles = open_tiles
-        # shared with DataLoader workers through fork/spawn inheritance
-        self._visited = mp.Array("b", len(jobs), lock=True)
+        # created before the DataLoader starts its workers, which inherit it
+        self.queue = SlideWorkQueue(len(jobs), n_slots=max_workers + 2)
+        self._source: TileSource | None = None
+        self._source_job = -1
+        self._index: RegionIndex | None = None
 
     def _order(self) -> list[int]:
         info = get_worker_info()
@@ -150,19 +151,27 @@ class RegionTileStream(IterableDataset):
         return [(offset + k) % n for k in range(n)]
 
     def __iter__(self) -> Iterator[Message]:
-        for j in self._order():
-            if self._take(j):
-                yield from self._slide(j)
+        order = self._order()
+        cursor = 0
+        try:
+            while True:
+                got = self.queue.take_chunk()
+                if got is not None:
+                    yield from self._chunk(*got)
+                    continue
+                while cursor < len(order) and not self.queue.take_slide(order[cursor]):
+                    cursor += 1
+                if cursor < len(order):
+                    yield from self._open(order[cursor])
+                    cursor += 1
+                elif self.queue.preparing():
+                    time.sleep(0.01)  # another worker is opening a slide: help with it when published
+                else:
+                    return
+        finally:
+            self._close_source()
 
-    def _take(self, j: int) -> bool:
-        # within one process each slide is looked at by exactly one worker: the resume check (index
-        # read + hash) and the claim attempt are not repeated by every worker
-        with self._visited.get_lock():
-            if self._visited[j]:
-                return False
-            self._visited[j] = 1
-        return True
-
+    # ---- opening a slide ---------------------------------------------------------------------
     def _prepare(self, j: int) -> tuple[RegionIndex, dict[str, Any]] | Message:
         job = self.jobs[j]
         try:
@@ -180,45 +189,68 @@ class RegionTileStream(IterableDataset):
                                       "refusing to replace them without --overwrite", claimed=False)
         return index, prov
 
-    def _slide(self, j: int) -> Iterator[Message]:
+    def _open(self, j: int) -> Iterator[Message]:
         job = self.jobs[j]
         prepared = self._prepare(j)
         if not isinstance(prepared, tuple):
+            self.queue.close(j)
             yield prepared
             return
         index, prov = prepared
         if not self.claims.try_acquire(job.slide_id):
+            self.queue.close(j)
             yield SlideSkip(j, "claimed")
             return
         # re-check under the claim: another process may have finished the slide in between
         if not self.overwrite and is_done(job.out_path, prov):
             self.claims.release(job.slide_id)
+            self.queue.close(j)
             yield SlideSkip(j, "complete")
             return
         # temp files of a killed writer of this slide: safe to delete now that we hold the claim
         for tmp in Path(job.out_path.parent).glob(f".{job.out_path.name}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        yield from self._decode(j, index, prov)
-
-    def _decode(self, j: int, index: RegionIndex, prov: dict[str, Any]) -> Iterator[Message]:
         try:
-            source = self.open_tiles(index)
+            self._use_source(j, index)
         except Exception as exc:  # any reader failure (missing file, codec, permissions) is per-slide
+            self.queue.close(j)
             yield SlideFailed(j, f"cannot open slide: {type(exc).__name__}: {exc}", claimed=True)
             return
         yield SlideStart(j, index, prov)
+        n_chunks = math.ceil(index.n_regions / self.regions_per_chunk)
+        if not self.queue.open(j, n_chunks):
+            # no free slot (more open slides than workers): read this slide alone
+            while (got := self.queue.take_chunk(only=j)) is not None:
+                yield from self._chunk(*got)
+
+    # ---- reading chunks ------------------------------------------------------------------------
+    def _use_source(self, j: int, index: RegionIndex | None = None) -> TileSource:
+        if self._source is not None and self._source_job == j:
+            return self._source
+        self._close_source()
+        if index is None:
+            index = read_region_index(self.jobs[j].region_path)
+        self._source, self._source_job, self._index = self.open_tiles(index), j, index
+        return self._source
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+        self._source, self._source_job, self._index = None, -1, None
+
+    def _chunk(self, j: int, c: int) -> Iterator[Message]:
         try:
-            for start in range(0, index.n_regions, self.regions_per_chunk):
-                stop = min(start + self.regions_per_chunk, index.n_regions)
-                try:
-                    tiles = np.concatenate([source.read_region_tiles(r) for r in range(start, stop)])
-                except Exception as exc:  # a corrupt tile must fail this slide only
-                    logger.debug("region read failed:\n%s", traceback.format_exc())
-                    yield SlideFailed(j, f"reading regions {start}..{stop - 1} failed: "
-                                         f"{type(exc).__name__}: {exc}", claimed=True)
-                    return
-                yield TileChunk(j, start, stop - start, torch.from_numpy(np.ascontiguousarray(tiles)))
-        finally:
-            source.close()
-        yield SlideEnd(j)
+            source = self._use_source(j)
+            assert self._index is not None
+            start = c * self.regions_per_chunk
+            stop = min(start + self.regions_per_chunk, self._index.n_regions)
+            tiles = np.concatenate([source.read_region_tiles(r) for r in range(start, stop)])
+        except Exception as exc:  # a corrupt region (or a slide gone missing) fails this slide only
+            logger.debug("region read failed:\n%s", traceback.format_exc())
+            self.queue.close(j)
+            self._close_source()
+            yield SlideFailed(j, f"reading chunk {c} (regions from {c * self.regions_per_chunk}) failed: "
+                                 f"{type(exc).__name__}: {exc}", claimed=True)
+            return
+        yield TileChunk(j, start, stop - start, torch.from_numpy(np.ascontiguousarray(tiles)))

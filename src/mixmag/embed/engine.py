@@ -3,13 +3,15 @@
 Data flow (one process; run the same command several times, or as a Slurm array, to scale out)::
 
     DataLoader workers (CPU)                          model process
-    claim slide -> read region -> 21 uint8 tiles  ==>  batch tiles across regions and slides
+    claim slide / take a chunk of an open slide
+    -> read region -> 21 uint8 tiles              ==>  batch tiles across regions and slides
                                                        -> transform + encoder (autocast, channels-last)
                                                        -> scatter into per-region rows
                                                        -> FeatureWriter (temp file, renamed when complete)
 
 Memory is bounded by the loader's prefetch (``workers x 2`` chunks of a few regions) plus one batch:
-no slide is ever held whole. Every slide ends as ``ok``/``empty``/``skipped``/``error`` in
+no slide is ever held whole. All workers help with the slides already open before opening new ones,
+so even a one-slide cohort is decoded in parallel. Every slide ends as ``ok``/``empty``/``skipped``/``error`` in
 ``<out>/manifest.csv``; one bad slide never stops the others unless ``fail_fast``.
 """
 
@@ -175,7 +177,8 @@ def embed_slides(
     claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
     # about one batch of tiles per message: small enough to bound memory, large enough to amortise IPC
     stream = RegionTileStream(jobs, claims, enc.provenance(), overwrite=overwrite, open_tiles=open_tiles,
-                              regions_per_chunk=math.ceil(batch_size / TOKENS_PER_REGION_HINT))
+                              regions_per_chunk=math.ceil(batch_size / TOKENS_PER_REGION_HINT),
+                              max_workers=workers)
     loader = DataLoader(stream, batch_size=None, num_workers=workers,
                         prefetch_factor=2 if workers > 0 else None,
                         pin_memory=enc.device.type == "cuda", persistent_workers=False)

@@ -32,8 +32,13 @@ def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | 
     if labels is not None and Path(labels).exists():
         from mixmag.mil.labels import read_labels
 
-        lab = read_labels(labels)
-        df = df.merge(lab.astype({"slide_id": str}), on="slide_id", how="left")
+        lab = read_labels(labels).astype({"slide_id": str})
+        for col in lab.columns.drop(["patient_id", "slide_id"], errors="ignore"):
+            # numeric labels stay numeric so the report can count positives
+            converted = pd.to_numeric(lab[col], errors="coerce")
+            if converted.notna().sum() == lab[col].notna().sum():
+                lab[col] = converted
+        df = df.merge(lab, on="slide_id", how="left")
     return df
 
 

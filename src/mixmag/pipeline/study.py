@@ -220,7 +220,9 @@ class Study:
                 device=r.device, precision=r.precision.value, num_workers=r.num_workers,
                 checkpoint_every=r.checkpoint_every, progress=self.progress, **arch,
             )
-            return {"checkpoint": str(result.checkpoint), "metrics": str(result.metrics_path),
+            # `random` logs no step, so it may have no metrics file (the ledger checks listed paths exist)
+            metrics = str(result.metrics_path) if result.metrics_path.exists() else None
+            return {"checkpoint": str(result.checkpoint), "metrics": metrics,
                     "final_loss": result.final_loss, "corpus_note": note}
 
         return self.ledger.run(name, fp, run)

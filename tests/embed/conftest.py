@@ -1,15 +1,18 @@
-"""Test helpers for the embedding engine: hand-made region indexes and a fake tile source.
+"""Fixtures for the embedding tests: hand-made region indexes and a fake tile source.
 
 The fake source makes the engine testable without any slide reader: pixels are a deterministic
-function of (slide id, region), so a test can recompute exactly what the engine embedded.
+function of (slide id, region), so a test can recompute exactly what the engine embedded. The
+helpers reach the tests through the ``kit`` fixture (the suite runs with --import-mode=importlib).
 """
 
 from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from mixmag.io.regions import RegionIndex, write_region_index
 from mixmag.tiling.spec import RegionSpec
@@ -65,3 +68,12 @@ class FakeTiles:
 
     def close(self) -> None:
         pass
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    """The helpers above, plus ``run``: embed_slides keyword arguments for fast CPU runs on fake tiles."""
+    run = dict(encoder="tiny.d16", batch_size=16, precision="fp32", device="cpu", workers=0, progress=False,
+               open_tiles=FakeTiles)
+    return SimpleNamespace(make_index=make_index, write_regions=write_regions, fake_region_tiles=fake_region_tiles,
+                           FakeTiles=FakeTiles, run=run)

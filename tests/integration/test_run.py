@@ -1,0 +1,94 @@
+"""`mixmag run` end to end on a tiny synthetic study, and the skip-on-rerun contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mixmag.cli.app import build_app
+from mixmag.synth.cohort import make_synthetic_cohort
+
+STAGES = ["tile", "embed", "pretrain-mem", "pretrain-random", "train", "compare", "heatmaps"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    cohort = make_synthetic_cohort(root / "cohort", n_slides=8, n_unlabeled=2, slide_px=(1792, 896),
+                                   seed=3, progress=False)
+    config = {
+        "out": str(root / "run"),
+        "slides": {"inputs": [str(cohort.out_dir / "slides")],
+                   "pretrain_inputs": [str(cohort.out_dir / "unlabeled")]},
+        "tiling": {"thumbnail_px": 512},
+        "embed": {"encoder": "tiny.d16", "random_weights": True, "batch_size": 16, "workers": 0},
+        "region": {"preset": "tiny", "objectives": ["mem"], "steps": 3, "batch_size": 8,
+                   "checkpoint_every": 0, "num_workers": 0},
+        "mil": {"labels": str(cohort.labels_csv), "methods": ["abmil-20x", "mix-random", "mix-mem-cls"],
+                "epochs": 2, "patience": 2, "hidden_dim": 16, "attention_dim": 8, "region_preset": "tiny",
+                "device": "cpu"},
+        "evaluate": {"folds": 2, "bootstrap": 20},
+        "report": {"heatmap_slides": 1, "top_k": 2},
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _run(config: Path) -> str:
+    result = CliRunner().invoke(build_app(), ["run", str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_run_completes_then_skips_every_stage(tiny_study: Path) -> None:
+    out = _run(tiny_study)
+    run_dir = tiny_study.parent / "run"
+    ledger = json.loads((run_dir / "stages.json").read_text())["stages"]
+    assert sorted(ledger) == sorted(STAGES)
+    assert all(rec["status"] == "done" for rec in ledger.values())
+    for name in ("report.html", "config.resolved.yaml", "env.json", "run.log", "timings.json",
+                 "compare/comparison.csv", "tiles/regions/manifest.csv", "features/tiny.d16/manifest.csv"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "heatmaps").glob("*_attention.png"))
+    assert "report:" in out
+    first = pd.read_csv(run_dir / "compare" / "comparison.csv")
+    assert set(first["method"]) >= {"abmil-20x", "mix-random", "mix-mem-cls"}
+    mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "features" / "tiny.d16").glob("*.h5")}
+
+    log_before = (run_dir / "run.log").read_text()
+    out2 = _run(tiny_study)
+    new_log = (run_dir / "run.log").read_text()[len(log_before):]
+    skipped = [line for line in new_log.splitlines() if "up to date" in line]
+    assert len(skipped) == len(STAGES), new_log
+    assert "stages reused from an earlier run: " + ", ".join(STAGES) in " ".join(out2.split())
+    second = pd.read_csv(run_dir / "compare" / "comparison.csv")
+    pd.testing.assert_frame_equal(first, second)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}  # nothing recomputed
+
+
+def test_changing_a_downstream_setting_reruns_only_downstream(tiny_study: Path) -> None:
+    log = tiny_study.parent / "run" / "run.log"
+    before = log.read_text()
+    result = CliRunner().invoke(build_app(), ["run", str(tiny_study), "--no-progress",
+                                              "--set", "report.top_k=1"])
+    assert result.exit_code == 0, result.output
+    messages = log.read_text()[len(before):]
+    for stage in ("tile", "embed", "train", "compare"):
+        assert f"stage {stage:<9s} up to date" in messages
+    assert "stage heatmaps  running" in messages
+
+
+def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiling:\n  region_um: 448\n  min_tisue: 0.3\n", encoding="utf-8")
+    result = CliRunner().invoke(build_app(), ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "min_tisue" in result.output and "min_tissue" in result.output and ":3" in result.output
+    missing = CliRunner().invoke(build_app(), ["run", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "config init" in missing.output
