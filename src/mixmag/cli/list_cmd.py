@@ -13,6 +13,9 @@ REGISTRIES: dict[str, tuple[str, str]] = {
 }
 
 
+PREFERRED_COLUMNS = ("key", "embed_dim", "pooling", "gated", "license", "extensions", "priority", "package")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``list`` command to ``app``."""
 
@@ -37,7 +40,10 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
             return
-        columns = list(dict.fromkeys(k for row in rows for k in row))[:8]
+        present = list(dict.fromkeys(k for row in rows for k in row))
+        # the few columns a person scans first; --json has every field
+        preferred = [c for c in PREFERRED_COLUMNS if c in present]
+        columns = preferred if len(preferred) >= 2 else present[:6]
         table = Table(title=f"mixmag {kind}")
         for col in columns:
             table.add_column(col)

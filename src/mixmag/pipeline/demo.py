@@ -27,16 +27,23 @@ class DemoSize:
 
     n_slides: int
     n_unlabeled: int
+    difficulty: float
     pretrain_steps: int
     epochs: int
     folds: int
 
 
 DEMO_SIZES = {
-    "full": DemoSize(n_slides=48, n_unlabeled=24, pretrain_steps=300, epochs=25, folds=5),
+    "full": DemoSize(n_slides=144, n_unlabeled=48, difficulty=0.3, pretrain_steps=200, epochs=20, folds=5),
     # for CI and a first look: same pipeline, smaller everything
-    "quick": DemoSize(n_slides=16, n_unlabeled=8, pretrain_steps=40, epochs=6, folds=3),
+    "quick": DemoSize(n_slides=24, n_unlabeled=8, difficulty=0.3, pretrain_steps=20, epochs=4, folds=3),
 }
+
+# Two 448-µm regions per slide (1792 x 896 px at 0.5 µm/px). Every slide then holds exactly one
+# ring region and one atypical region: together in positives, apart in negatives, so the label is
+# a clean region-level conjunction, and three times more slides fit in the same embedding budget
+# than with 3 x 2-region slides.
+DEMO_SLIDE_PX = (1792, 896)
 
 
 def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: list[Path]) -> PipelineConfig:
@@ -46,12 +53,15 @@ def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: lis
         "slides": {"inputs": [str(cohort_dir / "slides"), *map(str, user_slides)],
                    "pretrain_inputs": [str(cohort_dir / "unlabeled")]},
         "tiling": {"thumbnail_px": 1024},
-        "embed": {"encoder": "efficientnet-lite0-imagenet", "batch_size": 32, "workers": 1},
+        # bf16 halves the CPU embedding time; for this ImageNet baseline it keeps a mean cosine of
+        # 0.999 to fp32 on real tiles (minimum 0.995, below the 0.999 that `auto` demands)
+        "embed": {"encoder": "efficientnet-lite0-imagenet", "batch_size": 32, "workers": 1,
+                  "precision": "bf16"},
         "region": {"preset": "small", "steps": size.pretrain_steps, "batch_size": 64, "lr": 5e-4,
                    "regions_per_slide": 8, "checkpoint_every": 0, "num_workers": 0,
                    "pretrain_on": "unlabeled", "objectives": ["mem", "cmem"]},
-        "mil": {"labels": str(cohort_dir / "labels.csv"), "epochs": size.epochs, "patience": 8,
-                "lr": 5e-4, "encoder_lr_scale": 0.5, "hidden_dim": 128, "attention_dim": 64,
+        "mil": {"labels": str(cohort_dir / "labels.csv"), "epochs": size.epochs, "patience": 10,
+                "lr": 5e-4, "encoder_lr_scale": 0.1, "hidden_dim": 128, "attention_dim": 64,
                 "region_preset": "small", "bag_level": "patient", "device": "cpu"},
         "evaluate": {"folds": size.folds, "bootstrap": 500},
         "report": {"heatmap_slides": 4, "top_k": 3},
@@ -75,7 +85,8 @@ def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | N
     out = Path(out_dir).resolve()
     size = DEMO_SIZES["quick" if quick else "full"]
     cohort = make_synthetic_cohort(out / "cohort", n_slides=size.n_slides, n_unlabeled=size.n_unlabeled,
-                                   seed=seed, workers=2, progress=progress)
+                                   difficulty=size.difficulty, slide_px=DEMO_SLIDE_PX, seed=seed, workers=2,
+                                   progress=progress)
     config = demo_config(out / "study", cohort.out_dir, size=size, user_slides=list(user_slides or []))
     study = Study(config, progress=progress)
     result = study.run()
