@@ -8,10 +8,13 @@ a white canvas; tissue detection then treats the margin as background, as it sho
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
 import numpy as np
+
+from mixmag.slides.base import LevelInfo, SlideProperties, SlideReader
 
 # (level0_x, level0_y, level, width, height) -> uint8 (height, width, 3 or 4)
 RawRead = Callable[[int, int, int, int, int], np.ndarray]
@@ -84,3 +87,40 @@ def parse_float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) and out > 0 else None
+
+
+class WindowedPyramidReader(SlideReader):
+    """Base of backends that read windows of a pyramid through a ``_raw_read`` primitive.
+
+    Subclasses fill ``self._levels`` and ``self._properties`` when they open the file and
+    implement ``_raw_read(x, y, level, w, h)``; edge clipping onto white, the level/property
+    accessors and the band-streamed thumbnail are shared here.
+    """
+
+    _levels: list[LevelInfo]
+    _properties: SlideProperties
+
+    @property
+    def levels(self) -> list[LevelInfo]:
+        """Pyramid levels as the backend reports them (level 0 first)."""
+        return self._levels
+
+    @property
+    def properties(self) -> SlideProperties:
+        """Parsed metadata; ``raw`` holds every property of the backend."""
+        return self._properties
+
+    @abc.abstractmethod
+    def _raw_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """In-bounds window of ``level`` at level-0 (x, y): uint8 (h, w, 3 or 4)."""
+
+    def read_region(self, level0_xy: tuple[int, int], level: int, size_px: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of ``level`` at level-0 origin ``level0_xy``; outside/transparent is white."""
+        lv = self._levels[level]
+        return read_clipped(self._raw_read, level0_xy, level, size_px, (lv.width, lv.height), lv.downsample)
+
+    def thumbnail(self, max_px: int) -> np.ndarray:
+        """Band-streamed thumbnail (bounded memory), longer side ``max_px``."""
+        from mixmag.slides.thumbnail import streamed_thumbnail
+
+        return streamed_thumbnail(self, max_px)

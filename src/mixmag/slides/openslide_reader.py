@@ -11,17 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from mixmag.slides._common import parse_float, read_clipped
+from mixmag.slides._common import WindowedPyramidReader, parse_float
 from mixmag.slides.base import (
     READERS,
     LevelInfo,
     ReaderMeta,
     SlideError,
     SlideProperties,
-    SlideReader,
 )
 from mixmag.slides.mpp import mpp_from_resolution
-from mixmag.slides.thumbnail import streamed_thumbnail
 
 # OpenSlide derives openslide.mpp-* of "generic-tiff" slides from the TIFF resolution tags; we
 # attribute those values to the tags so `mixmag info` reports the true source.
@@ -37,7 +35,7 @@ _TAG_DERIVED_VENDORS = frozenset({"generic-tiff"})
         description="OpenSlide 4 (vendor formats and tiled pyramidal TIFF); default backend",
     ),
 )
-class OpenSlideReader(SlideReader):
+class OpenSlideReader(WindowedPyramidReader):
     """Slide reader backed by OpenSlide.
 
     Args:
@@ -80,15 +78,7 @@ class OpenSlideReader(SlideReader):
             raw=raw,
         )
 
-    @property
-    def levels(self) -> list[LevelInfo]:
-        """Pyramid levels as OpenSlide reports them (level 0 first)."""
-        return self._levels
 
-    @property
-    def properties(self) -> SlideProperties:
-        """Parsed metadata; ``raw`` holds every OpenSlide property."""
-        return self._properties
 
     def _raw_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         try:
@@ -103,14 +93,7 @@ class OpenSlideReader(SlideReader):
                 f"size {w}x{h}: {exc}. The file is probably truncated or corrupt."
             ) from exc
 
-    def read_region(self, level0_xy: tuple[int, int], level: int, size_px: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 (h, w, 3) of ``level`` at level-0 origin ``level0_xy``; outside/transparent is white."""
-        lv = self._levels[level]
-        return read_clipped(self._raw_read, level0_xy, level, size_px, (lv.width, lv.height), lv.downsample)
 
-    def thumbnail(self, max_px: int) -> np.ndarray:
-        """Band-streamed thumbnail (bounded memory), longer side ``max_px``."""
-        return streamed_thumbnail(self, max_px)
 
     def close(self) -> None:
         """Close the OpenSlide handle."""

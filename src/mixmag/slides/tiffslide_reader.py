@@ -14,17 +14,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from mixmag.slides._common import parse_float, read_clipped
+from mixmag.slides._common import WindowedPyramidReader, parse_float
 from mixmag.slides.base import (
     READERS,
     LevelInfo,
     ReaderMeta,
     SlideError,
     SlideProperties,
-    SlideReader,
 )
 from mixmag.slides.mpp import mpp_from_resolution
-from mixmag.slides.thumbnail import streamed_thumbnail
 
 if TYPE_CHECKING:
     import tifffile
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
         description="tiffslide (tifffile/zarr): stripped TIFF, OME-TIFF and TIFFs OpenSlide refuses",
     ),
 )
-class TiffSlideReader(SlideReader):
+class TiffSlideReader(WindowedPyramidReader):
     """Slide reader backed by tiffslide.
 
     Args:
@@ -90,15 +88,7 @@ class TiffSlideReader(SlideReader):
             raw=raw,
         )
 
-    @property
-    def levels(self) -> list[LevelInfo]:
-        """Pyramid levels as tiffslide reports them (level 0 first)."""
-        return self._levels
 
-    @property
-    def properties(self) -> SlideProperties:
-        """Parsed metadata; ``raw`` holds every tiffslide property."""
-        return self._properties
 
     def _raw_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         try:
@@ -116,14 +106,7 @@ class TiffSlideReader(SlideReader):
             )
         return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
 
-    def read_region(self, level0_xy: tuple[int, int], level: int, size_px: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 (h, w, 3) of ``level`` at level-0 origin ``level0_xy``; outside is white."""
-        lv = self._levels[level]
-        return read_clipped(self._raw_read, level0_xy, level, size_px, (lv.width, lv.height), lv.downsample)
 
-    def thumbnail(self, max_px: int) -> np.ndarray:
-        """Band-streamed thumbnail (bounded memory), longer side ``max_px``."""
-        return streamed_thumbnail(self, max_px)
 
     def close(self) -> None:
         """Close the underlying TIFF file."""
