@@ -232,13 +232,15 @@ class Study:
         from mixmag.mil.experiment import train_methods
 
         m, ev = self.config.mil, self.config.evaluate
-        assert m.labels is not None
+        labels = m.labels
+        if labels is None:
+            raise ValueError("mil.labels is not set: the train stage needs a labels CSV")
         fp = self._fp("train", {**self._settings("mil"), **self._settings("evaluate")},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
 
         def run() -> dict[str, Any]:
             summary = train_methods(
-                self.features_dir, m.labels, self.out / "mil", methods=m.methods, targets=m.targets or None,
+                self.features_dir, labels, self.out / "mil", methods=m.methods, targets=m.targets or None,
                 checkpoints={**checkpoints, **{k: str(v) for k, v in m.checkpoints.items()}},
                 folds=ev.folds, val_frac=ev.val_frac, seed=m.seed, epochs=m.epochs, patience=m.patience,
                 lr=m.lr, encoder_lr_scale=m.encoder_lr_scale, weight_decay=m.weight_decay,

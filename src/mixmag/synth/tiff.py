@@ -64,15 +64,13 @@ def write_pyramidal_tiff(
     comp, comp_args = codecs[compression]
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         for i, level in enumerate(levels):
-            kwargs: dict[str, object] = {}
-            if mpp is not None:
-                px_per_cm = 1e4 / (mpp * (2**i))
-                kwargs["resolution"] = (px_per_cm, px_per_cm)
-                kwargs["resolutionunit"] = "CENTIMETER"
+            # resolution tags in px/cm so readers report mpp exactly; none at all for mpp=None
+            px_per_cm = None if mpp is None else 1e4 / (mpp * (2**i))
             tif.write(
                 level, photometric="rgb", tile=(tile_px, tile_px), compression=comp, compressionargs=comp_args,
                 subfiletype=0 if i == 0 else 1, description=description if i == 0 else None,
-                metadata=None, **kwargs,
+                metadata=None, resolution=None if px_per_cm is None else (px_per_cm, px_per_cm),
+                resolutionunit=None if px_per_cm is None else "CENTIMETER",
             )
     return Path(path)
 

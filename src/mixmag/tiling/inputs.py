@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def _unique_ids(paths: list[Path], wanted: list[str | None]) -> list[str]:
 
 
 def collect_slides(
-    inputs: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...],
+    inputs: Sequence[str | os.PathLike[str]],
     *,
     mpp_override: float | None = None,
     mpp_table: dict[str, float] | None = None,
