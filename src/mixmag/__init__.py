@@ -10,11 +10,9 @@ Heavy sub-packages are imported lazily: ``import mixmag`` is cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from mixmag._version import __version__
 from mixmag.tiling.spec import RegionSpec
+from mixmag.utils.lazy import lazy_getattr
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY: dict[str, str] = {
@@ -26,12 +24,19 @@ _LAZY: dict[str, str] = {
     "build_encoder": "mixmag.encoders",
     "embed_slides": "mixmag.embed",
     "export_features": "mixmag.embed",
+    "tile_slides": "mixmag.tiling.tile",
+    "open_slide": "mixmag.slides",
+    "pretrain_region_encoder": "mixmag.region.pretrain",
+    "encode_regions": "mixmag.region.encode",
+    "load_region_encoder": "mixmag.io.checkpoints",
+    "train_methods": "mixmag.mil.experiment",
+    "MILClassifier": "mixmag.mil.estimator",
+    "compare_runs": "mixmag.evaluate.compare",
+    "run_study": "mixmag.pipeline.study",
+    "make_synthetic_cohort": "mixmag.synth.cohort",
 }
 
 __all__ = ["RegionSpec", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mixmag' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,8 +5,7 @@ Pure statistics (no torch): :mod:`mixmag.mil` uses these modules; they never imp
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mixmag.utils.lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {
     "auroc": "mixmag.evaluate.metrics",
@@ -23,7 +22,4 @@ _LAZY: dict[str, str] = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mixmag.evaluate' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

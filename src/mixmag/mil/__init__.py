@@ -11,8 +11,7 @@ Main entry points (imported lazily, so ``import mixmag.mil`` stays cheap):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mixmag.utils.lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {
     "train_methods": "mixmag.mil.experiment",
@@ -37,7 +36,4 @@ _LAZY: dict[str, str] = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mixmag.mil' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

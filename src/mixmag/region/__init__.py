@@ -12,8 +12,7 @@ Public API (heavy modules are imported lazily on first use)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mixmag.utils.lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {
     "RegionEncoder": "mixmag.region.model",
@@ -32,7 +31,4 @@ _LAZY: dict[str, str] = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mixmag.region' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

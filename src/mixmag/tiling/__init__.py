@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from mixmag.tiling.spec import RegionSpec, parse_magnification
+from mixmag.utils.lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {
     "tile_slides": "mixmag.tiling.tile",
@@ -24,7 +22,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["RegionSpec", "parse_magnification", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mixmag.tiling' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
