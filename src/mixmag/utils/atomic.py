@@ -18,6 +18,17 @@ from typing import Any
 TMP_MARKER = ".tmp"
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do that once at import, never while other
+    # threads may be creating files
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``final_path``; on success rename it into place.
@@ -33,9 +44,7 @@ def atomic_path(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would have
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # flush file contents before the rename makes them visible
