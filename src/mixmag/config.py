@@ -146,8 +146,12 @@ class MilConfig(_Section):
     """Tiles per bag per training step for `abmil-*` (random subset; all at evaluation)."""
     max_regions: int = Field(default=256, ge=1)
     """Regions per bag per training step for `mix-*` (random subset; all at evaluation)."""
+    batch_size: int = Field(default=1, ge=1)
+    """Bags per forward pass, padded to the longest (1 = classic one-bag AB-MIL steps)."""
     grad_accum: int = Field(default=1, ge=1)
-    """Bags per optimiser update."""
+    """Forward passes per optimiser update."""
+    standardize: bool = True
+    """Standardise `abmil-*` tile features per dimension with training-fold statistics."""
     checkpoints: dict[str, Path] = Field(default_factory=dict)
     """Region-encoder checkpoint per role: `mem`, `cmem`, `random` (a method without its role is skipped)."""
     region_preset: str = "base"

@@ -84,3 +84,59 @@ def test_encoder_is_fine_tuned_end_to_end_unless_frozen() -> None:
 def test_mix_method_without_encoder_is_an_error() -> None:
     with pytest.raises(ValueError, match="needs a region encoder"):
         MILClassifier("mix-mem", epochs=1).fit([_bag()] * 2, [0, 1])
+
+
+@pytest.mark.parametrize("method", ["abmil-20x", "mix-mem", "mix-mem-cls"])
+def test_a_padded_batch_gives_each_bag_its_own_logits(method: str) -> None:
+    # bags of different lengths in one forward pass == each bag alone (padding is masked out)
+    torch.manual_seed(0)
+    enc = build_region_encoder(tile_dim=4, spec=SPEC, preset="tiny")
+    clf = MILClassifier(method, encoder=enc, hidden_dim=8, attention_dim=4, dropout=0.0)
+    model = clf.build_model(4, 2).eval()
+    bags = [_bag(r=r, seed=r) for r in (2, 5, 3)]
+    inputs = [model.source.prepare(b) for b in bags]
+    with torch.no_grad():
+        batched = model.forward_batch(inputs)
+        alone = torch.stack([model(inp).logits for inp in inputs])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_instance_standardizer_fits_training_bags_and_rides_with_the_weights() -> None:
+    from mixmag.mil.model import InstanceStandardizer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(loc=[5.0, -2.0, 0.0], scale=[10.0, 0.1, 1.0], size=(4000, 3))
+    norm = InstanceStandardizer(3).fit_(torch.from_numpy(c) for c in np.array_split(x, 7))
+    np.testing.assert_allclose(norm.mean.numpy(), x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.std.numpy(), x.std(0, ddof=1), rtol=1e-5)
+    z = norm(torch.from_numpy(x).float())
+    np.testing.assert_allclose(z.std(0).numpy(), 1.0, rtol=1e-3)
+
+    bags, y = [_bag(seed=i) for i in range(4)], [0, 1, 0, 1]
+    for b in bags:
+        b.feats[..., 1] *= 1000.0  # one dominant dimension, as in real FM embeddings
+    fitted = MILClassifier("abmil-20x", hidden_dim=8, attention_dim=4, epochs=1, device="cpu").fit(bags, y)
+    seen = np.concatenate([b.feats[:, 5:][b.valid[:, 5:]] for b in bags])
+    np.testing.assert_allclose(fitted.model_.instance_norm.mean.numpy(), seen.mean(0), rtol=1e-4, atol=1e-4)
+    assert "instance_norm.std" in fitted.model_.state_dict()
+    raw = MILClassifier("abmil-20x", standardize=False, hidden_dim=8, attention_dim=4, epochs=1,
+                        device="cpu").fit(bags, y)
+    assert torch.equal(raw.model_.instance_norm.std, torch.ones(4))
+    assert MILClassifier("mix-mem", encoder=build_region_encoder(tile_dim=4, spec=SPEC, preset="tiny"),
+                         hidden_dim=8, attention_dim=4).build_model(4, 2).instance_norm is None
+
+
+def test_class_weights_reach_one_bag_steps() -> None:
+    # cross_entropy(weight=w) on a single sample divides by w, cancelling it; the engine must not
+    from mixmag.mil.train import TrainParams, train_one_epoch
+
+    def loss_with(weights: list[float] | None) -> float:
+        torch.manual_seed(0)
+        clf = MILClassifier("abmil-20x", hidden_dim=8, attention_dim=4, dropout=0.0)
+        model = clf.build_model(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        cw = None if weights is None else torch.tensor(weights)
+        return train_one_epoch(model, [_bag(seed=1)], np.array([1]), opt, params=TrainParams(),
+                               device=torch.device("cpu"), rng=np.random.default_rng(0), class_weight=cw)
+
+    assert loss_with([1.0, 3.0]) == pytest.approx(3.0 * loss_with(None), rel=1e-6)

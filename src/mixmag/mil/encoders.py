@@ -59,6 +59,8 @@ class EncoderRecipe:
         objective: Pretraining objective stored in the checkpoint (``mem``, ``cmem``, ``random``).
         architecture: Constructor kwargs of the encoder to build fresh (copied from a pretrained
             checkpoint); empty: use ``preset``.
+        template: The pretrained checkpoint whose architecture and input statistics a fresh
+            encoder copies (None: none).
         preset: Region-encoder preset for a fresh build without a template.
         seed: Seed of a fresh initialisation (identical across folds).
         tile_dim: Tile embedding dimension of the features.
@@ -74,6 +76,7 @@ class EncoderRecipe:
     tile_dim: int
     spec: dict[str, Any]
     architecture: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
 
     def build(self) -> nn.Module:
         """A new encoder: loaded from the checkpoint, or freshly initialised under :attr:`seed`."""
@@ -85,8 +88,14 @@ class EncoderRecipe:
         with torch.random.fork_rng(devices=devices):  # seed the init without disturbing the caller's RNG
             torch.manual_seed(self.seed)
             if self.architecture:
-                return encoder_class()(**self.architecture)
-            return build_fn(tile_dim=self.tile_dim, spec=RegionSpec.from_dict(self.spec), preset=self.preset)
+                encoder = encoder_class()(**self.architecture)
+            else:
+                encoder = build_fn(tile_dim=self.tile_dim, spec=RegionSpec.from_dict(self.spec), preset=self.preset)
+        if self.template is not None:
+            # same input standardisation as the pretrained encoders: only the weights differ
+            pretrained, _ = load_fn(self.template, map_location="cpu")
+            encoder.set_input_stats(pretrained.input_mean, pretrained.input_std)
+        return encoder
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly provenance (written into the run config)."""
@@ -132,9 +141,10 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
         if Path(template).exists():
             _, info = load_fn(template, map_location="cpu")
             check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
-            logger.info("%s encoder: fresh initialisation (seed %d) with the architecture of the %s checkpoint",
+            logger.info("%s encoder: fresh initialisation (seed %d) with the architecture and input statistics "
+                        "of the %s checkpoint",
                         role, seed, template_role)
             return EncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random",
-                                 architecture=dict(info["encoder_kwargs"]), **base)
+                                 architecture=dict(info["encoder_kwargs"]), template=str(info["path"]), **base)
     logger.info("%s encoder: fresh initialisation (seed %d) from the %r preset", role, seed, preset)
     return EncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random", **base)

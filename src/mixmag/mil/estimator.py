@@ -57,8 +57,11 @@ class MILClassifier:
         freeze_encoder: Keep the encoder fixed.
         max_instances: Training subsample size for tile methods.
         max_regions: Training subsample size for encoder methods.
-        grad_accum: Bags per optimiser update.
+        batch_size: Bags per forward pass (padded; 1 = classic one-bag steps).
+        grad_accum: Forward passes per optimiser update.
         balanced: Inverse-frequency class weights in the loss.
+        standardize: Standardise tile instances per dimension with statistics of the training bags
+            (tile methods; region encoders standardise with their pretraining statistics).
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: Seed of initialisation, bag order and subsampling.
@@ -77,8 +80,8 @@ class MILClassifier:
                  classes: Sequence[Any] | None = None, hidden_dim: int = 512, attention_dim: int = 256,
                  dropout: float = 0.25, epochs: int = 30, patience: int = 8, lr: float = 2e-4,
                  encoder_lr_scale: float = 0.1, weight_decay: float = 1e-4, freeze_encoder: bool = False,
-                 max_instances: int = 4096, max_regions: int = 256, grad_accum: int = 1,
-                 balanced: bool = True, precision: str = "auto", device: str = "auto", seed: int = 0,
+                 max_instances: int = 4096, max_regions: int = 256, batch_size: int = 1, grad_accum: int = 1,
+                 balanced: bool = True, standardize: bool = True, precision: str = "auto", device: str = "auto", seed: int = 0,
                  progress: bool = False) -> None:
         self.method = method
         self.encoder = encoder
@@ -94,8 +97,10 @@ class MILClassifier:
         self.freeze_encoder = freeze_encoder
         self.max_instances = max_instances
         self.max_regions = max_regions
+        self.batch_size = batch_size
         self.grad_accum = grad_accum
         self.balanced = balanced
+        self.standardize = standardize
         self.precision = precision
         self.device = device
         self.seed = seed
@@ -103,7 +108,7 @@ class MILClassifier:
 
     _PARAMS = ("method", "encoder", "classes", "hidden_dim", "attention_dim", "dropout", "epochs", "patience",
                "lr", "encoder_lr_scale", "weight_decay", "freeze_encoder", "max_instances", "max_regions",
-               "grad_accum", "balanced", "precision", "device", "seed", "progress")
+               "batch_size", "grad_accum", "balanced", "standardize", "precision", "device", "seed", "progress")
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         """Constructor parameters (sklearn protocol)."""
@@ -128,7 +133,7 @@ class MILClassifier:
         return TrainParams(
             epochs=self.epochs, patience=self.patience, lr=self.lr, encoder_lr_scale=self.encoder_lr_scale,
             weight_decay=self.weight_decay, freeze_encoder=self.freeze_encoder or spec.freeze_encoder,
-            max_instances=self.max_instances, max_regions=self.max_regions, grad_accum=self.grad_accum,
+            max_instances=self.max_instances, max_regions=self.max_regions, batch_size=self.batch_size, grad_accum=self.grad_accum,
             balanced=self.balanced, precision=self.precision)
 
     def build_model(self, tile_dim: int, n_classes: int) -> MILModel:
@@ -168,6 +173,8 @@ class MILClassifier:
         first = bags[0]
         self.n_features_in_ = int(first.feats.shape[-1])
         model = self.build_model(self.n_features_in_, len(self.classes_))
+        if self.standardize:
+            model.fit_instance_norm(bags)
         val = as_bags(val_bags) if val_bags is not None else None
         device = resolve_device(self.device)
         result: FitResult = fit(

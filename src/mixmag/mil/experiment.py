@@ -88,7 +88,7 @@ class TrainSummary:
 
 def _estimator_params(s: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("hidden_dim", "attention_dim", "dropout", "epochs", "patience", "lr", "encoder_lr_scale",
-            "weight_decay", "freeze_encoder", "max_instances", "max_regions", "grad_accum", "precision")
+            "weight_decay", "freeze_encoder", "max_instances", "max_regions", "batch_size", "grad_accum", "standardize", "precision")
     return {k: s[k] for k in keys}
 
 
@@ -196,7 +196,7 @@ def train_methods(
     checkpoints: Mapping[str, str | os.PathLike[str]] | None = None, folds: int = 5, val_frac: float = 0.2,
     seed: int = 0, epochs: int = 30, patience: int = 8, lr: float = 2e-4, encoder_lr_scale: float = 0.1,
     weight_decay: float = 1e-4, freeze_encoder: bool = False, max_instances: int = 4096, max_regions: int = 256,
-    grad_accum: int = 1, hidden_dim: int = 512, attention_dim: int = 256, dropout: float = 0.25,
+    batch_size: int = 1, grad_accum: int = 1, standardize: bool = True, hidden_dim: int = 512, attention_dim: int = 256, dropout: float = 0.25,
     region_preset: str = "base", bag_level: str = "patient", allow_missing_slides: bool = False,
     bootstrap: int = 1000, splits: str | os.PathLike[str] | None = None, device: str = "auto",
     precision: str = "auto", cache_gb: float = 4.0, overwrite: bool = False, progress: bool = True,
@@ -223,7 +223,9 @@ def train_methods(
         freeze_encoder: Keep region encoders fixed.
         max_instances: Training subsample for tile methods.
         max_regions: Training subsample for encoder methods.
-        grad_accum: Bags per optimiser update.
+        batch_size: Bags per forward pass (padded; 1 = one bag per step).
+        grad_accum: Forward passes per optimiser update.
+        standardize: Standardise tile instances with training-fold statistics (tile methods).
         hidden_dim: AB-MIL width.
         attention_dim: AB-MIL attention width.
         dropout: AB-MIL dropout.

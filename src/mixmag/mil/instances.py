@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,21 @@ class ModelInput:
     valid: torch.Tensor | None
     region: np.ndarray
     token: np.ndarray | None
+
+    @staticmethod
+    def concat(inputs: Sequence[ModelInput]) -> tuple[ModelInput, np.ndarray]:
+        """Stack the regions of several prepared bags (region sources) for one encoder call.
+
+        Returns:
+            ``(merged, bag_of_row)``: ``merged.region`` numbers the stacked rows 0..R-1 and
+            ``bag_of_row`` (R,) gives the position in ``inputs`` of each row's bag.
+        """
+        if any(inp.valid is None for inp in inputs):
+            raise ValueError("ModelInput.concat() stacks regions; tile inputs are padded per bag instead")
+        x = torch.cat([inp.x for inp in inputs])
+        valid = torch.cat([inp.valid for inp in inputs if inp.valid is not None])
+        bag_of_row = np.repeat(np.arange(len(inputs)), [inp.x.shape[0] for inp in inputs])
+        return ModelInput(x=x, valid=valid, region=np.arange(x.shape[0], dtype=np.int64), token=None), bag_of_row
 
     def to(self, device: torch.device) -> ModelInput:
         """Copy the tensors to ``device`` (index arrays stay on the CPU)."""

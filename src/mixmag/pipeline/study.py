@@ -245,7 +245,7 @@ class Study:
                 folds=ev.folds, val_frac=ev.val_frac, seed=m.seed, epochs=m.epochs, patience=m.patience,
                 lr=m.lr, encoder_lr_scale=m.encoder_lr_scale, weight_decay=m.weight_decay,
                 freeze_encoder=m.freeze_encoder, max_instances=m.max_instances, max_regions=m.max_regions,
-                grad_accum=m.grad_accum, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
+                batch_size=m.batch_size, grad_accum=m.grad_accum, standardize=m.standardize, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
                 dropout=m.dropout, region_preset=m.region_preset, bag_level=m.bag_level,
                 allow_missing_slides=m.allow_missing_slides, bootstrap=ev.bootstrap, splits=ev.splits,
                 device=m.device, precision=m.precision.value, cache_gb=m.cache_gb, overwrite=True,

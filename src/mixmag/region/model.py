@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -126,6 +127,8 @@ class RegionEncoder(nn.Module):
 
     token_mag_index: Tensor  # (T,) buffer
     pos_embed: Tensor  # (T, W) parameter ("slot") or fixed buffer ("sincos")
+    input_mean: Tensor  # (D_tile,) persistent buffer: cohort mean of the tile embeddings
+    input_std: Tensor  # (D_tile,) persistent buffer: cohort standard deviation
 
     def __init__(
         self,
@@ -165,6 +168,11 @@ class RegionEncoder(nn.Module):
         self.width = int(width)
         self.position = position
 
+        # Per-dimension cohort standardisation (identity until set_input_stats): FM embeddings
+        # have a few dimensions with a variance orders of magnitude above the rest, which a
+        # per-token LayerNorm does not equalise; they would dominate the projection otherwise.
+        self.register_buffer("input_mean", torch.zeros(tile_dim))
+        self.register_buffer("input_std", torch.ones(tile_dim))
         self.input_norm = nn.LayerNorm(tile_dim)
         self.proj = nn.Linear(tile_dim, width)
         self.mag_embed = nn.Parameter(torch.zeros(n_mags, width))
@@ -195,6 +203,29 @@ class RegionEncoder(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def set_input_stats(self, mean: Tensor | np.ndarray | Sequence[float], std: Tensor | np.ndarray | Sequence[float]) -> None:
+        """Standardise inputs per dimension with cohort statistics ((D_tile,) each, std > 0).
+
+        Pretraining sets them from its corpus (the same statistics that standardise the MEM
+        targets); they are saved with the weights, so fine-tuning and ``encode`` apply them too.
+        """
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean_t.shape != (self.tile_dim,) or std_t.shape != (self.tile_dim,):
+            raise ValueError(f"input statistics must have shape ({self.tile_dim},), got "
+                             f"{tuple(mean_t.shape)} and {tuple(std_t.shape)}")
+        if not bool(torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
+            raise ValueError("input statistics must be finite with std > 0")
+        self.input_mean.copy_(mean_t)
+        self.input_std.copy_(std_t)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before input standardisation existed hold no statistics: they were
+        # trained on raw embeddings, so the identity is the faithful default.
+        for name, fill in (("input_mean", self.input_mean), ("input_std", self.input_std)):
+            state_dict.setdefault(prefix + name, fill.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay (embeddings and special tokens)."""
         return {"mag_embed", "pos_embed", "cls_token", "mask_token"}
@@ -211,10 +242,12 @@ class RegionEncoder(nn.Module):
     def embed_tokens(self, x: Tensor, valid: Tensor, mask: Tensor | None = None) -> Tensor:
         """Input stage: (B, T, D_tile) -> (B, T, W) token embeddings (before the CLS is prepended).
 
-        Invalid inputs are zeroed first (their rows may hold anything, even non-finite filler) and
-        masked tokens are replaced by the learned mask token *after* projection, so the encoder
-        still knows where (position) and at which magnification the hidden tile was.
+        Inputs are standardised with the cohort statistics (:meth:`set_input_stats`); invalid
+        inputs are then zeroed (their rows may hold anything, even non-finite filler) and masked
+        tokens are replaced by the learned mask token *after* projection, so the encoder still
+        knows where (position) and at which magnification the hidden tile was.
         """
+        x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         x = torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         h = self.proj(self.input_norm(x))
         if mask is not None:

@@ -241,13 +241,8 @@ class _Run:
         logger.info("region encoder W=%d depth=%d heads=%d (%s positions), %.2fM parameters; %d slides, "
                     "%d regions; objective %s", kw["width"], kw["depth"], kw["heads"], kw["position"],
                     n_params / 1e6, len(self.cohort.slides), self.cohort.n_regions, s.objective)
-        self.mean = self.std = None
-        if not self.objective.trains:  # `random`: the initialised encoder *is* the result
-            self._save(self.out / "final", 0, with_state=False)
-            return self._result(None, None)
-
         start = 0
-        if latest is not None:
+        if latest is not None and self.objective.trains:
             tensors = load_checkpoint_tensors(latest)
             state = load_training_state(latest)
             self.trainer.load_state(tensors, state)
@@ -259,6 +254,12 @@ class _Run:
                 self.metrics.truncate(start)
         else:
             self.mean, self.std = _target_stats(self.cohort, s, ctx)
+            # The encoder standardises its inputs with the same statistics as the MEM targets; a
+            # `random` encoder gets them too, so random-vs-pretrained differs only in the weights.
+            self.trainer.encoder.set_input_stats(self.mean, self.std)
+        if not self.objective.trains:  # `random`: the initialised encoder *is* the result
+            self._save(self.out / "final", 0, with_state=False)
+            return self._result(None, None)
         self.trainer.set_target_stats(self.mean, self.std)
         final_loss = self._train(start)
         self._save(self.out / "final", s.steps, with_state=False)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mixmag.region.distributed import DistContext
-from mixmag.region.model import build_region_encoder
+from mixmag.region.model import RegionEncoder, build_region_encoder
 from mixmag.region.objectives import OBJECTIVES, RegionPretrainer
 from mixmag.region.settings import PretrainSettings, lr_factor
 from mixmag.tiling.spec import RegionSpec
@@ -76,9 +76,11 @@ class Trainer:
         self.std: torch.Tensor | None = None
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> RegionEncoder:
         """The region encoder being trained."""
-        return self.model.encoder
+        encoder = self.model.encoder
+        assert isinstance(encoder, RegionEncoder)
+        return encoder
 
     def set_target_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Cohort statistics used to standardise MEM targets ((D,) each)."""
