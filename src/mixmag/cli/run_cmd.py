@@ -27,6 +27,20 @@ def _print_outcome(result: object, started: float) -> None:
         console.print(f"[bold green]report:[/bold green] {result.report}")
 
 
+def _print_demo_verdict(result: object) -> None:
+    """One line on what the demo cohort is built to show (the numbers, not a claim)."""
+    from rich.console import Console
+
+    from mixmag.pipeline.demo import mixing_gaps
+    from mixmag.pipeline.study import StudyResult
+
+    assert isinstance(result, StudyResult)
+    gaps = mixing_gaps(result.comparison) if result.comparison is not None else {}
+    if gaps:
+        listed = ", ".join(f"{m} {g:+.3f}" for m, g in gaps.items())
+        Console().print(f"pretrained mixing vs the best single-magnification baseline (mean AUROC): {listed}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``run`` and ``demo`` commands to ``app``."""
 
@@ -71,3 +85,4 @@ def register(app: typer.Typer) -> None:
         with friendly_errors():
             result = run_demo(out, user_slides=slides, quick=quick, seed=seed, progress=progress)
         _print_outcome(result, started)
+        _print_demo_verdict(result)

@@ -28,12 +28,13 @@ def print_comparison(table: Any, *, reference: str = "abmil-20x", console: Any =
     auc, delta = format_tables(table, reference=reference)
     for title, frame in (("AUROC: mean ± sd over folds (95% CI of the pooled AUROC)", auc),
                          (f"Δ AUROC vs {reference} (paired bootstrap p)", delta)):
+        # one row per method: seven methods fit an 80-column terminal, seven columns do not
         t = Table(title=title)
-        t.add_column("task")
-        for col in frame.columns:
-            t.add_column(col)
-        for idx, row in frame.iterrows():
-            t.add_row(str(idx), *map(str, row.tolist()))
+        t.add_column("method", no_wrap=True)
+        for task in frame.index:
+            t.add_column(str(task))
+        for method in frame.columns:
+            t.add_row(str(method), *map(str, frame[method].tolist()))
         console.print(t)
 
 
@@ -64,6 +65,7 @@ def register(app: typer.Typer) -> None:
         freeze_encoder: Annotated[bool, Opt("--freeze-encoder", help="Do not fine-tune region encoders.")] = False,
         max_instances: Annotated[int, Opt("--max-instances", help="Tiles per bag per training step.")] = 4096,
         max_regions: Annotated[int, Opt("--max-regions", help="Regions per bag per training step (mix-*).")] = 256,
+        batch_size: Annotated[int, Opt("--batch-size", min=1, help="Bags per training step (padded).")] = 1,
         region_preset: Annotated[str, Opt("--region-preset",
                                           help="Architecture of a fresh encoder when no checkpoint is given.")]
         = "base",
@@ -99,7 +101,7 @@ def register(app: typer.Typer) -> None:
                     checkpoints={k: v for k, v in checkpoints.items() if v is not None}, folds=folds,
                     val_frac=val_frac, seed=seed, epochs=epochs, patience=patience, lr=lr,
                     encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder, max_instances=max_instances,
-                    max_regions=max_regions, region_preset=region_preset, bag_level=bag_level,
+                    max_regions=max_regions, batch_size=batch_size, region_preset=region_preset, bag_level=bag_level,
                     allow_missing_slides=allow_missing_slides, bootstrap=bootstrap, splits=splits, device=device,
                     precision=precision, overwrite=overwrite, progress=progress)
             finally:
