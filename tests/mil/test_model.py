@@ -140,3 +140,18 @@ def test_class_weights_reach_one_bag_steps() -> None:
                                device=torch.device("cpu"), rng=np.random.default_rng(0), class_weight=cw)
 
     assert loss_with([1.0, 3.0]) == pytest.approx(3.0 * loss_with(None), rel=1e-6)
+
+
+def test_grouped_prediction_equals_one_bag_at_a_time() -> None:
+    from mixmag.mil.train import predict
+
+    torch.manual_seed(0)
+    enc = build_region_encoder(tile_dim=4, spec=SPEC, preset="tiny")
+    bags = [_bag(r=r, seed=r) for r in (2, 5, 3, 4)]
+    for method in ("abmil-20x", "mix-mem"):
+        model = MILClassifier(method, encoder=enc, hidden_dim=8, attention_dim=4).build_model(4, 2)
+        model.eval_chunk = 9  # groups of (2, 5), (3, 4)
+        grouped = predict(model, bags, device=torch.device("cpu"))
+        alone = predict(model, bags, device=torch.device("cpu"), attention=True)
+        np.testing.assert_allclose(np.stack([p.prob for p in grouped]), np.stack([p.prob for p in alone]),
+                                   rtol=1e-5, atol=1e-6)

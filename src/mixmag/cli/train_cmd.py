@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
         max_instances: Annotated[int, Opt("--max-instances", help="Tiles per bag per training step.")] = 4096,
         max_regions: Annotated[int, Opt("--max-regions", help="Regions per bag per training step (mix-*).")] = 256,
         batch_size: Annotated[int, Opt("--batch-size", min=1, help="Bags per training step (padded).")] = 1,
+        standardize: Annotated[bool, Opt("--standardize/--no-standardize",
+                                         help="Standardise abmil-* tile features (training-fold statistics).")] = True,
         region_preset: Annotated[str, Opt("--region-preset",
                                           help="Architecture of a fresh encoder when no checkpoint is given.")]
         = "base",
@@ -101,7 +103,8 @@ def register(app: typer.Typer) -> None:
                     checkpoints={k: v for k, v in checkpoints.items() if v is not None}, folds=folds,
                     val_frac=val_frac, seed=seed, epochs=epochs, patience=patience, lr=lr,
                     encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder, max_instances=max_instances,
-                    max_regions=max_regions, batch_size=batch_size, region_preset=region_preset, bag_level=bag_level,
+                    max_regions=max_regions, batch_size=batch_size, standardize=standardize,
+                    region_preset=region_preset, bag_level=bag_level,
                     allow_missing_slides=allow_missing_slides, bootstrap=bootstrap, splits=splits, device=device,
                     precision=precision, overwrite=overwrite, progress=progress)
             finally:

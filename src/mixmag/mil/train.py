@@ -180,8 +180,17 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
     amp_dtype, _ = amp_settings(device, precision)
     empty = np.zeros(0)
     out: list[BagPrediction] = []
-    for bag in bags:
-        inp = model.source.prepare(bag).to(device)
+    # Without attention, small bags are predicted together (padded, one encoder call) as long as
+    # the group holds at most `eval_chunk` regions, which keeps memory as bounded as one big bag.
+    for group in ([[b] for b in bags] if attention else _group_bags(bags, model.eval_chunk)):
+        if len(group) > 1:
+            inputs = [model.source.prepare(bag).to(device) for bag in group]
+            with _autocast(device, amp_dtype):
+                logits = model.forward_batch(inputs)
+            for prob in torch.softmax(logits.float(), dim=1).cpu().numpy():
+                out.append(BagPrediction(prob, empty, empty, empty))
+            continue
+        inp = model.source.prepare(group[0]).to(device)
         with _autocast(device, amp_dtype):
             res = model(inp)
         prob = torch.softmax(res.logits.float(), dim=0).cpu().numpy()
@@ -191,6 +200,20 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
         else:
             out.append(BagPrediction(prob, empty, empty, empty))
     return out
+
+
+def _group_bags(bags: Sequence[BagRegions], max_regions: int) -> list[list[BagRegions]]:
+    """Consecutive bags grouped so that each group holds at most ``max_regions`` regions (or one bag)."""
+    groups: list[list[BagRegions]] = []
+    total = 0
+    for bag in bags:
+        if groups and total + bag.n_regions <= max_regions:
+            groups[-1].append(bag)
+            total += bag.n_regions
+        else:
+            groups.append([bag])
+            total = bag.n_regions
+    return groups
 
 
 def _val_scores(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
