@@ -99,7 +99,8 @@ def model_only(key: str, tiles: torch.Tensor, args: argparse.Namespace, random_w
         def run(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                         enabled=dtype is not None):
-                return torch.cat([enc(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+                # the engine's own path: batches of `bs`, sliced to `cpu_max_batch` on a CPU
+                return torch.cat([enc.forward_bounded(x[i:i + bs]).float() for i in range(0, len(x), bs)])
 
         run(x[: 2 * bs], dtype)  # warm-up (oneDNN primitive creation, cuDNN autotune)
         _sync(device)

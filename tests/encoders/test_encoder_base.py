@@ -39,6 +39,18 @@ def test_bf16_autocast_matches_fp32() -> None:
     assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.999
 
 
+def test_cpu_batches_run_in_bounded_slices_with_the_same_embeddings(monkeypatch) -> None:
+    enc = build_encoder("tiny.vit-d32", precision="fp32")
+    tiles = torch.randint(0, 256, (37, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole = enc.encode(tiles[:8])  # at most cpu_max_batch: one call
+    seen: list[int] = []
+    forward = enc.forward
+    monkeypatch.setattr(enc, "forward", lambda x: (seen.append(x.shape[0]), forward(x))[1])
+    out = enc.encode(tiles)
+    assert seen == [16, 16, 5] and out.shape == (37, enc.embed_dim)
+    torch.testing.assert_close(out[:8], whole, rtol=1e-4, atol=1e-5)
+
+
 def test_plugin_style_registration_and_duplicate_keys() -> None:
     meta = EncoderMeta(key="test.linear-probe", family="Tests", embed_dim=4, pooling="avgpool")
 

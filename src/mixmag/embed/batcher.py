@@ -68,11 +68,13 @@ class TileBatcher:
         progress: Show a tqdm bar (tiles, tiles/s).
         first_batch_hook: Called once with (encoder, first batch of uint8 tiles) before it is
             embedded (the "auto" precision check).
+        after_batch: Called after every forward pass (e.g. :meth:`HeapTrimmer.tick`).
     """
 
     def __init__(self, encoder: TileEncoder, *, batch_size: int, manifest: Manifest, claims: ClaimBoard,
                  jobs: list[SlideJob], summary: Any, fail_fast: bool = False, progress: bool = True,
-                 first_batch_hook: Callable[[TileEncoder, torch.Tensor], None] | None = None) -> None:
+                 first_batch_hook: Callable[[TileEncoder, torch.Tensor], None] | None = None,
+                 after_batch: Callable[[], None] | None = None) -> None:
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self.manifest = manifest
@@ -81,6 +83,7 @@ class TileBatcher:
         self.summary = summary
         self.fail_fast = fail_fast
         self.first_batch_hook = first_batch_hook
+        self.after_batch = after_batch
         self._slides: dict[int, _Slide] = {}
         self._failed: set[int] = set()
         # chunks that overtook their slide's SlideStart (they come from other workers)
@@ -196,6 +199,8 @@ class TileBatcher:
                 self._write(chunk)
         self.summary.n_tiles += tiles.shape[0]
         self._bar.update(tiles.shape[0])
+        if self.after_batch is not None:
+            self.after_batch()
 
     def _write(self, chunk: _Chunk) -> None:
         slide = self._slides.get(chunk.job)

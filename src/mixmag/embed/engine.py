@@ -17,11 +17,9 @@ so even a one-slide cohort is decoded in parallel. Every slide ends as ``ok``/``
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
 from mixmag.encoders import TileEncoder, build_encoder
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
+from mixmag.utils.malloc import HeapTrimmer
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +43,6 @@ MANIFEST_NAME = "manifest.csv"
 # "auto" precision must reproduce fp32 embeddings at least this closely (cosine, worst tile).
 AUTO_PRECISION_MIN_COSINE = 0.999
 TOKENS_PER_REGION_HINT = 21
-
-
-# glibc raises its mmap threshold dynamically after large frees; with tile batches arriving from
-# worker processes this made the model process's heap grow by ~2 MB per region (measured: 525 ->
-# 1000 MB over 90 regions). A fixed threshold sends every multi-MB buffer back to the OS on free.
-_MMAP_THRESHOLD_BYTES = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt() parameter number in glibc's malloc.h
-
-
-def _fix_malloc_mmap_threshold() -> None:
-    """Pin glibc's mmap threshold so peak RSS stays flat over long runs (no-op off glibc)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):  # musl or another libc: keep its defaults
-        logger.debug("mallopt unavailable; malloc defaults kept")
 
 
 class SlideEmbeddingError(RuntimeError):
@@ -167,7 +148,6 @@ def embed_slides(
         SlideEmbeddingError: A slide failed and ``fail_fast`` is set.
     """
     t0 = time.perf_counter()
-    _fix_malloc_mmap_threshold()
     out = Path(out_dir)
     enc = encoder if isinstance(encoder, TileEncoder) else build_encoder(
         encoder, weights=weights, random_weights=random_weights, device=device, precision=precision)
@@ -184,7 +164,8 @@ def embed_slides(
                         pin_memory=enc.device.type == "cuda", persistent_workers=False)
     batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
                           jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
-                          first_batch_hook=_check_precision if precision == "auto" else None)
+                          first_batch_hook=_check_precision if precision == "auto" else None,
+                          after_batch=HeapTrimmer(every=8).tick)  # flat RSS over long runs
     try:
         for msg in loader:
             batcher.handle(msg)

@@ -242,9 +242,21 @@ class TileEncoder(nn.Module):
         """Precision name recorded in feature files: fp32, fp16 or bf16."""
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.autocast_dtype]
 
+    #: Most tiles one forward pass sees on a CPU. CPU throughput is flat from ~16 tiles per call
+    #: (docs/performance.md, "Embedding") while activation memory grows with the batch, so larger
+    #: batches run in slices of this size there; GPUs get the whole batch.
+    cpu_max_batch: int = 16
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed normalised float input (B, 3, input_px, input_px) -> (B, D) in the compute dtype."""
         return self._pool(self.backbone, x)
+
+    def forward_bounded(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in slices of at most :attr:`cpu_max_batch` tiles on a CPU (one call elsewhere)."""
+        step = self.cpu_max_batch
+        if x.device.type != "cpu" or x.shape[0] <= step:
+            return self.forward(x)
+        return torch.cat([self.forward(x[i:i + step]) for i in range(0, x.shape[0], step)])
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -271,7 +283,7 @@ class TileEncoder(nn.Module):
             raise ValueError(f"expected uint8 (B, H, W, 3) or float (B, 3, H, W), got {tuple(x.shape)} {x.dtype}")
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            out = self.forward(x)
+            out = self.forward_bounded(x)
         return out.float()
 
     def provenance(self) -> dict[str, Any]:
