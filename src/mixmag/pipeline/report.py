@@ -29,6 +29,7 @@ def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | 
         return None
     df = pd.DataFrame([{"slide_id": k, "status": r["status"], "regions": r["n_items"], "note": r["error"]}
                        for k, r in rows.items()])
+    df["regions"] = pd.to_numeric(df["regions"], errors="coerce").astype("Int64")  # the manifest holds text
     if labels is not None and Path(labels).exists():
         from mixmag.mil.labels import read_labels
 
@@ -37,7 +38,9 @@ def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | 
             # numeric labels stay numeric so the report can count positives
             converted = pd.to_numeric(lab[col], errors="coerce")
             if converted.notna().sum() == lab[col].notna().sum():
-                lab[col] = converted
+                whole = converted.dropna()
+                # 0/1 labels stay integers (nullable: unlabelled slides have none), not 1.000
+                lab[col] = converted.astype("Int64") if bool((whole == whole.round()).all()) else converted
         df = df.merge(lab, on="slide_id", how="left")
     return df
 

@@ -63,6 +63,26 @@ def _ci_text(row: pd.Series, mean: str, low: str, high: str) -> str:
     return f"{row[mean]:.3f} ({row[low]:.3f}–{row[high]:.3f})"
 
 
+#: Cohort tables longer than this are collapsed under their summary.
+COHORT_ROWS_OPEN = 20
+
+
+def cohort_summary(cohort: pd.DataFrame) -> pd.DataFrame | None:
+    """Slides (and regions) per tiling ``status`` and ``label``, whichever of them the table has.
+
+    Returns None when it has neither column (nothing to summarise).
+    """
+    keys = [c for c in ("status", "label") if c in cohort.columns]
+    if not keys:
+        return None
+    df = cohort.assign(label=cohort["label"].astype("string").fillna("unlabelled")) if "label" in keys else cohort
+    counts = df.groupby(keys, dropna=False).size().rename("slides")
+    if "regions" in df.columns:
+        regions = pd.to_numeric(df["regions"], errors="coerce").groupby([df[k] for k in keys], dropna=False).sum()
+        return pd.concat([counts, regions.rename("regions")], axis=1).reset_index()
+    return counts.reset_index()
+
+
 def build_report(
     out_html: str | os.PathLike[str],
     *,
@@ -133,7 +153,13 @@ def build_report(
     if cohort is not None or qc_images:
         sec = report.section("Cohort and QC")
         if cohort is not None:
-            sec.table(cohort, caption=f"{len(cohort)} slides.")
+            per_status = cohort_summary(cohort)
+            if per_status is not None:
+                sec.table(per_status, caption="Slides per tiling status and label.")
+            if len(cohort) > COHORT_ROWS_OPEN:
+                sec.table(cohort, caption=f"{len(cohort)} slides.", collapsed=f"All {len(cohort)} slides")
+            else:
+                sec.table(cohort, caption=f"{len(cohort)} slides.")
         if qc_images:
             sec.heading("Tissue detection and region grid")
             sec.figures(_captioned(qc_images))

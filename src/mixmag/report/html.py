@@ -113,6 +113,8 @@ def _slug(text: str) -> str:
 
 def _cell(value: Any, float_format: str) -> tuple[str, bool]:
     """(escaped text, is_numeric) of one table cell."""
+    if value is pd.NA or value is pd.NaT:
+        return "–", True
     if isinstance(value, (float, np.floating)):
         if np.isnan(value):
             return "–", True
@@ -159,7 +161,8 @@ class Section:
         return self
 
     def table(self, data: pd.DataFrame | Sequence[Mapping[str, Any]], *, caption: str | None = None,
-              float_format: str = "{:.3f}", highlight_max: str | None = None, max_rows: int = 500) -> Section:
+              float_format: str = "{:.3f}", highlight_max: str | None = None, max_rows: int = 500,
+              collapsed: str | None = None) -> Section:
         """A table with a header row, zebra rows and right-aligned numbers.
 
         Args:
@@ -168,6 +171,7 @@ class Section:
             float_format: ``str.format`` pattern for floats.
             highlight_max: Column whose highest value marks the row in bold (e.g. the best AUROC).
             max_rows: Rows beyond this are cut (a note says how many).
+            collapsed: Put the table in a closed ``<details>`` block with this summary line.
         """
         df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
         best = None
@@ -186,8 +190,11 @@ class Section:
         if len(df) > max_rows:
             cap += f" (first {max_rows} of {len(df)} rows)"
         cap_html = f"<caption>{cap}</caption>" if cap else ""
-        self.blocks.append(f'<div class="table-wrap"><table>{cap_html}<thead><tr>{head}</tr></thead>'
-                           f"<tbody>{''.join(rows)}</tbody></table></div>")
+        markup = (f'<div class="table-wrap"><table>{cap_html}<thead><tr>{head}</tr></thead>'
+                  f"<tbody>{''.join(rows)}</tbody></table></div>")
+        if collapsed is not None:
+            markup = f"<details><summary>{html.escape(collapsed)}</summary>{markup}</details>"
+        self.blocks.append(markup)
         return self
 
     def key_values(self, mapping: Mapping[str, Any], *, caption: str | None = None) -> Section:
