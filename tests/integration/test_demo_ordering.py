@@ -1,6 +1,6 @@
 """The full-size demo shows what the method is for: pretrained mixing above single magnification.
 
-About 10 minutes on a 2-core CPU, so it is marked slow and left out of CI (run it with
+About 7 minutes on a 2-core CPU, so it is marked slow and left out of CI (run it with
 ``pytest -m slow tests/integration/test_demo_ordering.py`` or ``python benchmarks/demo.py``);
 docs/performance.md ("Demo") records the numbers of the measured runs.
 """
