@@ -111,6 +111,8 @@ def test_instance_standardizer_fits_training_bags_and_rides_with_the_weights() -
     np.testing.assert_allclose(norm.std.numpy(), x.std(0, ddof=1), rtol=1e-5)
     z = norm(torch.from_numpy(x).float())
     np.testing.assert_allclose(z.std(0).numpy(), 1.0, rtol=1e-3)
+    const = InstanceStandardizer(2).fit_([torch.tensor([[3.0, 1.0], [3.0, 2.0], [3.0, 4.0]])])
+    assert float(const.std[0]) == 1.0  # a constant dimension is centred, not blown up
 
     bags, y = [_bag(seed=i) for i in range(4)], [0, 1, 0, 1]
     for b in bags:

@@ -72,7 +72,10 @@ class InstanceStandardizer(nn.Module):
 
     @torch.no_grad()
     def fit_(self, batches: Iterable[torch.Tensor], *, eps: float = 1e-6) -> InstanceStandardizer:
-        """Set mean/std from (N_i, D) instance batches (float64 sums: exact over millions of tiles)."""
+        """Set mean/std from (N_i, D) instance batches (float64 sums: exact over millions of tiles).
+
+        Dimensions whose std is below ``eps`` keep std 1 (as the pretraining statistics do).
+        """
         count, total, total_sq = 0, torch.zeros_like(self.mean, dtype=torch.float64), None
         for x in batches:
             x64 = x.detach().to("cpu", torch.float64).reshape(-1, self.mean.shape[0])
@@ -84,7 +87,9 @@ class InstanceStandardizer(nn.Module):
         mean = total / count
         var = (total_sq / count - mean.square()).clamp_min(0.0) * count / (count - 1)
         self.mean.copy_(mean.float())
-        self.std.copy_(var.sqrt().clamp_min(eps).float())
+        std = var.sqrt()
+        # constant dimensions carry no signal: leave them unscaled rather than divide by ~0
+        self.std.copy_(torch.where(std < eps, torch.ones_like(std), std).float())
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
