@@ -71,25 +71,17 @@ class InstanceStandardizer(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit_(self, batches: Iterable[torch.Tensor], *, eps: float = 1e-6) -> InstanceStandardizer:
-        """Set mean/std from (N_i, D) instance batches (float64 sums: exact over millions of tiles).
+    def fit_(self, batches: Iterable[torch.Tensor]) -> InstanceStandardizer:
+        """Set mean/std from (N_i, D) instance batches, with the same statistics as pretraining
+        (:class:`~mixmag.region.data.TargetMoments`: float64 sums, constant dimensions keep std 1)."""
+        from mixmag.region.data import TargetMoments
 
-        Dimensions whose std is below ``eps`` keep std 1 (as the pretraining statistics do).
-        """
-        count, total, total_sq = 0, torch.zeros_like(self.mean, dtype=torch.float64), None
+        moments = TargetMoments.empty(self.mean.shape[0])
         for x in batches:
-            x64 = x.detach().to("cpu", torch.float64).reshape(-1, self.mean.shape[0])
-            count += x64.shape[0]
-            total += x64.sum(0)
-            total_sq = x64.square().sum(0) + (0 if total_sq is None else total_sq)
-        if count < 2 or total_sq is None:
-            raise ValueError("need at least two instances to fit the instance standardisation")
-        mean = total / count
-        var = (total_sq / count - mean.square()).clamp_min(0.0) * count / (count - 1)
-        self.mean.copy_(mean.float())
-        std = var.sqrt()
-        # constant dimensions carry no signal: leave them unscaled rather than divide by ~0
-        self.std.copy_(torch.where(std < eps, torch.ones_like(std), std).float())
+            moments.add(x.detach().cpu().numpy())
+        mean, std = moments.finalize()
+        self.mean.copy_(torch.from_numpy(mean))
+        self.std.copy_(torch.from_numpy(std))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

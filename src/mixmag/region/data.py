@@ -160,16 +160,32 @@ def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.Path
 
 @dataclass
 class TargetMoments:
-    """Running per-dimension sums of valid tile embeddings (float64), mergeable across ranks."""
+    """Running per-dimension sums of tile embeddings (float64), mergeable across ranks.
+
+    The one definition of "cohort statistics" in mixmag: pretraining uses it for the MEM targets
+    and the encoder's inputs, MIL for the tile standardisation of each fold.
+    """
 
     count: float
     total: np.ndarray
     total_sq: np.ndarray
 
+    @classmethod
+    def empty(cls, dim: int) -> TargetMoments:
+        """Zero sums for D = ``dim``."""
+        return cls(0.0, np.zeros(dim), np.zeros(dim))
+
+    def add(self, rows: np.ndarray) -> None:
+        """Accumulate (N, D) embeddings."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.total.shape[0])
+        self.count += rows.shape[0]
+        self.total += rows.sum(axis=0)
+        self.total_sq += np.square(rows).sum(axis=0)
+
     def finalize(self, *, min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
         """(mean (D,), std (D,)) float32; constant dimensions get std 1 (they carry no signal)."""
         if self.count < 2:
-            raise ValueError("fewer than two valid tokens in the cohort: cannot standardise MEM targets")
+            raise ValueError("fewer than two embeddings: cannot compute standardisation statistics")
         mean = self.total / self.count
         var = np.maximum(self.total_sq / self.count - mean**2, 0.0)
         std = np.sqrt(var)
@@ -196,7 +212,7 @@ def accumulate_target_moments(cohort: FeatureCohort, slide_indices: Sequence[int
         seed: Seeds the region sample (one generator per slide, independent of the split).
     """
     d = cohort.tile_dim
-    moments = TargetMoments(0.0, np.zeros(d), np.zeros(d))
+    moments = TargetMoments.empty(d)
     for i in slide_indices:
         entry = cohort.slides[i]
         regions = entry.usable
@@ -208,10 +224,7 @@ def accumulate_target_moments(cohort: FeatureCohort, slide_indices: Sequence[int
                 chunk = regions[start : start + 256]
                 feats, valid = ff.read(chunk)
                 check_finite(feats, entry.slide_id, chunk)
-                rows = feats[valid].astype(np.float64)  # (n_valid_tokens, D)
-                moments.count += rows.shape[0]
-                moments.total += rows.sum(axis=0)
-                moments.total_sq += np.square(rows).sum(axis=0)
+                moments.add(feats[valid])  # (n_valid_tokens, D)
     return moments
 
 
