@@ -35,7 +35,7 @@ class DemoSize:
 
 
 DEMO_SIZES = {
-    # measured: 6 min 33 s on the 2-core CPU machine (docs/performance.md, "Demo")
+    # measured: 6.5-7.2 min on the 2-core CPU machine (docs/performance.md, "Demo")
     "full": DemoSize(n_slides=144, n_unlabeled=48, difficulty=0.3, pretrain_steps=300, epochs=30, folds=5),
     # for CI and a first look: same pipeline, smaller everything
     "quick": DemoSize(n_slides=24, n_unlabeled=8, difficulty=0.3, pretrain_steps=20, epochs=4, folds=3),
