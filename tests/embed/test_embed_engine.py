@@ -57,6 +57,29 @@ def test_every_tile_is_embedded_with_provenance(tmp_path, kit) -> None:
     assert rows["b"]["n_items"] == "5" and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("min_cosine, kept", [(0.0, "bf16"), (1.01, "fp32")])
+def test_auto_precision_embeds_the_first_batch_once_more_and_records_what_it_kept(tmp_path, kit, monkeypatch,
+                                                                              min_cosine, kept) -> None:
+    """"auto" tries bf16 on the first batch against fp32: kept or dropped, the rows are in that precision."""
+    import mixmag.embed.engine as engine
+
+    monkeypatch.setattr(engine, "AUTO_PRECISION_MIN_COSINE", min_cosine)  # force either outcome
+    enc = build_encoder("tiny.vit-d32", precision="bf16")
+    calls: list[int] = []
+    encode = enc.encode
+    monkeypatch.setattr(enc, "encode", lambda x: (calls.append(x.shape[0]), encode(x))[1])
+    src = kit.write_regions(tmp_path / "tiles", {"a": 3})  # 63 tiles: batches of 16, 16, 16, 15
+    summary = embed_slides(src, tmp_path / "feats", **dict(kit.run, encoder=enc, precision="auto"))
+    assert summary.precision == kept and enc.precision == kept
+    assert calls == [16, 16, 16, 16, 15]  # the check's one extra pass, then each batch once
+    with FeatureFile(tmp_path / "feats" / "a.h5") as ff:
+        feats = ff.read()[0]
+        assert ff.attrs["precision"] == kept
+    monkeypatch.undo()
+    direct = np.stack([enc.encode(torch.from_numpy(kit.fake_region_tiles("a", r))).numpy() for r in range(3)])
+    np.testing.assert_allclose(feats, direct.astype(np.float16).astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
 def test_worker_processes_give_the_same_files(tmp_path, kit) -> None:
     src = kit.write_regions(tmp_path / "tiles", {"a": 3, "b": 2, "c": 4})
     embed_slides(src, tmp_path / "inline", **kit.run)

@@ -51,6 +51,24 @@ def test_cpu_batches_run_in_bounded_slices_with_the_same_embeddings(monkeypatch)
     torch.testing.assert_close(out[:8], whole, rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_slice_comes_from_the_registry_entry() -> None:
+    """Convnets with large feature maps run fewer tiles per CPU call than ViTs (activation memory)."""
+    assert build_encoder("efficientnet-lite0-imagenet", random_weights=True).cpu_max_batch == 8
+    assert build_encoder("tiny.vit-d32").cpu_max_batch == ENCODERS.get("tiny.vit-d32").cpu_max_batch == 16
+
+
+def test_transform_is_exactly_the_published_normalisation() -> None:
+    """The in-place transform equals ((x / 255) - mean) / std, laid out channels-last."""
+    enc = build_encoder("tiny.vit-d32")
+    tiles = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    mean = torch.tensor(enc.meta.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.meta.std).view(1, 3, 1, 1)
+    expected = (tiles.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    got = enc.transform(tiles)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_plugin_style_registration_and_duplicate_keys() -> None:
     meta = EncoderMeta(key="test.linear-probe", family="Tests", embed_dim=4, pooling="avgpool")
 

@@ -66,14 +66,15 @@ class TileBatcher:
         summary: :class:`~mixmag.embed.engine.EmbedSummary` updated in place.
         fail_fast: Raise :class:`~mixmag.embed.engine.SlideEmbeddingError` on the first failure.
         progress: Show a tqdm bar (tiles, tiles/s).
-        first_batch_hook: Called once with (encoder, first batch of uint8 tiles) before it is
-            embedded (the "auto" precision check).
+        first_batch_hook: Embeds the first batch instead of :meth:`TileEncoder.encode`, called
+            once with (encoder, uint8 tiles) and returning (B, D) embeddings (the "auto" precision
+            check, which may change the encoder's precision for the rest of the run).
         after_batch: Called after every forward pass (e.g. :meth:`HeapTrimmer.tick`).
     """
 
     def __init__(self, encoder: TileEncoder, *, batch_size: int, manifest: Manifest, claims: ClaimBoard,
                  jobs: list[SlideJob], summary: Any, fail_fast: bool = False, progress: bool = True,
-                 first_batch_hook: Callable[[TileEncoder, torch.Tensor], None] | None = None,
+                 first_batch_hook: Callable[[TileEncoder, torch.Tensor], torch.Tensor] | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
         self.encoder = encoder
         self.batch_size = int(batch_size)
@@ -187,9 +188,10 @@ class TileBatcher:
             parts[0][0].tiles[parts[0][1]:parts[0][2]]
         self._queued -= tiles.shape[0]
         if self.first_batch_hook is not None:
-            self.first_batch_hook(self.encoder, tiles)
-            self.first_batch_hook = None
-        emb = self.encoder.encode(tiles).cpu().numpy()
+            hook, self.first_batch_hook = self.first_batch_hook, None
+            emb = hook(self.encoder, tiles).cpu().numpy()
+        else:
+            emb = self.encoder.encode(tiles).cpu().numpy()
         offset = 0
         for chunk, lo, hi in parts:
             chunk.out[lo:hi] = emb[offset: offset + hi - lo]

@@ -86,10 +86,13 @@ class EmbedSummary:
         return self.out_dir / MANIFEST_NAME
 
 
-def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> None:
-    """For precision="auto": keep autocast only if it reproduces fp32 on these real tiles."""
+def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> torch.Tensor:
+    """For precision="auto": keep autocast only if it reproduces fp32 on these real tiles.
+
+    Returns the embeddings of ``tiles`` in the precision kept, so the batch is not embedded again.
+    """
     if encoder.autocast_dtype is None:
-        return
+        return encoder.encode(tiles)
     fast = encoder.encode(tiles)
     dtype, encoder.autocast_dtype = encoder.autocast_dtype, None
     ref = encoder.encode(tiles)
@@ -97,9 +100,10 @@ def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> None:
     if cos >= AUTO_PRECISION_MIN_COSINE:
         encoder.autocast_dtype = dtype
         logger.info("precision auto -> %s (min cosine vs fp32 %.5f on the first batch)", encoder.precision, cos)
-    else:
-        logger.warning("precision auto: %s embeddings differ from fp32 (min cosine %.4f < %.3f); using fp32",
-                       dtype, cos, AUTO_PRECISION_MIN_COSINE)
+        return fast
+    logger.warning("precision auto: %s embeddings differ from fp32 (min cosine %.4f < %.3f); using fp32",
+                   dtype, cos, AUTO_PRECISION_MIN_COSINE)
+    return ref
 
 
 def embed_slides(

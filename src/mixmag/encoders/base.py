@@ -92,13 +92,15 @@ class TileTransform:
         """Transform ``tiles`` uint8 (B, H, W, 3) into float32 (B, 3, input_px, input_px), channels-last."""
         if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(f"expected uint8 tiles of shape (B, H, W, 3), got {tuple(tiles.shape)} {tiles.dtype}")
+        # NHWC uint8 permuted to NCHW is already channels-last in memory, and stays so through
+        # .float() and the in-place ops below: one float buffer, written three times, no copies
         x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-2:] != (self.input_px, self.input_px):
             x = F.interpolate(x, size=(self.input_px, self.input_px), mode="bicubic",
                               antialias=True, align_corners=False).clamp_(0.0, 1.0)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form stored in every feature file (attr ``transform``)."""
@@ -166,6 +168,10 @@ class EncoderRecipe:
             (``default_weights == "package"``).
         hub_filenames: Files tried, in order, when downloading from the Hugging Face hub.
         ignore_keys: Checkpoint key prefixes that are dropped silently (heads we do not use).
+        cpu_max_batch: Most tiles per forward pass on a CPU (:attr:`TileEncoder.cpu_max_batch`).
+            CPU throughput is flat from a few tiles per call while activation memory grows with
+            the batch; 16 suits ViTs (small token activations), convnets with large early feature
+            maps set less (docs/performance.md, "Embedding").
     """
 
     build_backbone: Callable[..., nn.Module]
@@ -173,6 +179,7 @@ class EncoderRecipe:
     packaged_weights: Callable[[], str] | None = None
     hub_filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
     ignore_keys: tuple[str, ...] = field(default=("head.", "fc_norm.", "mask_token"))
+    cpu_max_batch: int = 16
 
 
 ENCODERS: Registry[EncoderRecipe] = Registry("tile encoder", entry_point_group="mixmag.encoders")
@@ -242,9 +249,8 @@ class TileEncoder(nn.Module):
         """Precision name recorded in feature files: fp32, fp16 or bf16."""
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.autocast_dtype]
 
-    #: Most tiles one forward pass sees on a CPU. CPU throughput is flat from ~16 tiles per call
-    #: (docs/performance.md, "Embedding") while activation memory grows with the batch, so larger
-    #: batches run in slices of this size there; GPUs get the whole batch.
+    #: Most tiles one forward pass sees on a CPU; larger batches run in slices of this size there
+    #: (GPUs get the whole batch). Set from the entry's :attr:`EncoderRecipe.cpu_max_batch`.
     cpu_max_batch: int = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,7 @@ def build_encoder(
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     encoder = TileEncoder(backbone=backbone, meta=meta, autocast_dtype=autocast_dtype(dev, precision),
                           weights_source=resolved.source, weights_hash=resolved.sha256)
+    encoder.cpu_max_batch = recipe.cpu_max_batch
     encoder.eval().requires_grad_(False)
     # channels-last roughly doubles CPU conv throughput (oneDNN) and helps tensor cores on GPU.
     encoder.to(device=dev)
