@@ -8,7 +8,9 @@ For each encoder, with the same batch size:
 (b) end-to-end tiles/s of ``embed_slides`` (region decode in DataLoader workers + model + HDF5
     writes) with ``precision="auto"``, run in a child process so its peak RSS is measured alone.
 
-The ratio (b)/(a) compares (b) with the (a) configuration that ``auto`` selected. Tiles come from a
+The ratio (b)/(a) compares (b) with the (a) configuration that ``auto`` selected, measured just
+before and just after that (b); with ``--rounds N`` it is repeated N times and the median reported,
+which cancels the minute-scale drift of a shared machine. Tiles come from a
 synthetic pyramidal WSI (streamed to disk, any size) or ``--slide``. Examples::
 
     python benchmarks/embed.py --quick
@@ -206,6 +208,19 @@ def end_to_end_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _end_to_end(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool) -> dict:
+    """One (b) measurement in a fresh child process; returns its JSON result."""
+    cmd = [sys.executable, __file__, "--child-encoder", key, "--tiles-dir", str(tiles_dir),
+           "--out-dir", str(work / f"feats_{key}"), "--batch-size", str(args.batch_size),
+           "--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
+    cmd += ["--random-weights"] * random_weights + ["--gpu-util"] * args.gpu_util
+    child = subprocess.run(cmd, capture_output=True, text=True)
+    line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
+    if child.returncode or not line:
+        raise SystemExit(f"end-to-end child failed:\n{child.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoders", nargs="+", default=["efficientnet-lite0-imagenet", "vit-small-random"])
@@ -223,6 +238,9 @@ def main() -> None:
     p.add_argument("--random-weights", action="store_true", help="random weights for every encoder")
     p.add_argument("--gpu-util", action="store_true", help="sample nvidia-smi during (b)")
     p.add_argument("--quick", action="store_true", help="small slide, 96 tiles in (a)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="(b) runs per encoder, each compared with (a) measured just before and after it; "
+                        "the median ratio is reported (use 3+ on a shared machine)")
     p.add_argument("--json", help="write all figures to this file")
     # internal: the (b) child process
     p.add_argument("--child-encoder", help=argparse.SUPPRESS)
@@ -254,32 +272,35 @@ def main() -> None:
             random_weights = args.random_weights or ENCODERS.meta(key).default_weights == "random"
             print(f"{key} (batch {args.batch_size}, {args.threads} threads, {args.device}):", flush=True)
             a = model_only(key, tiles, args, random_weights)
-            cmd = [sys.executable, __file__, "--child-encoder", key, "--tiles-dir", str(tiles_dir),
-                   "--out-dir", str(work / f"feats_{key}"), "--batch-size", str(args.batch_size),
-                   "--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
-            cmd += ["--random-weights"] * random_weights + ["--gpu-util"] * args.gpu_util
-            child = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
-            if child.returncode or not line:
-                raise SystemExit(f"end-to-end child failed:\n{child.stderr[-3000:]}")
-            b = json.loads(line[-1][len("RESULT "):])
-            # the pipeline always runs channels-last; compare with (a) at the precision auto chose,
-            # measured before and after (b): on a shared machine throughput drifts between runs
-            chosen = f"{b['precision']}+channels_last"
-            print(f"  (a) again after (b), {chosen}:", flush=True)
-            a_after = model_only(key, tiles, args, random_weights, only=chosen)[chosen]["tiles_per_s"]
-            a_mean = (a[chosen]["tiles_per_s"] + a_after) / 2
-            ratio = b["tiles_per_s"] / a_mean
-            print(f"  (b) end-to-end {b['tiles_per_s']:8.1f} tiles/s ({b['tiles']} tiles, {b['precision']}); "
-                  f"(b)/(a[{chosen}], mean of before/after {a_mean:.1f}) = {ratio:.2f}; "
-                  f"peak RSS main {b['peak_rss_main_mb']:.0f} MB, "
-                  f"worker {b['peak_rss_worker_mb']:.0f} MB; peak PSS of the process tree "
-                  f"{b['peak_pss_total_mb']:.0f} MB", flush=True)
-            if "gpu_util_mean" in b:
-                print(f"      GPU utilisation mean {b['gpu_util_mean']:.0f} %, median {b['gpu_util_median']:.0f} %, "
-                      f"memory max {b['gpu_mem_max_mb']:.0f} MB", flush=True)
-            report[key] = {"model_only": a, "model_only_after": a_after, "end_to_end": b,
-                           "ratio_b_over_a": ratio, "a_config": chosen}
+            rounds = []
+            a_prev: float | None = None
+            for i in range(args.rounds):
+                b = _end_to_end(key, tiles_dir, work, args, random_weights)
+                # the pipeline always runs channels-last; compare with (a) at the precision auto chose,
+                # measured just before and just after this (b): on a shared machine throughput drifts
+                chosen = f"{b['precision']}+channels_last"
+                if a_prev is None:
+                    a_prev = a[chosen]["tiles_per_s"]
+                print(f"  (a) again after (b) round {i + 1}, {chosen}:", flush=True)
+                a_after = model_only(key, tiles, args, random_weights, only=chosen)[chosen]["tiles_per_s"]
+                a_mean = (a_prev + a_after) / 2
+                ratio = b["tiles_per_s"] / a_mean
+                a_prev = a_after
+                print(f"  (b) round {i + 1}: end-to-end {b['tiles_per_s']:8.1f} tiles/s ({b['tiles']} tiles, "
+                      f"{b['precision']}); (b)/(a[{chosen}], mean of before/after {a_mean:.1f}) = {ratio:.2f}; "
+                      f"peak RSS main {b['peak_rss_main_mb']:.0f} MB, worker {b['peak_rss_worker_mb']:.0f} MB; "
+                      f"peak PSS of the process tree {b['peak_pss_total_mb']:.0f} MB", flush=True)
+                if "gpu_util_mean" in b:
+                    print(f"      GPU utilisation mean {b['gpu_util_mean']:.0f} %, median {b['gpu_util_median']:.0f} %, "
+                          f"memory max {b['gpu_mem_max_mb']:.0f} MB", flush=True)
+                rounds.append({"end_to_end": b, "model_only_around": a_mean, "ratio_b_over_a": ratio})
+            ratios = [r["ratio_b_over_a"] for r in rounds]
+            peak = max(r["end_to_end"]["peak_rss_main_mb"] for r in rounds)
+            print(f"  {key}: (b)/(a) median {float(np.median(ratios)):.2f} over {len(ratios)} round(s) "
+                  f"({', '.join(f'{r:.2f}' for r in ratios)}); peak RSS of the model process {peak:.0f} MB",
+                  flush=True)
+            report[key] = {"model_only": a, "rounds": rounds, "ratio_b_over_a_median": float(np.median(ratios)),
+                           "peak_rss_main_mb": peak, "a_config": chosen}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
