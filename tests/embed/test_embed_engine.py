@@ -57,7 +57,7 @@ def test_every_tile_is_embedded_with_provenance(tmp_path, kit) -> None:
     assert rows["b"]["n_items"] == "5" and not list(out.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("min_cosine, kept", [(0.0, "bf16"), (1.01, "fp32")])
+@pytest.mark.parametrize(("min_cosine", "kept"), [(0.0, "bf16"), (1.01, "fp32")])
 def test_auto_precision_embeds_the_first_batch_once_more_and_records_what_it_kept(tmp_path, kit, monkeypatch,
                                                                               min_cosine, kept) -> None:
     """"auto" tries bf16 on the first batch against fp32: kept or dropped, the rows are in that precision."""

@@ -69,6 +69,19 @@ def test_transform_is_exactly_the_published_normalisation() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_reused_cpu_input_buffer_never_leaks_between_batches() -> None:
+    """encode() writes CPU batches into one kept buffer: results equal a fresh encoder's, batch by batch."""
+    enc, fresh = build_encoder("tiny.vit-d32"), build_encoder("tiny.vit-d32")
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 256, (n, 224, 224, 3), dtype=torch.uint8, generator=g) for n in (6, 6, 4, 6)]
+    for tiles in batches:
+        torch.testing.assert_close(enc.encode(tiles), fresh.encode(tiles.clone()), rtol=0, atol=0)
+        fresh._cpu_input = None  # the reference never reuses
+    buf = enc._cpu_input
+    assert buf is not None and buf.shape == (6, 3, 224, 224)
+    torch.testing.assert_close(enc.transform(batches[0], out=buf), enc.transform(batches[0]), rtol=0, atol=0)
+
+
 def test_plugin_style_registration_and_duplicate_keys() -> None:
     meta = EncoderMeta(key="test.linear-probe", family="Tests", embed_dim=4, pooling="avgpool")
 

@@ -88,13 +88,25 @@ class TileTransform:
     std: tuple[float, float, float]
     resize: str = "bicubic-antialias"
 
-    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Transform ``tiles`` uint8 (B, H, W, 3) into float32 (B, 3, input_px, input_px), channels-last."""
+    def __call__(self, tiles: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Transform ``tiles`` uint8 (B, H, W, 3) into float32 (B, 3, input_px, input_px), channels-last.
+
+        Args:
+            tiles: uint8 RGB tiles.
+            out: Optional float32 buffer of shape (B, 3, H, W), channels-last, written in place
+                when the tiles need no resize (saves allocating and page-faulting ~0.6 MB per tile
+                on every batch). Ignored otherwise.
+        """
         if tiles.dtype != torch.uint8 or tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(f"expected uint8 tiles of shape (B, H, W, 3), got {tuple(tiles.shape)} {tiles.dtype}")
         # NHWC uint8 permuted to NCHW is already channels-last in memory, and stays so through
-        # .float() and the in-place ops below: one float buffer, written three times, no copies
-        x = tiles.permute(0, 3, 1, 2).float().div_(255.0)
+        # the float conversion and the in-place ops below: one float buffer, no copies
+        nchw = tiles.permute(0, 3, 1, 2)
+        if out is not None and out.shape == nchw.shape and out.dtype == torch.float32 \
+                and out.device == tiles.device and out.is_contiguous(memory_format=torch.channels_last):
+            x = out.copy_(nchw).div_(255.0)
+        else:
+            x = nchw.float().div_(255.0)
         if x.shape[-2:] != (self.input_px, self.input_px):
             x = F.interpolate(x, size=(self.input_px, self.input_px), mode="bicubic",
                               antialias=True, align_corners=False).clamp_(0.0, 1.0)
@@ -233,6 +245,7 @@ class TileEncoder(nn.Module):
         self.weights_hash = weights_hash
         # follows .to(device) even for parameter-free backbones; not saved in state dicts
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+        self._cpu_input: torch.Tensor | None = None  # reused model input of CPU batches (not state)
 
     @property
     def embed_dim(self) -> int:
@@ -284,13 +297,26 @@ class TileEncoder(nn.Module):
         """
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
-            x = self.transform(x)
+            x = self.transform(x, out=self._input_buffer(x))
         elif x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, H, W, 3) or float (B, 3, H, W), got {tuple(x.shape)} {x.dtype}")
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             out = self.forward_bounded(x)
         return out.float()
+
+    def _input_buffer(self, tiles: torch.Tensor) -> torch.Tensor | None:
+        """A float32 model-input buffer for a CPU batch like ``tiles``, kept between calls.
+
+        A fresh ~20 MB input per 32-tile batch costs thousands of page faults on a CPU (a few % of a
+        small model's time); the buffer is reused whenever the batch shape repeats.
+        """
+        if tiles.device.type != "cpu":
+            return None
+        shape = (tiles.shape[0], 3, tiles.shape[1], tiles.shape[2])
+        if self._cpu_input is None or tuple(self._cpu_input.shape) != shape:
+            self._cpu_input = torch.empty(shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        return self._cpu_input
 
     def provenance(self) -> dict[str, Any]:
         """Attrs stored in every feature file made with this encoder."""
