@@ -167,6 +167,10 @@ def _pool_avg(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 StateDict = dict[str, torch.Tensor]
 
 
+# Tiles per CPU forward call unless an entry says otherwise (ViT-class activations are small).
+DEFAULT_CPU_MAX_BATCH = 16
+
+
 @dataclass(frozen=True)
 class EncoderRecipe:
     """How to build one registry entry.
@@ -191,7 +195,7 @@ class EncoderRecipe:
     packaged_weights: Callable[[], str] | None = None
     hub_filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
     ignore_keys: tuple[str, ...] = field(default=("head.", "fc_norm.", "mask_token"))
-    cpu_max_batch: int = 16
+    cpu_max_batch: int = DEFAULT_CPU_MAX_BATCH
 
 
 ENCODERS: Registry[EncoderRecipe] = Registry("tile encoder", entry_point_group="mixmag.encoders")
@@ -264,7 +268,7 @@ class TileEncoder(nn.Module):
 
     #: Most tiles one forward pass sees on a CPU; larger batches run in slices of this size there
     #: (GPUs get the whole batch). Set from the entry's :attr:`EncoderRecipe.cpu_max_batch`.
-    cpu_max_batch: int = 16
+    cpu_max_batch: int = DEFAULT_CPU_MAX_BATCH
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed normalised float input (B, 3, input_px, input_px) -> (B, D) in the compute dtype."""
