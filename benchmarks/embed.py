@@ -8,10 +8,19 @@ For each encoder, with the same batch size:
 (b) end-to-end tiles/s of ``embed_slides`` (region decode in DataLoader workers + model + HDF5
     writes) with ``precision="auto"``, run in a child process so its peak RSS is measured alone.
 
-The ratio (b)/(a) compares (b) with the (a) configuration that ``auto`` selected, measured just
-before and just after that (b); with ``--rounds N`` it is repeated N times and the median reported,
-which cancels the minute-scale drift of a shared machine. Tiles come from a
-synthetic pyramidal WSI (streamed to disk, any size) or ``--slide``. Examples::
+The ratio (b)/(a) is measured two ways:
+
+* bracketed: (b) against the (a) configuration that ``auto`` selected, measured just before and
+  just after that (b); ``--rounds N`` repeats it and reports the median;
+* paired (decoding inline, the CPU default): one more (b) run in which every real batch is followed
+  by a model-only pass over a pre-decoded batch of real tiles of the same size, in the same
+  process. (a) = probe tiles / probe time, (b) = tiles / (wall time - probe time). The two
+  alternate every second or so, so the ratio is immune to this machine's throughput drift (the
+  same model-only pass varies 34-68 tiles/s within one minute here), which the bracketed ratio is
+  not. With worker processes a decoder could run during the probes, so the paired run is skipped.
+
+Peak RSS comes from the unprobed (b) run. Tiles come from a synthetic pyramidal WSI (streamed to
+disk, any size) or ``--slide``. Examples::
 
     python benchmarks/embed.py --quick
     python benchmarks/embed.py --encoders efficientnet-lite0-imagenet vit-small-random --threads 2
@@ -97,6 +106,8 @@ def model_only(key: str, tiles: torch.Tensor, args: argparse.Namespace, random_w
         enc.to(memory_format=fmt)
         x = x_all.contiguous(memory_format=fmt)
         enc.autocast_dtype = dtype
+        # as the engine does once the precision is settled (bit-identical; always the last config here)
+        enc.cast_weights_for_autocast()
 
         def run(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
@@ -179,6 +190,33 @@ def _gpu_sampler(stop: threading.Event, samples: list[tuple[float, float]]) -> N
     proc.terminate()
 
 
+class PairedProbe:
+    """Follows every full batch of a real run with a timed model-only pass on pre-decoded tiles.
+
+    Installed on the encoder instance of the (b) process: ``probe_seconds``/``probe_tiles`` give
+    (a) measured in alternation with (b), and are subtracted from (b)'s wall time.
+    """
+
+    def __init__(self, enc, tiles: torch.Tensor, batch_size: int) -> None:
+        self.enc, self.batch_size = enc, batch_size
+        # pre-decoded and pre-normalised: the probe pays only the model, exactly like (a)
+        self.x = enc.transform(tiles[:batch_size].to(enc.device)).contiguous(memory_format=torch.channels_last)
+        self.seconds, self.tiles = 0.0, 0
+        self._real_encode = enc.encode
+        enc.encode = self._encode
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._real_encode(x)
+        if x.shape[0] == self.batch_size:  # full batches only (not the precision check's 16 tiles)
+            _sync(self.enc.device)
+            t0 = time.perf_counter()
+            self._real_encode(self.x)  # float input: no transform, same precision as the run
+            _sync(self.enc.device)
+            self.seconds += time.perf_counter() - t0
+            self.tiles += self.batch_size
+        return out
+
+
 def end_to_end_child(args: argparse.Namespace) -> None:
     """(b), in a fresh process: embed the tiled slide; print JSON with tiles/s and peak RSS."""
     from mixmag.embed import embed_slides
@@ -187,6 +225,8 @@ def end_to_end_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     enc = build_encoder(args.child_encoder, random_weights=args.random_weights, device=args.device,
                         precision="auto")
+    probe = PairedProbe(enc, _real_tiles(Path(args.probe_tiles_dir), args.batch_size), args.batch_size) \
+        if args.probe_tiles_dir else None
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True) if args.gpu_util else None
@@ -199,10 +239,15 @@ def end_to_end_child(args: argparse.Namespace) -> None:
                            workers=args.workers, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
     stop.set()
+    if probe is not None:  # paired run: (b) without the probes' time, (a) from the probes
+        seconds -= probe.seconds
     result = {"tiles": summary.n_tiles, "seconds": seconds, "tiles_per_s": summary.n_tiles / seconds,
               "precision": summary.precision, "peak_rss_main_mb": _proc_field_mb(os.getpid(), "VmHWM"),
               "peak_rss_worker_mb": peak["worker_rss"], "peak_pss_total_mb": peak["pss"],
               "errors": summary.errors}
+    if probe is not None:
+        result.update(probe_tiles=probe.tiles, probe_seconds=probe.seconds,
+                      probe_tiles_per_s=probe.tiles / probe.seconds if probe.seconds else 0.0)
     if samples:
         util = [u for u, _ in samples]
         result.update(gpu_util_mean=float(np.mean(util)), gpu_util_median=float(np.median(util)),
@@ -210,12 +255,15 @@ def end_to_end_child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _end_to_end(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool) -> dict:
-    """One (b) measurement in a fresh child process; returns its JSON result."""
+def _end_to_end(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool,
+                probe_tiles_dir: Path | None = None) -> dict:
+    """One (b) measurement in a fresh child process (paired with probes if ``probe_tiles_dir``)."""
     cmd = [sys.executable, __file__, "--child-encoder", key, "--tiles-dir", str(tiles_dir),
            "--out-dir", str(work / f"feats_{key}"), "--batch-size", str(args.batch_size),
            "--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
     cmd += ["--random-weights"] * random_weights + ["--gpu-util"] * args.gpu_util
+    if probe_tiles_dir is not None:
+        cmd += ["--probe-tiles-dir", str(probe_tiles_dir)]
     child = subprocess.run(cmd, capture_output=True, text=True)
     line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
     if child.returncode or not line:
@@ -228,7 +276,7 @@ def main() -> None:
     p.add_argument("--encoders", nargs="+", default=["efficientnet-lite0-imagenet", "vit-small-random"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", default="auto", help="decode workers: auto, 0 (inline) or a number")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--model-tiles", type=int, default=256, help="tiles timed in (a)")
     p.add_argument("--slide", help="slide for (b) instead of a synthetic one")
@@ -248,6 +296,8 @@ def main() -> None:
     p.add_argument("--child-encoder", help=argparse.SUPPRESS)
     p.add_argument("--tiles-dir", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    p.add_argument("--probe-tiles-dir", help=argparse.SUPPRESS)
+    p.add_argument("--no-paired", action="store_true", help="skip the paired (probed) run")
     args = p.parse_args()
     if args.child_encoder:
         end_to_end_child(args)
@@ -263,13 +313,16 @@ def main() -> None:
         tiles_dir = _prepare_slide(args, work)
         # (a) times and compares on real H&E tiles when the sample slide is available
         real = Path(args.real_slide)
+        real_tiles_dir = tiles_dir
         if real.is_file():
             from mixmag.tiling.tile import tile_slides
 
             tile_slides([real], work / "real", progress=False)
-            tiles = _real_tiles(work / "real", n_model)
-        else:
-            tiles = _real_tiles(tiles_dir, n_model)
+            real_tiles_dir = work / "real"
+        tiles = _real_tiles(real_tiles_dir, n_model)
+        from mixmag.embed.engine import plan_decoding
+
+        inline = plan_decoding(args.workers, torch.device(args.device)).workers == 0
         for key in args.encoders:
             random_weights = args.random_weights or ENCODERS.meta(key).default_weights == "random"
             print(f"{key} (batch {args.batch_size}, {args.threads} threads, {args.device}):", flush=True)
@@ -303,6 +356,13 @@ def main() -> None:
                   flush=True)
             report[key] = {"model_only": a, "rounds": rounds, "ratio_b_over_a_median": float(np.median(ratios)),
                            "peak_rss_main_mb": peak, "a_config": chosen}
+            if inline and not args.no_paired:
+                pr = _end_to_end(key, tiles_dir, work, args, random_weights, probe_tiles_dir=real_tiles_dir)
+                paired = pr["tiles_per_s"] / pr["probe_tiles_per_s"]
+                print(f"  {key}: paired run: (b) {pr['tiles_per_s']:.1f} tiles/s, (a) {pr['probe_tiles_per_s']:.1f} "
+                      f"tiles/s in {pr['probe_tiles']} probe tiles between the batches; (b)/(a) = {paired:.3f}",
+                      flush=True)
+                report[key]["paired"] = {**pr, "ratio_b_over_a": paired}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 

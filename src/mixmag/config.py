@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -78,8 +78,9 @@ class EmbedConfig(_Section):
     """auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
-    workers: int = Field(default=1, ge=0)
-    """CPU worker processes decoding regions while the model runs."""
+    workers: int | Literal["auto"] = "auto"
+    """Region decoding: `auto` (inline between forward passes on a CPU, up to 8 worker processes
+    next to a GPU), 0 (inline, one thread per core) or a number of worker processes."""
 
 
 class RegionConfig(_Section):

@@ -66,6 +66,23 @@ def test_small_entry_contract(key: str) -> None:
     _check_contract(key, None)
 
 
+@pytest.mark.parametrize("key", sorted(SMALL | set(LARGE_VIT_PREFIX)))
+def test_weights_cast_once_give_the_autocast_embeddings_bit_for_bit(key: str) -> None:
+    """cast_weights_for_autocast stores exactly what autocast would compute with: identical outputs."""
+    torch.set_num_threads(1)
+    overrides = None if key in SMALL else DEPTH_REDUCED
+    enc = build_encoder(key, random_weights=True, precision="bf16", arch_overrides=overrides)
+    x = _batch()
+    before = enc.encode(x)
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert enc.cast_weights_for_autocast() > 0 and enc.weights_dtype == torch.bfloat16
+    cast = sum(p.numel() for p in enc.parameters() if p.dtype == torch.bfloat16)
+    assert cast > 0.5 * n_params  # the matmul weights, i.e. most of the model
+    torch.testing.assert_close(enc.encode(x), before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="build a new encoder"):
+        enc.autocast_dtype = None
+
+
 def _token_layout(key: str) -> Callable[[TileEncoder, torch.Tensor, torch.Tensor], None]:
     def check(enc: TileEncoder, x: torch.Tensor, out: torch.Tensor) -> None:
         backbone = enc.backbone

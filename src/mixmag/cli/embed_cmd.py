@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 32,
         precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-        workers: Annotated[int, typer.Option(min=0, help="CPU processes decoding regions (0 = inline).")] = 1,
+        workers: Annotated[str, typer.Option(
+            help="Region decoding: auto (inline on CPU, worker processes with a GPU), 0 (inline, one "
+                 "thread per core) or a number of worker processes.")] = "auto",
         shard: Annotated[str | None, typer.Option(
             help="Static split i/n, 0-based (e.g. $SLURM_ARRAY_TASK_ID/8).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Recompute slides that are already complete.")] = False,

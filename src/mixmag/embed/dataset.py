@@ -19,6 +19,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 
 class TileSource(Protocol):
-    """Reads the T tiles of one region: ``read_region_tiles(r) -> uint8 (T, px, px, 3)`` in token order."""
+    """Reads the T tiles of one region: ``read_region_tiles(r) -> uint8 (T, px, px, 3)`` in token order.
+
+    A source may also set ``thread_safe = True`` when ``read_region_tiles`` can run on several
+    threads at once; otherwise parallel decoding opens one source per thread.
+    """
 
     def read_region_tiles(self, region: int) -> np.ndarray: ...  # noqa: D102
 
@@ -55,6 +60,8 @@ def open_region_tiles(index: RegionIndex) -> TileSource:
     reader = open_slide(slide_path, reader=index.attrs.get("reader") or None)
 
     class _Source:
+        thread_safe = reader.thread_safe_reads
+
         def __init__(self) -> None:
             # the same resampling filter as the tiler used when it verified the reads
             self.tiles = RegionTileReader(reader, index, resample=str(index.attrs.get("resample", "box")))
@@ -123,11 +130,15 @@ class RegionTileStream(IterableDataset):
         overwrite: Recompute slides even when a matching feature file exists.
         max_workers: DataLoader workers that will share the stream (sizes the work queue).
         open_tiles: Factory of a :class:`TileSource` for a region index (tests inject fakes).
+        decode_threads: Threads decoding the regions of one chunk at once (each iterating process
+            has its own). On a CPU-only run the engine decodes between forward passes with one
+            thread per core, so decoding and the model never compete for the same cores.
     """
 
     def __init__(self, jobs: list[SlideJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,
                  regions_per_chunk: int, overwrite: bool = False, max_workers: int = 1,
-                 open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles) -> None:
+                 open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles,
+                 decode_threads: int = 1) -> None:
         super().__init__()
         self.jobs = jobs
         self.claims = claims
@@ -135,11 +146,16 @@ class RegionTileStream(IterableDataset):
         self.regions_per_chunk = max(1, int(regions_per_chunk))
         self.overwrite = overwrite
         self.open_tiles = open_tiles
+        self.decode_threads = max(1, int(decode_threads))
         # created before the DataLoader starts its workers, which inherit it
         self.queue = SlideWorkQueue(len(jobs), n_slots=max_workers + 2)
         self._source: TileSource | None = None
         self._source_job = -1
         self._index: RegionIndex | None = None
+        # sources of the current slide for decode threads 1.. (thread 0 uses _source); only
+        # opened when _source is not thread-safe
+        self._thread_sources: list[TileSource] = []
+        self._pool: ThreadPoolExecutor | None = None  # made in the iterating process (threads do not fork)
 
     def _order(self) -> list[int]:
         info = get_worker_info()
@@ -170,6 +186,9 @@ class RegionTileStream(IterableDataset):
                     return
         finally:
             self._close_source()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     # ---- opening a slide ---------------------------------------------------------------------
     def _prepare(self, j: int) -> tuple[RegionIndex, dict[str, Any]] | Message:
@@ -235,9 +254,35 @@ class RegionTileStream(IterableDataset):
         return self._source
 
     def _close_source(self) -> None:
-        if self._source is not None:
-            self._source.close()
+        for source in [self._source, *self._thread_sources]:
+            if source is not None:
+                source.close()
         self._source, self._source_job, self._index = None, -1, None
+        self._thread_sources = []
+
+    def _read_regions(self, source: TileSource, regions: range) -> np.ndarray:
+        """uint8 (len(regions) * T, px, px, 3): the tiles of ``regions``, on several threads if allowed.
+
+        The regions are split into one contiguous run per thread, so no source is ever used by two
+        threads at once unless it declares itself thread-safe.
+        """
+        n_threads = min(self.decode_threads, len(regions))
+        if n_threads <= 1:
+            return np.concatenate([source.read_region_tiles(r) for r in regions])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="mixmag-decode")
+        if getattr(source, "thread_safe", False):
+            sources = [source] * n_threads
+        else:
+            assert self._index is not None
+            while len(self._thread_sources) < n_threads - 1:
+                self._thread_sources.append(self.open_tiles(self._index))
+            sources = [source, *self._thread_sources[: n_threads - 1]]
+        bounds = np.linspace(0, len(regions), n_threads + 1).round().astype(int)
+        runs = [regions[bounds[k]:bounds[k + 1]] for k in range(n_threads)]
+        parts = self._pool.map(lambda k: np.concatenate([sources[k].read_region_tiles(r) for r in runs[k]]),
+                               range(n_threads))
+        return np.concatenate(list(parts))
 
     def _chunk(self, j: int, c: int) -> Iterator[Message]:
         try:
@@ -245,7 +290,7 @@ class RegionTileStream(IterableDataset):
             assert self._index is not None
             start = c * self.regions_per_chunk
             stop = min(start + self.regions_per_chunk, self._index.n_regions)
-            tiles = np.concatenate([source.read_region_tiles(r) for r in range(start, stop)])
+            tiles = self._read_regions(source, range(start, stop))
         except Exception as exc:  # a corrupt region (or a slide gone missing) fails this slide only
             logger.debug("region read failed:\n%s", traceback.format_exc())
             self.queue.close(j)

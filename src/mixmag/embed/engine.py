@@ -9,6 +9,13 @@ Data flow (one process; run the same command several times, or as a Slurm array,
                                                        -> scatter into per-region rows
                                                        -> FeatureWriter (temp file, renamed when complete)
 
+Where decoding runs (``workers="auto"``): with a GPU, in DataLoader worker processes that decode
+while the GPU computes. On a CPU-only run the model's threads already use every core, so a
+concurrent decoder would only preempt them (a preempted OpenMP thread stalls its partners at the
+next barrier: a decoder using 6 % of one core cost a two-thread model 6.4 %); there the regions of
+each chunk are decoded in this process between forward passes, on one thread per core
+(docs/performance.md, "Embedding").
+
 Memory is bounded by the loader's prefetch (``workers x 2`` chunks of a few regions) plus one batch:
 no slide is ever held whole. All workers help with the slides already open before opening new ones,
 so even a one-slide cohort is decoded in parallel. Every slide ends as ``ok``/``empty``/``skipped``/``error`` in
@@ -45,6 +52,47 @@ AUTO_PRECISION_MIN_COSINE = 0.999
 # Tiles the "auto" check embeds in both precisions (the fp32 pass costs ~3x a bf16 one on a CPU).
 AUTO_PRECISION_CHECK_TILES = 16
 TOKENS_PER_REGION_HINT = 21
+
+
+# Most DataLoader worker processes "auto" starts next to a GPU (each keeps a slide reader open).
+AUTO_MAX_GPU_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Where regions are decoded.
+
+    Attributes:
+        workers: DataLoader worker processes (0 = in the model process, between forward passes).
+        threads: Threads decoding the regions of one chunk at once, in each decoding process.
+    """
+
+    workers: int
+    threads: int
+
+
+def plan_decoding(workers: int | str, device: torch.device, threads: int | None = None) -> DecodePlan:
+    """Resolve ``workers`` (an int, or ``"auto"``) for a model on ``device``.
+
+    ``"auto"``: on a CPU, decode inline with one thread per torch thread (no process competes with
+    the model's threads); on an accelerator, ``min(8, cores - 1)`` worker processes overlap
+    decoding with the forward passes. An explicit ``0`` also decodes inline on one thread per torch
+    thread; ``n >= 1`` starts ``n`` single-threaded worker processes. ``threads`` overrides the
+    decode threads per process.
+    """
+    if workers == "auto":
+        n = 0 if device.type == "cpu" else max(1, min(AUTO_MAX_GPU_WORKERS, (os.cpu_count() or 2) - 1))
+    else:
+        try:
+            n = int(workers)
+        except (TypeError, ValueError):
+            n = -1
+        if n < 0:
+            raise ValueError(f"workers must be 'auto' or a number >= 0, got {workers!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"decode threads must be >= 1, got {threads}")
+    default_threads = torch.get_num_threads() if n == 0 else 1
+    return DecodePlan(workers=n, threads=threads or default_threads)
 
 
 class SlideEmbeddingError(RuntimeError):
@@ -93,9 +141,11 @@ def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> torch.Tensor:
 
     The comparison runs on the first :data:`AUTO_PRECISION_CHECK_TILES` tiles of the first batch
     (in token order: the 5x, 10x and first 20x tiles of a region). Returns the embeddings of all of
-    ``tiles`` in the precision kept, so no tile is embedded twice in that precision.
+    ``tiles`` in the precision kept, so no tile is embedded twice in that precision. When reduced
+    precision is kept, the weights are cast to it once (:meth:`TileEncoder.cast_weights_for_autocast`).
+    An encoder whose weights were already cast (by an earlier run) keeps its precision unchecked.
     """
-    if encoder.autocast_dtype is None:
+    if encoder.autocast_dtype is None or encoder.weights_dtype is not None:
         return encoder.encode(tiles)
     probe, rest = tiles[:AUTO_PRECISION_CHECK_TILES], tiles[AUTO_PRECISION_CHECK_TILES:]
     fast = encoder.encode(probe)
@@ -105,6 +155,7 @@ def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> torch.Tensor:
     if cos >= AUTO_PRECISION_MIN_COSINE:
         encoder.autocast_dtype = dtype
         logger.info("precision auto -> %s (min cosine vs fp32 %.5f on %d tiles)", encoder.precision, cos, len(probe))
+        encoder.cast_weights_for_autocast()
         kept = fast
     else:
         logger.warning("precision auto: %s embeddings differ from fp32 (min cosine %.4f < %.3f); using fp32",
@@ -123,7 +174,8 @@ def embed_slides(
     batch_size: int = 32,
     precision: str = "auto",
     device: str = "auto",
-    workers: int = 1,
+    workers: int | str = "auto",
+    decode_threads: int | None = None,
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     fail_fast: bool = False,
@@ -136,14 +188,19 @@ def embed_slides(
     Args:
         region_dir: Tiling output folder, folder of region files, list file, or list of paths.
         out_dir: Feature folder: ``<slide_id>.h5`` per slide, ``manifest.csv``, ``embed.json``.
-        encoder: Registry key, or an already built :class:`TileEncoder`.
+        encoder: Registry key, or an already built :class:`TileEncoder` (once the run's precision
+            is settled, its Linear/Conv weights are cast to that dtype in place, for inference).
         weights: Weights file/folder or hub id (default: the entry's default source).
         random_weights: Random init (tests/benchmarks; stamped "random" in every file).
         batch_size: Tiles per forward pass (tiles of several regions and slides are mixed).
         precision: ``auto`` (fp16 on GPU; bf16 on CPUs with native bf16 if it matches fp32 to
             cosine >= 0.999 on the first 16 tiles, else fp32), ``fp32``, ``fp16`` or ``bf16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        workers: DataLoader worker processes decoding regions (0 = decode in this process).
+        workers: DataLoader worker processes decoding regions; 0 decodes in this process between
+            forward passes (one thread per torch thread); ``"auto"`` = 0 on a CPU, up to 8
+            processes next to a GPU (:func:`plan_decoding`).
+        decode_threads: Threads decoding the regions of a chunk in each decoding process (default:
+            one per torch thread when decoding inline, else 1).
         shard: ``(i, n)``: process only slides ``i, i+n, i+2n ...`` of the sorted list.
         overwrite: Recompute slides even if a matching feature file exists.
         fail_fast: Raise on the first failing slide instead of recording it and continuing.
@@ -162,16 +219,22 @@ def embed_slides(
     out = Path(out_dir)
     enc = encoder if isinstance(encoder, TileEncoder) else build_encoder(
         encoder, weights=weights, random_weights=random_weights, device=device, precision=precision)
+    if precision != "auto":  # final already: store the weights in the compute dtype (bit-identical, smaller)
+        enc.cast_weights_for_autocast()
     jobs = discover_jobs(region_dir, out, shard)
     check_folder(out, enc.provenance(), overwrite=overwrite)
     summary = EmbedSummary(out_dir=out, encoder=enc.meta.key)
     claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
-    # about one batch of tiles per message: small enough to bound memory, large enough to amortise IPC
+    decode = plan_decoding(workers, enc.device, decode_threads)
+    logger.info("decoding: %s", f"{decode.workers} worker process(es)" if decode.workers
+                else f"in this process, {decode.threads} thread(s)")
+    # about one batch of tiles per message (small enough to bound memory, large enough to amortise
+    # IPC), and at least one region per decode thread
     stream = RegionTileStream(jobs, claims, enc.provenance(), overwrite=overwrite, open_tiles=open_tiles,
-                              regions_per_chunk=math.ceil(batch_size / TOKENS_PER_REGION_HINT),
-                              max_workers=workers)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers,
-                        prefetch_factor=2 if workers > 0 else None,
+                              regions_per_chunk=max(math.ceil(batch_size / TOKENS_PER_REGION_HINT), decode.threads),
+                              max_workers=decode.workers, decode_threads=decode.threads)
+    loader = DataLoader(stream, batch_size=None, num_workers=decode.workers,
+                        prefetch_factor=2 if decode.workers > 0 else None,
                         pin_memory=enc.device.type == "cuda", persistent_workers=False)
     batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
                           jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,

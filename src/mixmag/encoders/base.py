@@ -226,6 +226,10 @@ def register_encoder(meta: EncoderMeta, **recipe_kwargs: Any) -> Callable[[Calla
     return decorator
 
 
+# Layers whose stock forward is one autocast-covered op (linear / convolution) on weight and bias.
+_AUTOCAST_FORWARDS = frozenset({nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward})
+
+
 class TileEncoder(nn.Module):
     """A backbone plus its published transform and pooling; one embedding per tile.
 
@@ -244,6 +248,7 @@ class TileEncoder(nn.Module):
         self.meta = meta
         self.transform = TileTransform(input_px=meta.input_px, mean=meta.mean, std=meta.std)
         self._pool = POOLINGS.get(meta.pooling)
+        self._weights_dtype: torch.dtype | None = None  # set by cast_weights_for_autocast()
         self.autocast_dtype = autocast_dtype
         self.weights_source = weights_source
         self.weights_hash = weights_hash
@@ -260,6 +265,47 @@ class TileEncoder(nn.Module):
     def device(self) -> torch.device:
         """Device of the parameters."""
         return cast(torch.Tensor, self._device_anchor).device
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of :meth:`encode` (None = fp32)."""
+        return self._autocast_dtype
+
+    @autocast_dtype.setter
+    def autocast_dtype(self, dtype: torch.dtype | None) -> None:
+        if self._weights_dtype is not None and dtype != self._weights_dtype:
+            raise ValueError(f"this encoder's weights were cast to {self._weights_dtype} for inference "
+                             f"(cast_weights_for_autocast); build a new encoder to run in {dtype or 'fp32'}")
+        self._autocast_dtype = dtype
+
+    @property
+    def weights_dtype(self) -> torch.dtype | None:
+        """Dtype the Linear/Conv weights were cast to by :meth:`cast_weights_for_autocast` (None: not cast)."""
+        return self._weights_dtype
+
+    def cast_weights_for_autocast(self) -> int:
+        """Store the weights of plain Linear/Conv layers in the autocast dtype, once, for inference.
+
+        Autocast would cast exactly these tensors (round to nearest) on every forward pass; doing it
+        once gives bit-identical embeddings, halves their memory and saves the per-call casts (for
+        a ViT-S on a CPU, 44 MB and ~3 % of the time). Only layers that use the stock
+        ``nn.Linear``/``nn.ConvNd`` forward are cast, so no layer computes anything from its weights
+        outside an autocast-covered op. Afterwards :attr:`autocast_dtype` cannot change (the fp32
+        weights are gone). No-op without autocast.
+
+        Returns:
+            Number of layers cast.
+        """
+        dtype = self.autocast_dtype
+        if dtype is None or self._weights_dtype is not None:
+            return 0
+        n = 0
+        for module in self.backbone.modules():
+            if type(module).forward in _AUTOCAST_FORWARDS:
+                module.to(dtype)
+                n += 1
+        self._weights_dtype = dtype
+        return n
 
     @property
     def precision(self) -> str:

@@ -81,7 +81,7 @@ def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: lis
         "tiling": {"thumbnail_px": 1024},
         # bf16 halves the CPU embedding time; for this ImageNet baseline it keeps a mean cosine of
         # 0.999 to fp32 on real tiles (minimum 0.995, below the 0.999 that `auto` demands)
-        "embed": {"encoder": "efficientnet-lite0-imagenet", "batch_size": 32, "workers": 1,
+        "embed": {"encoder": "efficientnet-lite0-imagenet", "batch_size": 32, "workers": "auto",
                   "precision": "bf16"},
         "region": {"preset": "small", "steps": size.pretrain_steps, "batch_size": 64, "lr": 5e-4,
                    "regions_per_slide": 8, "checkpoint_every": 0, "num_workers": 0,

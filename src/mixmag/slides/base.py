@@ -87,6 +87,10 @@ class SlideReader(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: True when :meth:`read_region` may run on several threads at once on one open reader
+    #: (the embedding engine then decodes a chunk's regions in parallel through one handle and one
+    #: tile cache instead of opening the slide once per thread).
+    thread_safe_reads: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)

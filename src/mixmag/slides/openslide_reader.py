@@ -43,6 +43,8 @@ class OpenSlideReader(WindowedPyramidReader):
     """
 
     name = "openslide"
+    # OpenSlide handles are documented thread-safe; ctypes releases the GIL during the C read.
+    thread_safe_reads = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
@@ -78,8 +80,6 @@ class OpenSlideReader(WindowedPyramidReader):
             raw=raw,
         )
 
-
-
     def _raw_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         try:
             image = self._slide.read_region((int(x), int(y)), level, (w, h))
@@ -92,8 +92,6 @@ class OpenSlideReader(WindowedPyramidReader):
                 f"{self.path.name}: OpenSlide could not read level {level} at level-0 ({x}, {y}), "
                 f"size {w}x{h}: {exc}. The file is probably truncated or corrupt."
             ) from exc
-
-
 
     def close(self) -> None:
         """Close the OpenSlide handle."""
