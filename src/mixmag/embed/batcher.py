@@ -142,9 +142,9 @@ class TileBatcher:
             self.summary.claimed_elsewhere.append(slide_id)
             return
         self.summary.skipped.append(slide_id)
-        if slide_id not in self._known_ok:  # keep the row of the run that made the file
+        if slide_id not in self._known_ok:  # keep the row of the run (maybe running now) that made the file
             self.manifest.update(slide_id, status=Status.SKIPPED, path=self.jobs[msg.job].region_path,
-                                 output=self.jobs[msg.job].out_path)
+                                 output=self.jobs[msg.job].out_path, keep_if=(Status.OK,))
 
     def fail_slide(self, job: int, error: str, *, claimed: bool = True) -> None:
         """Abort ``job``: remove its temp file, release its claim, record the error."""

@@ -51,7 +51,13 @@ MANIFEST_NAME = "manifest.csv"
 AUTO_PRECISION_MIN_COSINE = 0.999
 # Tiles the "auto" check embeds in both precisions (the fp32 pass costs ~3x a bf16 one on a CPU).
 AUTO_PRECISION_CHECK_TILES = 16
+# Tiles per fp32 reference forward pass of that check: fp32 activations of 16 ViT-S tiles at once
+# were the run's peak memory (+150 MB over the steady bf16 state); 4 at a time cost the same time.
+AUTO_PRECISION_REFERENCE_SLICE = 4
 TOKENS_PER_REGION_HINT = 21
+# Forward passes between malloc_trim calls: glibc keeps freed activation memory (~50-80 MB for a
+# ViT-S) until trimmed; trimming costs a few page faults afterwards (docs/performance.md).
+TRIM_EVERY_BATCHES = 4
 
 
 # Most DataLoader worker processes "auto" starts next to a GPU (each keeps a slide reader open).
@@ -148,18 +154,20 @@ def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> torch.Tensor:
     if encoder.autocast_dtype is None or encoder.weights_dtype is not None:
         return encoder.encode(tiles)
     probe, rest = tiles[:AUTO_PRECISION_CHECK_TILES], tiles[AUTO_PRECISION_CHECK_TILES:]
-    fast = encoder.encode(probe)
     dtype, encoder.autocast_dtype = encoder.autocast_dtype, None
-    ref = encoder.encode(probe)
+    step = AUTO_PRECISION_REFERENCE_SLICE
+    ref = torch.cat([encoder.encode(probe[i:i + step]) for i in range(0, len(probe), step)])
+    encoder.autocast_dtype = dtype
+    fast = encoder.encode(probe)
     cos = float(torch.nn.functional.cosine_similarity(fast, ref, dim=-1).min())
     if cos >= AUTO_PRECISION_MIN_COSINE:
-        encoder.autocast_dtype = dtype
         logger.info("precision auto -> %s (min cosine vs fp32 %.5f on %d tiles)", encoder.precision, cos, len(probe))
         encoder.cast_weights_for_autocast()
         kept = fast
     else:
         logger.warning("precision auto: %s embeddings differ from fp32 (min cosine %.4f < %.3f); using fp32",
                        dtype, cos, AUTO_PRECISION_MIN_COSINE)
+        encoder.autocast_dtype = None
         kept = ref
     return torch.cat([kept, encoder.encode(rest)]) if len(rest) else kept
 
@@ -239,7 +247,7 @@ def embed_slides(
     batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
                           jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
                           first_batch_hook=_check_precision if precision == "auto" else None,
-                          after_batch=HeapTrimmer(every=8).tick)  # flat RSS over long runs
+                          after_batch=HeapTrimmer(every=TRIM_EVERY_BATCHES).tick)  # flat RSS over long runs
     try:
         for msg in loader:
             batcher.handle(msg)

@@ -13,7 +13,7 @@ import csv
 import fcntl
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -82,9 +82,14 @@ class Manifest:
         seconds: float | None = None,
         error: str | None = None,
         output: str | os.PathLike[str] | None = None,
+        keep_if: Collection[Status] = (),
         **extra: Any,
     ) -> None:
-        """Insert or replace the row for ``slide_id`` (atomic, lock-protected)."""
+        """Insert or replace the row for ``slide_id`` (atomic, lock-protected).
+
+        ``keep_if``: leave an existing row alone when its status is one of these (checked under
+        the lock, so a concurrent process's "ok" is never overwritten by this one's "skipped").
+        """
         row: dict[str, Any] = {
             "slide_id": slide_id,
             "path": "" if path is None else str(path),
@@ -98,6 +103,8 @@ class Manifest:
         row.update({k: v for k, v in extra.items()})
         with _locked(self.path):
             rows: dict[str, dict[str, Any]] = dict(read_manifest(self.path))
+            if rows.get(slide_id, {}).get("status") in {Status(k).value for k in keep_if}:
+                return
             rows[slide_id] = row
             _write(self.path, rows)
 
