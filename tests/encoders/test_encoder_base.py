@@ -53,7 +53,7 @@ def test_cpu_batches_run_in_bounded_slices_with_the_same_embeddings(monkeypatch)
 
 def test_cpu_slice_comes_from_the_registry_entry() -> None:
     """Convnets with large feature maps run fewer tiles per CPU call than ViTs (activation memory)."""
-    assert build_encoder("efficientnet-lite0-imagenet", random_weights=True).cpu_max_batch == 8
+    assert build_encoder("efficientnet-lite0-imagenet", random_weights=True).cpu_max_batch == 4
     assert build_encoder("tiny.vit-d32").cpu_max_batch == ENCODERS.get("tiny.vit-d32").cpu_max_batch == 16
 
 

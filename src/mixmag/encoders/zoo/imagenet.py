@@ -64,9 +64,10 @@ def lite0_package_to_timm(state: StateDict, model: nn.Module) -> StateDict:
     convert_state_dict=lite0_package_to_timm,
     packaged_weights=lite0_package_path,
     ignore_keys=("classifier.", "_fc."),
-    # ~20 MB of fp32 activations per tile (96 x 112 x 112 after the first expansion): 8 tiles per
-    # CPU call ran as fast as 16 and cut the activation peak from +328 to +179 MB (docs/performance.md)
-    cpu_max_batch=8,
+    # ~20 MB of fp32 activations per tile (96 x 112 x 112 after the first expansion): 4 tiles per
+    # CPU call ran at least as fast as 8 (interleaved: 74/72/60/47 vs 58/58/51/48 tiles/s) with an
+    # activation peak of +100 MB instead of +165 MB (+328 MB at 16; docs/performance.md)
+    cpu_max_batch=4,
 )
 def efficientnet_lite0_backbone(**overrides: Any) -> nn.Module:
     """timm ``tf_efficientnet_lite0`` without classifier: global-average-pooled 1280-d features."""
