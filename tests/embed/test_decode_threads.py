@@ -92,3 +92,29 @@ def test_a_corrupt_region_on_a_decode_thread_fails_only_its_slide(tmp_path, kit)
     summary = embed_slides(src, tmp_path / "feats", **{**kit.run, "decode_threads": 2})
     assert summary.ok == ["fine"] and "JPEG decode error" in summary.errors["corrupt"]
     assert not (tmp_path / "feats" / "corrupt.h5").exists() and not list((tmp_path / "feats").glob(".*.tmp"))
+
+
+def test_sources_are_closed_only_after_every_decode_thread_is_done(tmp_path, kit) -> None:
+    """A region failing on one thread while another thread still reads: nothing is closed under it."""
+    events: list[str] = []
+
+    class Slow:
+        thread_safe = False
+
+        def __init__(self, index) -> None:
+            self.closed = False
+
+        def read_region_tiles(self, region: int) -> np.ndarray:
+            if region == 0:
+                raise OSError("JPEG decode error in region 0")
+            time.sleep(0.2)  # the other thread is still reading when region 0 fails
+            events.append("closed under a reader" if self.closed else "read finished")
+            return kit.fake_region_tiles("x", region)
+
+        def close(self) -> None:
+            self.closed = True
+
+    src = kit.write_regions(tmp_path / "tiles", {"x": 2})
+    summary = embed_slides(src, tmp_path / "feats", **{**kit.run, "open_tiles": Slow, "decode_threads": 2})
+    assert "JPEG decode error in region 0" in summary.errors["x"]
+    assert events == ["read finished"]

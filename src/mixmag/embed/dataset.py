@@ -19,7 +19,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -280,9 +280,11 @@ class RegionTileStream(IterableDataset):
             sources = [source, *self._thread_sources[: n_threads - 1]]
         bounds = np.linspace(0, len(regions), n_threads + 1).round().astype(int)
         runs = [regions[bounds[k]:bounds[k + 1]] for k in range(n_threads)]
-        parts = self._pool.map(lambda k: np.concatenate([sources[k].read_region_tiles(r) for r in runs[k]]),
-                               range(n_threads))
-        return np.concatenate(list(parts))
+        futures = [self._pool.submit(lambda k: np.concatenate([sources[k].read_region_tiles(r) for r in runs[k]]), k)
+                   for k in range(n_threads)]
+        # every thread is done before an error propagates: the caller then closes the sources
+        wait(futures)
+        return np.concatenate([f.result() for f in futures])
 
     def _chunk(self, j: int, c: int) -> Iterator[Message]:
         try:
