@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -78,7 +78,7 @@ class EmbedConfig(_Section):
     """auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
-    workers: int | Literal["auto"] = "auto"
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """Region decoding: `auto` (inline between forward passes on a CPU, up to 8 worker processes
     next to a GPU), 0 (inline, one thread per core) or a number of worker processes."""
 
