@@ -118,3 +118,10 @@ def test_sources_are_closed_only_after_every_decode_thread_is_done(tmp_path, kit
     summary = embed_slides(src, tmp_path / "feats", **{**kit.run, "open_tiles": Slow, "decode_threads": 2})
     assert "JPEG decode error in region 0" in summary.errors["x"]
     assert events == ["read finished"]
+
+
+def test_a_bad_workers_value_fails_before_anything_is_written(tmp_path, kit) -> None:
+    src = kit.write_regions(tmp_path / "tiles", {"a": 1})
+    with pytest.raises(ValueError, match="workers must be 'auto' or a number"):
+        embed_slides(src, tmp_path / "feats", **{**kit.run, "workers": "many"})
+    assert not (tmp_path / "feats").exists()  # no folder stamp claiming the folder for this encoder

@@ -42,6 +42,7 @@ from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
 from mixmag.encoders import TileEncoder, build_encoder
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
+from mixmag.utils.device import resolve_device
 from mixmag.utils.malloc import HeapTrimmer
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,9 @@ def embed_slides(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
+    # settings errors first: before any model is built or anything is written
+    decode = plan_decoding(workers, encoder.device if isinstance(encoder, TileEncoder) else resolve_device(device),
+                           decode_threads)
     enc = encoder if isinstance(encoder, TileEncoder) else build_encoder(
         encoder, weights=weights, random_weights=random_weights, device=device, precision=precision)
     if precision != "auto":  # final already: store the weights in the compute dtype (bit-identical, smaller)
@@ -233,7 +237,6 @@ def embed_slides(
     check_folder(out, enc.provenance(), overwrite=overwrite)
     summary = EmbedSummary(out_dir=out, encoder=enc.meta.key)
     claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
-    decode = plan_decoding(workers, enc.device, decode_threads)
     logger.info("decoding: %s", f"{decode.workers} worker process(es)" if decode.workers
                 else f"in this process, {decode.threads} thread(s)")
     # about one batch of tiles per message (small enough to bound memory, large enough to amortise
