@@ -121,15 +121,19 @@ class OpenSlideReader(WindowedPyramidReader):
     def _verified_direct_reader(self) -> TiffTileReader | None:
         """The direct tile reader, if the file allows it and it reproduces OpenSlide's bytes.
 
-        Trust, but verify once per slide: a window around the centre of level 0 (across tile
-        borders) is read both ways at open time; any difference keeps this slide on OpenSlide.
+        Trust, but verify once per slide: a window of level 0 centred on the tile corner nearest
+        the image centre (so it spans up to four tiles) is read both ways at open time; any
+        difference keeps this slide on OpenSlide.
         """
         direct = TiffTileReader.open(self.path, [(lv.width, lv.height) for lv in self._levels])
         if direct is None:
             return None
-        lv0 = self._levels[0]
+        lv0, tiles = self._levels[0], direct.levels[0]
         side_w, side_h = min(_SELF_CHECK_PX, lv0.width), min(_SELF_CHECK_PX, lv0.height)
-        x, y = (lv0.width - side_w) // 2, (lv0.height - side_h) // 2
+        corner_x = round(lv0.width / 2 / tiles.tile_w) * tiles.tile_w
+        corner_y = round(lv0.height / 2 / tiles.tile_h) * tiles.tile_h
+        x = min(max(0, corner_x - side_w // 2), lv0.width - side_w)
+        y = min(max(0, corner_y - side_h // 2), lv0.height - side_h)
         try:
             same = np.array_equal(direct.read(0, x, y, side_w, side_h),
                                   composite_on_white(self._openslide_read(x, y, 0, side_w, side_h)))
