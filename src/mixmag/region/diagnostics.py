@@ -39,7 +39,12 @@ def load_pretrainer(path: str | os.PathLike[str], *, map_location: str = "cpu") 
     return model.to(map_location).eval(), info
 
 
-def _sample_regions(features: Any, n_regions: int, seed: int, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def sample_regions(features: Any, n_regions: int, seed: int, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of usable regions: ``(x (n, T, D) float32, valid (n, T) bool)``, slide order.
+
+    Raises:
+        LayoutMismatchError: The features do not fit the checkpoint described by ``info``.
+    """
     cohort = scan_feature_cohort(features)
     check_layout(info, tile_dim=cohort.tile_dim, spec=cohort.spec, source=str(features))
     rng = np.random.default_rng([seed, 0xD1A6])
@@ -88,7 +93,7 @@ def evaluate_reconstruction(checkpoint: str | os.PathLike[str], features: str | 
     model, info = load_pretrainer(checkpoint)
     if info["target_mean"] is None:
         raise ValueError(f"{info['path']} ({info['objective']}) has no MEM head/statistics to evaluate")
-    x_np, valid = _sample_regions(features, n_regions, seed, info)
+    x_np, valid = sample_regions(features, n_regions, seed, info)
     keep, mask = _views(valid, info, seed, 1, {"mask_ratio": mask_ratio, "mag_mask_prob": mag_mask_prob,
                                                "token_drop_max": token_drop_max})
     x = torch.from_numpy(x_np)
@@ -122,7 +127,7 @@ def evaluate_view_retrieval(checkpoint: str | os.PathLike[str], features: str | 
         ``top1`` accuracy, ``chance`` (1/N) and ``n_regions`` N.
     """
     encoder, info = load_region_encoder(checkpoint)
-    x_np, valid = _sample_regions(features, n_regions, seed, info)
+    x_np, valid = sample_regions(features, n_regions, seed, info)
     keep, mask = _views(valid, info, seed, 2, {"mask_ratio": mask_ratio, "mag_mask_prob": mag_mask_prob,
                                                "token_drop_max": token_drop_max})
     x = torch.from_numpy(x_np)
