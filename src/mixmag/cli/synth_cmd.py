@@ -28,6 +28,15 @@ def _parse_per_patient(text: str) -> int | tuple[int, int]:
         raise ValueError(f"--slides-per-patient must be N or LO-HI (e.g. 1-3), got {text!r}") from None
 
 
+def _parse_mpp(text: str) -> float | list[float]:
+    """``"0.5"`` -> 0.5, ``"0.25,0.5"`` -> [0.25, 0.5]."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--mpp must be a number or a comma-separated list (e.g. 0.25,0.5), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command to ``app``."""
 
@@ -39,7 +48,11 @@ def register(app: typer.Typer) -> None:
         difficulty: Annotated[float, typer.Option(min=0.0, max=1.0, help="0 = easy ... 1 = hard.")] = 0.5,
         seed: Annotated[int, typer.Option(help="Same seed and options give byte-identical files.")] = 0,
         size: Annotated[str, typer.Option(help="Level-0 WIDTHxHEIGHT in pixels (multiples of 896 keep the region grid at 0,0).")] = "2688x1792",
-        mpp: Annotated[float, typer.Option(help="Level-0 µm/px written in the TIFF resolution tags.")] = 0.5,
+        mpp: Annotated[str, typer.Option(help="Level-0 µm/px written in the TIFF resolution tags; with --regions a comma list (0.25,0.5) that each slide draws from.")] = "0.5",
+        regions: Annotated[int | None, typer.Option(min=6, help="Realistic layout: about N regions per slide at a random offset to the tiling grid (overrides --size).")] = None,
+        informative_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Share of a positive slide's regions that are ring + atypical (default: from --difficulty).")] = None,
+        distractor_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Share of regions in each distractor kind (ring + normal, scattered + atypical); default = --informative-fraction.")] = None,
+        stain_jitter: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Per-slide relative stain variation (default: from --difficulty).")] = None,
         unlabeled: Annotated[int, typer.Option(min=0, help="Slides in the unlabeled pretraining pool.")] = 0,
         slides_per_patient: Annotated[str, typer.Option(help="N, or a range LO-HI.")] = "1",
         levels: Annotated[int, typer.Option(min=1, help="Pyramid levels.")] = 3,
@@ -54,7 +67,9 @@ def register(app: typer.Typer) -> None:
         with friendly_errors():
             info = make_synthetic_cohort(
                 out, n_slides=n_slides, prevalence=prevalence, difficulty=difficulty, seed=seed,
-                slide_px=_parse_size(size), mpp=mpp, slides_per_patient=_parse_per_patient(slides_per_patient),
+                slide_px=_parse_size(size), mpp=_parse_mpp(mpp), regions=regions,
+                informative_fraction=informative_fraction, distractor_fraction=distractor_fraction,
+                stain_jitter=stain_jitter, slides_per_patient=_parse_per_patient(slides_per_patient),
                 n_unlabeled=unlabeled, n_levels=levels, workers=workers, overwrite=overwrite,
                 progress=not no_progress,
             )

@@ -5,6 +5,7 @@
     slides/<slide_id>.tiff       pyramidal tiled JPEG TIFFs at exactly ``mpp`` µm/px (level 0)
     unlabeled/<slide_id>.tiff    an unlabeled pool for region-encoder pretraining (optional)
     labels.csv                   patient_id, slide_id, label
+    region_labels.csv            per grid cell: level-0 box, architecture, nuclei, 0/1 properties
     cohort.json                  parameters, seed and per-region ground truth of every slide
     manifest.csv                 one row per written slide (resume bookkeeping)
 
@@ -22,6 +23,7 @@ parameters is reused as is (the demo's cache).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from mixmag.io.manifest import Manifest, Status
-from mixmag.synth.layout import SlidePlan, knobs_from_difficulty, plan_slide
+from mixmag.synth.layout import Composition, Knobs, SlidePlan, knobs_from_difficulty, plan_slide
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.hashing import sha256_text
 
@@ -46,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 COHORT_FORMAT_VERSION = 1
 # Bump when the pictures change for the same parameters (invalidates cached cohorts).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _LABELED, _UNLABELED, _ASSIGN = 0, 1, 2  # seed spawn keys
 
 
@@ -90,6 +92,11 @@ class CohortInfo:
     cohort_json: Path
     params: dict[str, Any]
     reused: bool = False
+
+    @property
+    def region_labels_csv(self) -> Path:
+        """``region_labels.csv``: level-0 box and properties of every cell of every slide."""
+        return self.out_dir / "region_labels.csv"
 
     @property
     def slide_paths(self) -> list[Path]:
@@ -137,13 +144,58 @@ def _params(**kwargs: Any) -> dict[str, Any]:
     return out
 
 
+def grid_for(n_regions: int) -> tuple[int, int]:
+    """(rows, cols) of the structure cells of a realistic-layout slide of about ``n_regions`` regions.
+
+    The slide is one cell wider and taller than its cell grid (the room for a random offset), so a
+    tiler lays the most nearly square ``(rows + 1) x (cols + 1) >= n_regions`` regions over it: the
+    ``rows x cols`` cells, cut at an offset, plus a rim of partial cells and filler tissue.
+    """
+    cols = math.ceil(math.sqrt(n_regions))
+    rows = math.ceil(n_regions / cols)
+    if (rows - 1) * (cols - 1) < 2:
+        raise ValueError(f"regions={n_regions} leaves fewer than 2 structure cells; use regions >= 6")
+    return rows - 1, cols - 1
+
+
+def _knobs(params: dict[str, Any]) -> Knobs:
+    knobs = knobs_from_difficulty(params["difficulty"])
+    if params.get("stain_jitter") is not None:
+        knobs = dataclasses.replace(knobs, stain_jitter=float(params["stain_jitter"]))
+    return knobs
+
+
+def _geometry(rng: np.random.Generator, params: dict[str, Any]) -> tuple[int, int, float, tuple[int, int]]:
+    """(width px, height px, mpp, cell-grid origin px) of one slide.
+
+    With ``regions`` set the slide is one cell wider and taller than its cell grid and the grid
+    starts at a random offset inside that margin, so a tiler's regions fall at random offsets to
+    the structures; its level-0 resolution is drawn from the ``mpp`` list.
+    """
+    if params.get("regions") is None:
+        width, height = params["slide_px"]
+        return int(width), int(height), float(params["mpp"]), (0, 0)
+    choices = params["mpp"] if isinstance(params["mpp"], list) else [params["mpp"]]
+    mpp = float(choices[int(rng.integers(len(choices)))])
+    rows, cols = grid_for(params["regions"])
+    cell_px = params["region_um"] / mpp
+    width, height = math.ceil((cols + 1) * cell_px), math.ceil((rows + 1) * cell_px)
+    origin = (int(rng.integers(0, int(cell_px))), int(rng.integers(0, int(cell_px))))
+    return width, height, mpp, origin
+
+
 def _plan(job: _Job, params: dict[str, Any]) -> tuple[SlidePlan, np.random.SeedSequence]:
     """Plan of one slide (cheap) and the seed its painter uses."""
     plan_seed, paint_seed = np.random.SeedSequence(params["seed"], spawn_key=job.spawn_key).spawn(2)
-    width, height = params["slide_px"]
-    plan = plan_slide(np.random.default_rng(plan_seed), label=job.label, width_px=width,
-                      height_px=height, mpp=params["mpp"], region_um=params["region_um"],
-                      knobs=knobs_from_difficulty(params["difficulty"]))
+    rng = np.random.default_rng(plan_seed)
+    geometry_rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(*job.spawn_key, 7)))
+    width, height, mpp, origin = _geometry(geometry_rng, params)
+    composition = None
+    if params.get("informative_fraction") is not None:
+        composition = Composition(params["informative_fraction"], params.get("distractor_fraction"))
+    plan = plan_slide(rng, label=job.label, width_px=width, height_px=height, mpp=mpp,
+                      region_um=params["region_um"], knobs=_knobs(params), composition=composition,
+                      origin_px=origin)
     return plan, paint_seed
 
 
@@ -155,10 +207,32 @@ def _render_job(job: _Job, params: dict[str, Any]) -> tuple[str, float]:
     t0 = time.perf_counter()
     plan, paint_seed = _plan(job, params)
     rgb = render_slide(plan, paint_seed).rgb
-    write_pyramidal_tiff(job.path, rgb, mpp=params["mpp"], n_levels=params["n_levels"],
+    write_pyramidal_tiff(job.path, rgb, mpp=plan.mpp, n_levels=params["n_levels"],
                          quality=params["jpeg_quality"],
                          description=f"mixmag synthetic slide {job.slide_id}")
     return job.slide_id, time.perf_counter() - t0
+
+
+REGION_LABEL_COLUMNS = ("slide_id", "patient_id", "x0", "y0", "x1", "y1", "architecture", "nuclei",
+                        "ring", "atypical", "informative")
+
+
+def _region_labels_csv(records: Sequence[SlideRecord]) -> str:
+    """Ground truth per grid cell: its level-0 box and 0/1 property columns (one row per cell).
+
+    The boxes are the generator's cells in each slide's own level-0 frame; a tiler's regions
+    overlap them at an offset, and ``mixmag diagnose`` maps them onto its regions by area.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REGION_LABEL_COLUMNS)
+    for r in records:
+        for cell in r.truth["regions"]:
+            x0, y0, size = cell["x_px"], cell["y_px"], cell["size_px"]
+            writer.writerow([r.slide_id, r.patient_id, x0, y0, x0 + size, y0 + size, cell["architecture"],
+                             cell["nuclei"], int(cell["architecture"] == "ring"),
+                             int(cell["nuclei"] == "atypical"), int(cell["informative"])])
+    return buf.getvalue()
 
 
 def _labels_csv(records: Sequence[SlideRecord]) -> str:
@@ -193,7 +267,8 @@ def _jobs(out: Path, params: dict[str, Any]) -> tuple[list[_Job], list[_Job]]:
 
 
 def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tuple[int, int],
-              mpp: float, n_unlabeled: int, n_levels: int) -> None:
+              mpp: float | Sequence[float], n_unlabeled: int, n_levels: int, regions: int | None,
+              stain_jitter: float | None) -> None:
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
     if not 0.0 <= prevalence <= 1.0:
@@ -202,8 +277,15 @@ def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tup
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     if len(slide_px) != 2 or min(slide_px) < 256:
         raise ValueError(f"slide_px must be (width, height) with both >= 256 px, got {slide_px}")
-    if mpp <= 0:
-        raise ValueError(f"mpp must be positive, got {mpp}")
+    mpps = [mpp] if isinstance(mpp, (int, float)) else list(mpp)
+    if not mpps or any(m <= 0 for m in mpps):
+        raise ValueError(f"mpp must be positive (or a non-empty list of positive values), got {mpp}")
+    if len(mpps) > 1 and regions is None:
+        raise ValueError("a list of mpp values needs `regions` (the slide size then follows each slide's mpp)")
+    if regions is not None:
+        grid_for(regions)  # raises for too few regions
+    if stain_jitter is not None and not 0.0 <= stain_jitter <= 0.5:
+        raise ValueError(f"stain_jitter must lie in [0, 0.5], got {stain_jitter}")
     if n_unlabeled < 0 or n_levels < 1:
         raise ValueError("n_unlabeled must be >= 0 and n_levels >= 1")
 
@@ -216,7 +298,11 @@ def make_synthetic_cohort(
     difficulty: float = 0.5,
     seed: int = 0,
     slide_px: tuple[int, int] = (2688, 1792),
-    mpp: float = 0.5,
+    mpp: float | Sequence[float] = 0.5,
+    regions: int | None = None,
+    informative_fraction: float | None = None,
+    distractor_fraction: float | None = None,
+    stain_jitter: float | None = None,
     slides_per_patient: int | tuple[int, int] = 1,
     n_unlabeled: int = 0,
     n_levels: int = 3,
@@ -228,6 +314,11 @@ def make_synthetic_cohort(
 ) -> CohortInfo:
     """Generate (or reuse) a synthetic multi-scale cohort.
 
+    Two layouts: *aligned* (``regions=None``): every slide is ``slide_px`` at ``mpp`` with the
+    cell grid at level-0 (0, 0), the cleanest form of the task; *realistic* (``regions=N``): each
+    slide holds about N cells (the most nearly square grid) at a random offset to the slide, so a
+    tiler's regions cut through the structures, and its resolution is drawn from ``mpp``.
+
     Args:
         out_dir: Output folder (created).
         n_slides: Labeled slides.
@@ -235,16 +326,23 @@ def make_synthetic_cohort(
         difficulty: 0 (easy) .. 1 (hard): fewer informative regions per positive slide, fainter
             and rarer atypia, less regular rings, more stain variation.
         seed: Everything is a deterministic function of the parameters and this seed.
-        slide_px: Level-0 (width, height) in pixels; the default is 1.34 x 0.90 mm at 0.5 µm/px,
-            exactly 3 x 2 regions of 448 µm. Use multiples of the region side (896 px at 0.5
-            µm/px): then any tiler that centres its grid on the tissue (mixmag does) and keeps
-            only whole regions lands on the generator's grid at (0, 0).
-        mpp: Level-0 resolution in µm/px written into the TIFF resolution tags.
+        slide_px: Level-0 (width, height) in pixels of the aligned layout; the default is
+            1.34 x 0.90 mm at 0.5 µm/px, exactly 3 x 2 regions of 448 µm. Use multiples of the
+            region side (896 px at 0.5 µm/px): then any tiler that centres its grid on the tissue
+            (mixmag does) and keeps only whole regions lands on the generator's grid at (0, 0).
+        mpp: Level-0 resolution in µm/px written into the TIFF resolution tags; with ``regions``
+            a list (e.g. ``[0.25, 0.5]``) from which each slide draws its own.
+        regions: Regions per slide of the realistic layout, about (None = aligned layout); the
+            structures fill ``(rows - 1) x (cols - 1)`` cells of that grid (:func:`grid_for`).
+        informative_fraction: Share of a positive slide's cells that are informative (ring +
+            atypical); None = the difficulty-driven draw (see :class:`~mixmag.synth.layout.Composition`).
+        distractor_fraction: Share of cells in each distractor kind (ring + normal, scattered +
+            atypical); None = ``informative_fraction``.
+        stain_jitter: Per-slide relative stain variation; None = from ``difficulty``.
         slides_per_patient: Slides per patient, fixed or an inclusive (lo, hi) range.
         n_unlabeled: Size of the unlabeled pretraining pool (``unlabeled/``).
         n_levels: Pyramid levels (each a 2x box-downsample).
-        region_um: Side of the region grid cells that carry the structures (the default tiling
-            grid, origin at level-0 (0, 0)).
+        region_um: Side of the grid cells that carry the structures.
         jpeg_quality: JPEG quality of the tiles.
         workers: Processes painting slides in parallel.
         overwrite: Regenerate even when ``out_dir`` holds a cohort with other parameters.
@@ -257,10 +355,12 @@ def make_synthetic_cohort(
         ValueError: On invalid parameters, or when ``out_dir`` holds a cohort generated with
             different parameters and ``overwrite`` is False.
     """
-    _validate(n_slides, prevalence, difficulty, slide_px, mpp, n_unlabeled, n_levels)
+    _validate(n_slides, prevalence, difficulty, slide_px, mpp, n_unlabeled, n_levels, regions, stain_jitter)
+    Composition(informative_fraction, distractor_fraction)  # validates the fractions
+    mpp = float(mpp) if isinstance(mpp, (int, float)) else [float(m) for m in mpp]
     out = Path(out_dir).resolve()
-    region_px = region_um / mpp
-    if any(abs(v / region_px - round(v / region_px)) > 1e-9 for v in slide_px):
+    region_px = region_um / mpp if isinstance(mpp, float) else 0.0
+    if regions is None and any(abs(v / region_px - round(v / region_px)) > 1e-9 for v in slide_px):
         logger.warning("slide size %s is not a multiple of the %g-px region side: a tiling grid centred "
                        "on the tissue may not coincide with the generator's grid at (0, 0)",
                        slide_px, region_px)
@@ -268,6 +368,9 @@ def make_synthetic_cohort(
                      slide_px=tuple(int(v) for v in slide_px), mpp=mpp,
                      slides_per_patient=slides_per_patient, n_unlabeled=n_unlabeled,
                      n_levels=n_levels, region_um=region_um, jpeg_quality=jpeg_quality)
+    realism = {"regions": regions, "informative_fraction": informative_fraction,
+               "distractor_fraction": distractor_fraction, "stain_jitter": stain_jitter}
+    params.update({k: v for k, v in realism.items() if v is not None})
     params_hash = sha256_text(repr(sorted(params.items())))[:16]
     cohort_json = out / "cohort.json"
     labeled, unlabeled = _jobs(out, params)
@@ -296,6 +399,7 @@ def make_synthetic_cohort(
     )
     if not reused:
         atomic_write_text(info.labels_csv, _labels_csv(info.slides))
+        atomic_write_text(info.region_labels_csv, _region_labels_csv(info.slides + info.unlabeled))
         atomic_write_json(cohort_json, _cohort_document(info))
     logger.info("synthetic cohort: %d slides (%d positive), %d unlabeled in %s",
                 len(info.slides), info.n_positive, len(info.unlabeled), out)
@@ -369,9 +473,11 @@ def _cohort_document(info: CohortInfo) -> dict[str, Any]:
         "format_version": COHORT_FORMAT_VERSION,
         "generator": "mixmag.synth.make_synthetic_cohort",
         "params": p,
-        "knobs": knobs_from_difficulty(p["difficulty"]).to_dict(),
-        "region_grid": {"origin_level0": [0, 0], "region_um": p["region_um"],
-                        "region_px_level0": p["region_um"] / p["mpp"]},
+        "knobs": _knobs(p).to_dict(),
+        "region_grid": {"origin_level0": "per slide (origin_px)" if p.get("regions") else [0, 0],
+                        "region_um": p["region_um"],
+                        "region_px_level0": "per slide (region_um / mpp)" if isinstance(p["mpp"], list)
+                        else p["region_um"] / p["mpp"]},
         "label_rule": "label = 1 iff some region has architecture 'ring' AND nuclei 'atypical'",
         "slides": [slide_entry(r) for r in info.slides],
         "unlabeled": [slide_entry(r) for r in info.unlabeled],

@@ -84,6 +84,47 @@ def knobs_from_difficulty(difficulty: float) -> Knobs:
     )
 
 
+@dataclass(frozen=True)
+class Composition:
+    """How many grid cells of each kind a slide holds, as fractions of its cells.
+
+    ``None`` (the default for both) keeps the difficulty-driven draw of :func:`plan_slide`. When
+    ``informative_fraction`` is set, a slide of ``n`` cells holds about ``k = f * n`` informative
+    (ring + atypical) cells if positive, and ``j = d * n`` *distractor pairs*: ring cells with normal
+    nuclei and scattered cells with atypical nuclei. A negative slide holds ``k + j`` of each
+    distractor instead, so both classes show the same number of rings and of atypical cells.
+    Each slide scales ``k`` and ``j`` by one uniform draw in [0.5, 1.5] (the same distribution for
+    both labels), so slides differ in how much of them carries the signal, as real slides do.
+
+    Attributes:
+        informative_fraction: Share ``f`` of a positive slide's cells that are ring + atypical.
+        distractor_fraction: Share ``d`` of cells in each distractor kind; None = ``f``.
+    """
+
+    informative_fraction: float | None = None
+    distractor_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("informative_fraction", "distractor_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 0.5:
+                raise ValueError(f"{name} must lie in [0, 0.5], got {value}")
+        if self.informative_fraction is None and self.distractor_fraction is not None:
+            raise ValueError("distractor_fraction needs informative_fraction")
+
+    def counts(self, rng: np.random.Generator, n_cells: int) -> tuple[int, int]:
+        """(k informative cells of a positive slide, j distractor pairs) for one slide."""
+        f = float(self.informative_fraction or 0.0)
+        d = f if self.distractor_fraction is None else float(self.distractor_fraction)
+        scale_k, scale_j = rng.uniform(0.5, 1.5, 2)
+        k = max(1, int(round(f * n_cells * scale_k)))
+        j = int(round(d * n_cells * scale_j))
+        # a negative slide needs k + j ring cells and k + j atypical cells, never together
+        k = min(k, n_cells // 2)
+        j = max(0, min(j, n_cells // 2 - k))
+        return k, j
+
+
 @dataclass
 class RegionPlan:
     """Ground truth of one full grid cell (= one default 448-µm region).
@@ -146,6 +187,7 @@ class SlidePlan:
         filler_nests_um: (n, 3) nests (x, y, r, µm) in the partial strips right/below the full
             grid; their nuclei are always normal.
         knobs: Difficulty settings.
+        origin_px: Level-0 (x, y) of the first cell's top-left corner.
     """
 
     width_px: int
@@ -156,6 +198,7 @@ class SlidePlan:
     regions: list[RegionPlan]
     filler_nests_um: np.ndarray
     knobs: Knobs
+    origin_px: tuple[int, int] = (0, 0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -167,7 +210,7 @@ class SlidePlan:
         """JSON ground truth of the slide."""
         return {
             "label": self.label, "width_px": self.width_px, "height_px": self.height_px,
-            "mpp": self.mpp, "region_um": self.region_um,
+            "mpp": self.mpp, "region_um": self.region_um, "origin_px": list(self.origin_px),
             "n_ring": sum(r.architecture == RING for r in self.regions),
             "n_atypical": sum(r.nuclei == ATYPICAL for r in self.regions),
             "n_informative": self.n_informative,
@@ -283,9 +326,15 @@ def _broken_ring(
 
 
 def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
-                  grid_w_um: float, grid_h_um: float) -> np.ndarray:
-    """Scattered nests (normal nuclei) in the partial strips right of and below the full grid."""
-    strips = [(grid_w_um, 0.0, plan_w_um, plan_h_um), (0.0, grid_h_um, grid_w_um, plan_h_um)]
+                  grid_box_um: tuple[float, float, float, float]) -> np.ndarray:
+    """Scattered nests (normal nuclei) in the partial strips around the full grid.
+
+    ``grid_box_um`` is the (x0, y0, x1, y1) extent of the full cells; the strips are the parts of
+    the slide left, right, above and below it.
+    """
+    gx0, gy0, gx1, gy1 = grid_box_um
+    strips = [(gx1, 0.0, plan_w_um, plan_h_um), (0.0, gy1, gx1, plan_h_um),
+              (0.0, 0.0, gx0, gy1), (gx0, 0.0, gx1, gy0)]
     out = []
     for x0, y0, x1, y1 in strips:
         area = max(x1 - x0 - 2 * CELL_MARGIN_UM, 0) * max(y1 - y0 - 2 * CELL_MARGIN_UM, 0)
@@ -309,6 +358,27 @@ def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
     return np.concatenate(out) if out else np.zeros((0, 3))
 
 
+def _cell_kinds(rng: np.random.Generator, label: int, n_cells: int, knobs: Knobs,
+                composition: Composition | None) -> list[tuple[str, str]]:
+    """(architecture, nuclei) of every cell, row-major; see :func:`plan_slide` for the rule."""
+    if composition is None or composition.informative_fraction is None:
+        m_lo, m_hi = max(1, n_cells // 4), max(1, n_cells // 2)
+        m = int(rng.integers(m_lo, m_hi + 1))
+        k = max(1, int(math.floor(1 + knobs.informative_share * (m - 1) + 0.5)))
+    else:
+        k, j = composition.counts(rng, n_cells)
+        m = k + j
+    order = rng.permutation(n_cells)
+    kinds: list[tuple[str, str]] = [(SCATTERED, NORMAL)] * n_cells
+    if label:
+        picks = [(RING, ATYPICAL)] * k + [(RING, NORMAL)] * (m - k) + [(SCATTERED, ATYPICAL)] * (m - k)
+    else:
+        picks = [(RING, NORMAL)] * m + [(SCATTERED, ATYPICAL)] * m
+    for slot, kind in zip(order, picks, strict=False):
+        kinds[int(slot)] = kind
+    return kinds
+
+
 def plan_slide(
     rng: np.random.Generator,
     *,
@@ -318,18 +388,27 @@ def plan_slide(
     mpp: float,
     region_um: float,
     knobs: Knobs,
+    composition: Composition | None = None,
+    origin_px: tuple[int, int] = (0, 0),
 ) -> SlidePlan:
     """Decide the content of one slide.
 
-    The number of ring cells and of atypical cells (``m`` each) is drawn from the same
+    By default the number of ring cells and of atypical cells (``m`` each) is drawn from the same
     distribution for both labels; a positive slide then turns ``k >= 1`` of its ring cells
     atypical (and has ``m - k`` further atypical scattered cells), a negative keeps all ``m``
-    atypical cells scattered. So the count of each property alone carries no label information.
+    atypical cells scattered. A :class:`Composition` sets ``k`` and ``m - k`` as fractions of the
+    cells instead. Either way the count of each property alone carries no label information.
+
+    Args:
+        origin_px: Level-0 (x, y) of the first cell's top-left corner. A tiler lays its own grid
+            over the tissue, so a non-zero origin puts the structures at an offset to the tiled
+            regions, as on real slides.
 
     Raises:
         ValueError: When the slide has fewer than two full grid cells.
     """
-    rows, cols = grid_shape(width_px, height_px, mpp, region_um)
+    ox, oy = origin_px
+    rows, cols = grid_shape(width_px - ox, height_px - oy, mpp, region_um)
     n_cells = rows * cols
     if n_cells < 2:
         raise ValueError(
@@ -337,30 +416,23 @@ def plan_slide(
             f"{region_um:g}-µm regions; use at least 2 (e.g. --size {round(2 * region_um / mpp)}x"
             f"{round(region_um / mpp)})"
         )
-    m_lo, m_hi = max(1, n_cells // 4), max(1, n_cells // 2)
-    m = int(rng.integers(m_lo, m_hi + 1))
-    k = max(1, int(math.floor(1 + knobs.informative_share * (m - 1) + 0.5)))
-    order = rng.permutation(n_cells)
-    kinds: list[tuple[str, str]] = [(SCATTERED, NORMAL)] * n_cells
-    if label:
-        picks = [(RING, ATYPICAL)] * k + [(RING, NORMAL)] * (m - k) + [(SCATTERED, ATYPICAL)] * (m - k)
-    else:
-        picks = [(RING, NORMAL)] * m + [(SCATTERED, ATYPICAL)] * m
-    for slot, kind in zip(order, picks, strict=False):
-        kinds[int(slot)] = kind
+    kinds = _cell_kinds(rng, label, n_cells, knobs, composition)
     size_px = region_um / mpp
+    ox_um, oy_um = ox * mpp, oy * mpp
     regions = []
     for idx, (arch, nuc) in enumerate(kinds):
         r, c = divmod(idx, cols)
         unit_rng = np.random.default_rng(rng.integers(2**63))
         centre, radius, lumen, nests = _plan_unit(
-            unit_rng, (c * region_um, r * region_um), region_um, arch, knobs)
+            unit_rng, (ox_um + c * region_um, oy_um + r * region_um), region_um, arch, knobs)
         regions.append(RegionPlan(
-            row=r, col=c, x_px=round(c * size_px), y_px=round(r * size_px), size_px=round(size_px),
+            row=r, col=c, x_px=ox + round(c * size_px), y_px=oy + round(r * size_px), size_px=round(size_px),
             architecture=arch, nuclei=nuc, centre_um=centre, radius_um=radius, lumen_um=lumen,
             nests_um=nests,
         ))
+    grid_box = (ox_um, oy_um, ox_um + cols * region_um, oy_um + rows * region_um)
     filler = _filler_nests(np.random.default_rng(rng.integers(2**63)), width_px * mpp,
-                           height_px * mpp, cols * region_um, rows * region_um)
+                           height_px * mpp, grid_box)
     return SlidePlan(width_px=width_px, height_px=height_px, mpp=mpp, region_um=region_um,
-                     label=int(label), regions=regions, filler_nests_um=filler, knobs=knobs)
+                     label=int(label), regions=regions, filler_nests_um=filler, knobs=knobs,
+                     origin_px=(int(ox), int(oy)))

@@ -45,6 +45,7 @@ NUCLEUS_OPACITY = (0.58, 0.68)
 FIBROBLASTS_PER_MM2 = 900.0
 LYMPHOCYTES_PER_MM2 = 250.0
 HOLES_PER_MM2 = 6.0
+GRAIN_UM = 0.5  # side of one chromatin-grain cell: one pixel at 20x
 
 
 @dataclass
@@ -133,8 +134,9 @@ def _tissue_mask(rng: np.random.Generator, plan: SlidePlan) -> np.ndarray:
     yy, xx = (np.mgrid[0:lh, 0:lw] + 0.5) * um
     rows = max(r.row for r in plan.regions) + 1
     cols = max(r.col for r in plan.regions) + 1
-    gx, gy = cols * plan.region_um / 2, rows * plan.region_um / 2
-    field += 2.0 * (1.0 - ((xx - gx) / (1.45 * gx)) ** 2 - ((yy - gy) / (1.45 * gy)) ** 2)
+    hx, hy = cols * plan.region_um / 2, rows * plan.region_um / 2  # half extent of the cell grid
+    gx, gy = plan.origin_px[0] * plan.mpp + hx, plan.origin_px[1] * plan.mpp + hy  # its centre
+    field += 2.0 * (1.0 - ((xx - gx) / (1.45 * hx)) ** 2 - ((yy - gy) / (1.45 * hy)) ** 2)
     for reg in plan.regions:  # every unit sits fully inside tissue, so no structure is cut
         reach = 1.15 * (reg.radius_um + NEST_RADIUS_UM[1]) + 30.0
         d = np.hypot(xx - reg.centre_um[0], yy - reg.centre_um[1])
@@ -214,7 +216,11 @@ def render_slide(plan: SlidePlan, seed: np.random.SeedSequence) -> Rendered:
     opacity, gain, kind = stamp_nuclei(shape, groups)
     # Grain amplitude gain * min(a, 1 - a) never leaves [0, 1], so no clipping breaks the
     # zero-sum of each 2x2 block (which is what makes it vanish at 10x and 5x).
-    opacity += gain * np.minimum(opacity, 1.0 - opacity) * balanced_grain(r_grain, shape)
+    # The grain is drawn on cells of GRAIN_UM whatever the slide's resolution, so a 0.25-µm/px slide
+    # shows the same chromatin at 20x as a 0.5-µm/px one (a 1-px grain there would already vanish
+    # in the 0.25 -> 0.5 µm/px resampling that makes its 20x tiles).
+    cell = max(1, round(GRAIN_UM / mpp))
+    opacity += gain * np.minimum(opacity, 1.0 - opacity) * balanced_grain(r_grain, shape, cell=cell)
 
     # Composite channel by channel, touching only the pixels each layer covers (most layers are
     # sparse; contiguous 2-D passes are also ~2.5x faster than broadcasting over (H, W, 3)).

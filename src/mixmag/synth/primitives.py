@@ -101,13 +101,21 @@ def fibre_texture(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
     return upsample(fib, shape), -np.radians(angles)
 
 
-def balanced_grain(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """±1 per pixel such that every aligned 2x2 block holds two +1 and two -1 (sums to zero)."""
+def balanced_grain(rng: np.random.Generator, shape: tuple[int, int], cell: int = 1) -> np.ndarray:
+    """±1 on square cells of ``cell`` px such that every aligned 2x2 block of cells sums to zero.
+
+    Each 2x2 block of cells holds two +1 and two -1 (one of six patterns), so a box average over
+    any aligned ``2 * cell``-px square (the 10x tile of a 20x mosaic made from these pixels) is 0.
+    """
     patterns = np.array([[1, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1],
                          [-1, 1, 1, -1], [-1, 1, -1, 1], [-1, -1, 1, 1]], np.float32)
-    bh, bw = math.ceil(shape[0] / 2), math.ceil(shape[1] / 2)
+    ch, cw = math.ceil(shape[0] / cell), math.ceil(shape[1] / cell)
+    bh, bw = math.ceil(ch / 2), math.ceil(cw / 2)
     blocks = patterns[rng.integers(0, 6, size=(bh, bw))].reshape(bh, bw, 2, 2)
-    return blocks.transpose(0, 2, 1, 3).reshape(bh * 2, bw * 2)[: shape[0], : shape[1]]
+    grain = blocks.transpose(0, 2, 1, 3).reshape(bh * 2, bw * 2)
+    if cell > 1:
+        grain = np.repeat(np.repeat(grain, cell, axis=0), cell, axis=1)
+    return grain[: shape[0], : shape[1]]
 
 
 def stamp_nuclei(shape: tuple[int, int], groups: list[Nuclei], soft_px: float = 1.0,
