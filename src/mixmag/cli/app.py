@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "synth_cmd",
     "config_cmd",
     "report_cmd",
+    "diagnose_cmd",
     "run_cmd",
 )
 
