@@ -39,7 +39,8 @@ def test_diagnose_end_to_end(cli: typer.Typer, cohort: Any, mem_run: Path, mil_r
     out = tmp_path / "diag"
     res = CliRunner().invoke(cli, [
         "diagnose", str(cohort.features_dir), "--out", str(out), "--region-labels", str(cohort.boxes_csv),
-        "--checkpoint", f"mem={mem_run}", "--checkpoint", f"rand={rand}", "--mil", str(mil_runs),
+        "--properties", "ring,atypical", "--checkpoint", f"mem={mem_run}", "--checkpoint", f"rand={rand}",
+        "--mil", str(mil_runs),
         "--max-regions", "200", "--pretraining-regions", "64", "--probes", "linear"])
     assert res.exit_code == 0, res.output
     for name in ("probes.csv", "probes.png", "pretraining.csv", "pretraining.png", "loss_curve_mem.png",

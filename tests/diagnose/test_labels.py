@@ -71,12 +71,16 @@ def test_bad_tables_fail_with_a_reason(tmp_path: Path) -> None:
         label_table_from_frame(pd.DataFrame({"x0": [0], "y0": [0], "x1": [1], "y1": [1], "ring": [1]}))
     with pytest.raises(ValueError, match="box columns"):
         label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "ring": [1]}))
-    with pytest.raises(ValueError, match="0/1"):
+    with pytest.raises(ValueError, match="no 0/1 property column"):
         label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "x": [0], "y": [0], "ring": [2], "note": ["x"]}))
+    with pytest.raises(ValueError, match="ring do not"):
+        label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "x": [0], "y": [0], "ring": [2]}), properties=["ring"])
+    with pytest.raises(ValueError, match="no property column rng"):
+        label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "x": [0], "y": [0], "ring": [1]}), properties=["rng"])
     with pytest.raises(ValueError, match="x1 <= x0"):
         label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "x0": [5], "y0": [0], "x1": [1], "y1": [1],
                                              "ring": [1]}))
-    with pytest.raises(ValueError, match="no property column"):
+    with pytest.raises(ValueError, match="no 0/1 property column"):
         label_table_from_frame(pd.DataFrame({"slide_id": ["a"], "x": [0], "y": [0]}))
     with pytest.raises(FileNotFoundError):
         read_label_table(tmp_path / "missing.csv")
@@ -91,3 +95,15 @@ def test_cohort_boxes_reproduce_the_planted_truth(cohort: Any) -> None:
         assert labels is not None
         for k, prop in enumerate(table.properties):
             np.testing.assert_array_equal(labels.holds[:, k], truth[prop])
+
+
+def test_id_and_text_columns_are_not_properties(caplog: pytest.LogCaptureFixture) -> None:
+    # the layout of `mixmag synth`'s region_labels.csv: ids and descriptive text beside the 0/1 columns
+    df = pd.DataFrame({"slide_id": ["a", "a"], "patient_id": ["P1", "P1"], "x0": [0, 1792], "y0": [0, 0],
+                       "x1": [1792, 3584], "y1": [1792, 1792], "architecture": ["ring", "solid"],
+                       "nuclei": ["atypical", "normal"], "ring": [1, 0], "atypical": [1, 0], "informative": [1, 1]})
+    with caplog.at_level(logging.INFO, logger="mixmag"):
+        table = label_table_from_frame(df)
+    assert table.properties == ("ring", "atypical", "informative")
+    assert "patient_id, architecture, nuclei" in caplog.text
+    assert label_table_from_frame(df, properties=["atypical"]).properties == ("atypical",)

@@ -27,6 +27,10 @@ def parse_checkpoints(values: list[str] | None) -> dict[str, Path]:
     return out
 
 
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _table(title: str, df: pd.DataFrame) -> Any:
     from rich.table import Table
 
@@ -75,6 +79,8 @@ def register(app: typer.Typer) -> None:
         region_labels: Annotated[Path | None, Opt(
             "--region-labels", help="CSV of boxes (slide_id,x0,y0,x1,y1) or regions (slide_id,x,y) + 0/1 "
                                     "property columns, level-0 px.")] = None,
+        properties: Annotated[str | None, Opt(
+            "--properties", help="Comma-separated property columns (default: every 0/1 column).")] = None,
         checkpoint: Annotated[list[str] | None, Opt(
             "--checkpoint", "-c", help="ROLE=PATH region-encoder checkpoint or pretrain run folder "
                                        "(repeatable, e.g. mem=pretrain/mem).")] = None,
@@ -97,8 +103,9 @@ def register(app: typer.Typer) -> None:
             checkpoints = parse_checkpoints(checkpoint)
             out.mkdir(parents=True, exist_ok=True)
             add_file_handler(out / "run.log")
-            result = run_diagnostics(features, out_dir=out, region_labels=region_labels, checkpoints=checkpoints,
-                                     mil_dir=mil, probes=[p.strip() for p in probes.split(",") if p.strip()],
+            result = run_diagnostics(features, out_dir=out, region_labels=region_labels,
+                                     properties=_split(properties) if properties else None, checkpoints=checkpoints,
+                                     mil_dir=mil, probes=_split(probes),
                                      max_regions=max_regions, pretraining_regions=pretraining_regions,
                                      min_overlap=min_overlap, seed=seed)
         print_diagnostics(result)

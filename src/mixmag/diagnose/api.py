@@ -125,6 +125,7 @@ def run_diagnostics(
     *,
     out_dir: str | os.PathLike[str],
     region_labels: str | os.PathLike[str] | LabelTable | None = None,
+    properties: Sequence[str] | None = None,
     checkpoints: Mapping[str, str | os.PathLike[str]] | None = None,
     mil_dir: str | os.PathLike[str] | None = None,
     probes: Sequence[str] = ("linear", "mlp"),
@@ -145,6 +146,7 @@ def run_diagnostics(
         features_dir: Folder of per-slide feature files (``mixmag embed`` output).
         out_dir: Output folder (created; files listed in the module docstring).
         region_labels: Region-labels CSV (boxes or regions, see :mod:`mixmag.diagnose.labels`) or a table.
+        properties: Property columns of a region-labels CSV (default: every 0/1 column).
         checkpoints: ``{role: checkpoint or pretraining run folder}``, e.g. ``{"mem": ..., "cmem": ...}``.
         mil_dir: A ``mixmag train`` run folder, or its ``--out`` folder (every run below it).
         probes: Keys of :data:`~mixmag.diagnose.probes.PROBES` to fit (``linear``, ``mlp``).
@@ -161,7 +163,7 @@ def run_diagnostics(
     out.mkdir(parents=True, exist_ok=True)
     result = DiagnosticsResult(out_dir=out)
     ckpts = {role: Path(p) for role, p in (checkpoints or {}).items()}
-    table = read_label_table(region_labels) if region_labels is not None and not isinstance(
+    table = read_label_table(region_labels, properties=properties) if region_labels is not None and not isinstance(
         region_labels, LabelTable) else region_labels
     if table is not None:
         for key in probes:

@@ -11,16 +11,17 @@ Two CSV (or TSV) layouts are accepted; the layout is recognised by its columns:
   level-0 top-left exactly as in the feature file's ``coords``. The 0/1 value is the coverage.
   Regions without a row are *unlabelled* and left out of every diagnostic.
 
-Property columns are every other column; their values must be 0 or 1 (empty = unknown, treated as
-0 for boxes and as unlabelled for regions). A region *holds* a property when its coverage is at
-least ``min_overlap``.
+Property columns are named explicitly, or else are every other column holding only 0/1 values
+(empty = unknown, treated as 0 for boxes and as unlabelled for regions); other columns (ids such
+as ``patient_id``, text such as ``architecture``) are ignored with a log line. A region *holds* a
+property when its coverage is at least ``min_overlap``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,19 +89,39 @@ class RegionLabels:
             return np.nan_to_num(self.coverage, nan=0.0) >= self.min_overlap
 
 
-def _check_properties(df: pd.DataFrame, properties: list[str], source: str) -> None:
+def _is_binary(column: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(column) and column.dropna().isin([0, 1]).all())
+
+
+def _pick_properties(df: pd.DataFrame, candidates: list[str], wanted: Sequence[str] | None, source: str) -> list[str]:
+    """The property columns: ``wanted`` (checked) or every 0/1 column among ``candidates``."""
+    if wanted is not None:
+        missing = [c for c in wanted if c not in candidates]
+        if missing:
+            raise ValueError(f"{source}: no property column {', '.join(missing)} (columns: {', '.join(candidates)})")
+        bad = [c for c in wanted if not _is_binary(df[c])]
+        if bad:
+            raise ValueError(f"{source}: property columns must hold 0/1 (empty = unknown); {', '.join(bad)} do not")
+        return list(wanted)
+    properties = [c for c in candidates if _is_binary(df[c])]
+    ignored = [c for c in candidates if c not in properties]
+    if ignored:
+        logger.info("%s: columns %s are not 0/1 and are not used as properties", source, ", ".join(ignored))
     if not properties:
-        raise ValueError(f"{source}: no property column besides the id/coordinate columns; add 0/1 columns "
-                         "such as 'ring' or 'atypical'")
-    bad = [c for c in properties
-           if not pd.api.types.is_numeric_dtype(df[c]) or not df[c].dropna().isin([0, 1]).all()]
-    if bad:
-        raise ValueError(f"{source}: property columns must hold 0/1 (empty = unknown); {', '.join(bad)} "
-                         "do not. Remove non-property columns from the file")
+        raise ValueError(f"{source}: no 0/1 property column besides the id/coordinate columns; add columns "
+                         "such as 'ring' or 'atypical' holding 0 or 1")
+    return properties
 
 
-def label_table_from_frame(df: pd.DataFrame, *, source: str = "region labels") -> LabelTable:
-    """Validate an in-memory labels table and recognise its layout (see the module docstring)."""
+def label_table_from_frame(df: pd.DataFrame, *, properties: Sequence[str] | None = None,
+                           source: str = "region labels") -> LabelTable:
+    """Validate an in-memory labels table and recognise its layout (see the module docstring).
+
+    Args:
+        df: The table.
+        properties: Property columns to use (default: every other 0/1 column).
+        source: Name used in messages (the file path).
+    """
     cols = [str(c).strip() for c in df.columns]
     df = df.set_axis(cols, axis=1)
     if "slide_id" not in cols:
@@ -113,8 +134,8 @@ def label_table_from_frame(df: pd.DataFrame, *, source: str = "region labels") -
     else:
         raise ValueError(f"{source}: needs box columns {', '.join(BOX_COLUMNS)} or region columns "
                          f"{', '.join(REGION_COLUMNS)} (level-0 px); found {', '.join(cols)}")
-    properties = [c for c in cols if c != "slide_id" and c not in coord_cols]
-    _check_properties(df, properties, source)
+    candidates = [c for c in cols if c != "slide_id" and c not in coord_cols]
+    properties = _pick_properties(df, candidates, properties, source)
     rows = df[["slide_id", *coord_cols, *properties]].copy()
     rows["slide_id"] = rows["slide_id"].astype(str)
     if rows[list(coord_cols)].isna().any().any():
@@ -131,12 +152,17 @@ def label_table_from_frame(df: pd.DataFrame, *, source: str = "region labels") -
     return LabelTable(kind=kind, properties=tuple(properties), rows=rows, path=source)
 
 
-def read_label_table(path: str | os.PathLike[str]) -> LabelTable:
-    """Read a region-labels CSV or TSV (delimiter sniffed) and recognise its layout."""
+def read_label_table(path: str | os.PathLike[str], *, properties: Sequence[str] | None = None) -> LabelTable:
+    """Read a region-labels CSV or TSV (delimiter sniffed) and recognise its layout.
+
+    Args:
+        path: The file.
+        properties: Property columns to use (default: every 0/1 column besides ids and coordinates).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"region-labels file {p} does not exist")
-    return label_table_from_frame(pd.read_csv(p, sep=None, engine="python"), source=str(p))
+    return label_table_from_frame(pd.read_csv(p, sep=None, engine="python"), properties=properties, source=str(p))
 
 
 def box_coverage(boxes: np.ndarray, coords: np.ndarray, region_size: float) -> np.ndarray:
