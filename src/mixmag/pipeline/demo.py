@@ -72,30 +72,47 @@ def mixing_gaps(comparison: pd.DataFrame) -> dict[str, float]:
     return {m: float(per_method[m]) - baseline for m in PRETRAINED_MIXING if m in per_method.index}
 
 
-def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: list[Path]) -> PipelineConfig:
-    """The study config the demo runs (also written to ``<out>/config.resolved.yaml``)."""
+def study_config(out: Path, cohort_dir: Path, *, folds: int, seed: int = 0, epochs: int = 30,
+                 pretrain_steps: int = 300, extra_inputs: list[Path] | None = None) -> PipelineConfig:
+    """The CPU-scaled study recipe on a synthetic cohort (the demo's and ``benchmarks/validity.py``'s).
+
+    Args:
+        out: Study run folder.
+        cohort_dir: Folder written by :func:`mixmag.synth.make_synthetic_cohort`.
+        folds: Outer cross-validation folds.
+        seed: Seed of pretraining, splits and MIL.
+        epochs: Maximum MIL epochs per fold.
+        pretrain_steps: Region-encoder pretraining steps.
+        extra_inputs: More slide files/folders to tile and embed with the cohort (no labels).
+    """
     return PipelineConfig.model_validate({
         "out": str(out),
-        "slides": {"inputs": [str(cohort_dir / "slides"), *map(str, user_slides)],
+        "slides": {"inputs": [str(cohort_dir / "slides"), *map(str, extra_inputs or [])],
                    "pretrain_inputs": [str(cohort_dir / "unlabeled")]},
         "tiling": {"thumbnail_px": 1024},
         # bf16 halves the CPU embedding time; for this ImageNet baseline it keeps a mean cosine of
         # 0.999 to fp32 on real tiles (minimum 0.995, below the 0.999 that `auto` demands)
         "embed": {"encoder": "efficientnet-lite0-imagenet", "batch_size": 32, "workers": "auto",
                   "precision": "bf16"},
-        "region": {"preset": "small", "steps": size.pretrain_steps, "batch_size": 64, "lr": 5e-4,
-                   "regions_per_slide": 8, "checkpoint_every": 0, "num_workers": 0,
+        "region": {"preset": "small", "steps": pretrain_steps, "batch_size": 64, "lr": 5e-4,
+                   "regions_per_slide": 8, "checkpoint_every": 0, "num_workers": 0, "seed": seed,
                    # Self-supervised pretraining sees every slide (never a label): the unlabeled
                    # pool alone is too small on a CPU budget. The report states this.
                    "pretrain_on": "all", "objectives": ["mem", "cmem"]},
         # Mini-batches of 4 bags (lr doubled) make an epoch ~3x cheaper on a CPU than one-bag steps
         # at the same AUROC (measured; docs/performance.md, "Demo").
-        "mil": {"labels": str(cohort_dir / "labels.csv"), "epochs": size.epochs, "patience": 10,
+        "mil": {"labels": str(cohort_dir / "labels.csv"), "epochs": epochs, "patience": 10,
                 "batch_size": 4, "lr": 1e-3, "encoder_lr_scale": 0.3, "hidden_dim": 128, "attention_dim": 64,
-                "region_preset": "small", "bag_level": "patient", "device": "cpu"},
-        "evaluate": {"folds": size.folds, "bootstrap": 500},
+                "region_preset": "small", "bag_level": "patient", "device": "cpu", "seed": seed},
+        "evaluate": {"folds": folds, "bootstrap": 500, "seed": seed},
         "report": {"heatmap_slides": 4, "top_k": 3},
     })
+
+
+def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: list[Path]) -> PipelineConfig:
+    """The study config the demo runs (also written to ``<out>/config.resolved.yaml``)."""
+    return study_config(out, cohort_dir, folds=size.folds, epochs=size.epochs, pretrain_steps=size.pretrain_steps,
+                        extra_inputs=user_slides)
 
 
 def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | None = None, quick: bool = False,

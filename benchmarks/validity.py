@@ -1,0 +1,251 @@
+"""Does mixing beat single-magnification AB-MIL on slides of realistic size? The scaling benchmark.
+
+For every *setting* (a synthetic-cohort difficulty: regions per slide, share of regions carrying
+the cross-scale structures, resolution mix, stain jitter, patients) and every seed, this script
+generates a cohort (``mixmag.synth``), runs the study on it (tile -> embed -> pretrain MEM/CMEM ->
+the seven methods under one patient-level cross-validation) and the diagnostics with the cohort's
+ground-truth region labels (``mixmag.diagnose``). It then prints one table per setting:
+
+    method | AUROC mean over seeds | 95 % CI (t, over seeds) | Δ vs abmil-20x | p (pooled over seeds)
+
+``p`` pools the seeds' one-sided DeLong tests (method > abmil-20x, on each seed's out-of-fold
+patient predictions) with Stouffer's method: each seed is an independent cohort. It also writes
+``validity.csv`` (every seed), ``summary.csv`` and ``auroc_vs_regions.png`` under ``--out``.
+
+Usage::
+
+    python benchmarks/validity.py --preset ci      # one small setting, 3 seeds (about 15 min here)
+    python benchmarks/validity.py --preset full    # 2/8/32/128 regions per slide, 3 seeds (hours)
+    python benchmarks/validity.py --preset full --only regions32 --seeds 0 1 2
+
+Every stage is cached under ``--out``: an interrupted run continues where it stopped, and a second
+run with the same arguments only re-prints. The recipe (pretraining and MIL settings) is the one
+``mixmag demo`` uses (:func:`mixmag.pipeline.demo.study_recipe`), so the benchmark measures the
+defaults users get; see docs/concepts/validity.md for the measured tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cohort difficulty of the benchmark (see docs/concepts/synthetic-cohort.md).
+
+    Attributes:
+        name: Row label.
+        regions: Regions per slide (about; the realistic layout), or 2 for the aligned two-region
+            layout of the original demo.
+        informative_fraction: Share of a positive slide's structure cells that are ring + atypical.
+        distractor_fraction: Share of cells in each distractor kind (None = informative_fraction).
+        mpp: Level-0 resolutions each slide draws from.
+        stain_jitter: Per-slide stain variation (None = from difficulty).
+        patients: Labeled patients (one slide each).
+        unlabeled: Unlabeled slides for pretraining.
+        difficulty: Generator difficulty (atypia strength, ring regularity).
+    """
+
+    name: str
+    regions: int
+    informative_fraction: float | None = 0.125
+    distractor_fraction: float | None = None
+    mpp: tuple[float, ...] = (0.5,)
+    stain_jitter: float | None = None
+    patients: int = 80
+    unlabeled: int = 40
+    difficulty: float = 0.3
+
+    def cohort_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`mixmag.synth.make_synthetic_cohort` (without seed/out)."""
+        common = {"n_slides": self.patients, "n_unlabeled": self.unlabeled, "difficulty": self.difficulty}
+        if self.regions <= 2:  # the aligned layout: one ring-ish and one atypia-ish region per slide
+            return {**common, "slide_px": (1792, 896), "mpp": self.mpp[0]}
+        return {**common, "regions": self.regions, "informative_fraction": self.informative_fraction,
+                "distractor_fraction": self.distractor_fraction, "stain_jitter": self.stain_jitter,
+                "mpp": list(self.mpp) if len(self.mpp) > 1 else self.mpp[0]}
+
+
+PRESETS: dict[str, list[Setting]] = {
+    # CI: one realistic-layout setting small enough for ~15 min on 2 CPU cores.
+    "ci": [Setting("regions8", regions=8, informative_fraction=0.25, patients=48, unlabeled=16)],
+    "full": [
+        Setting("regions2", regions=2, informative_fraction=None, patients=80),
+        Setting("regions8", regions=8, informative_fraction=0.25, patients=80),
+        Setting("regions32", regions=32, informative_fraction=0.125, patients=80),
+        Setting("regions32-mpp-mix", regions=32, informative_fraction=0.125, mpp=(0.25, 0.5), patients=80),
+        Setting("regions128", regions=128, informative_fraction=0.06, patients=80),
+    ],
+}
+
+
+def run_one(setting: Setting, seed: int, out: Path, *, folds: int, methods: list[str] | None,
+            diagnose: bool) -> pd.DataFrame:
+    """Cohort + study + diagnostics of one (setting, seed); returns its comparison rows."""
+    from mixmag.pipeline.demo import study_config
+    from mixmag.pipeline.study import Study
+    from mixmag.synth import make_synthetic_cohort
+
+    folder = out / setting.name / f"seed{seed}"
+    cohort = make_synthetic_cohort(folder / "cohort", seed=seed, workers=2, progress=False,
+                                   **setting.cohort_kwargs())
+    config = study_config(folder / "study", cohort.out_dir, folds=folds, seed=seed)
+    if methods:
+        config.mil.methods = methods
+    study = Study(config, progress=False)
+    t0 = time.perf_counter()
+    result = study.run()
+    assert result.comparison is not None
+    table = result.comparison[result.comparison["target"] != "Average"].copy()
+    table["z_vs_20x"] = [_delong_z(Path(r), "abmil-20x") for r in table["run_dir"]]
+    table["z_vs_5x"] = [_delong_z(Path(r), "abmil-5x") for r in table["run_dir"]]
+    table["setting"], table["seed"], table["seconds"] = setting.name, seed, time.perf_counter() - t0
+    if diagnose:
+        _diagnose(study, cohort.region_labels_csv, folder / "diagnostics", table)
+    return table
+
+
+def _delong_z(run_dir: Path, reference: str) -> float:
+    """One-sided DeLong z of ``run_dir``'s method over ``reference`` on the same bags (NaN if absent)."""
+    from mixmag.evaluate.delong import delong_test
+
+    ref_dir = run_dir.parent / reference
+    if run_dir.name == reference or not (ref_dir / "predictions.csv").exists():
+        return math.nan
+    a = pd.read_csv(ref_dir / "predictions.csv", dtype={"bag_id": str}).set_index("bag_id")
+    b = pd.read_csv(run_dir / "predictions.csv", dtype={"bag_id": str}).set_index("bag_id")
+    b = b.loc[a.index]
+    return float(delong_test(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy()).z)
+
+
+def _diagnose(study: Any, region_labels: Path, out: Path, table: pd.DataFrame) -> None:
+    """Probes of the planted properties and attention of the best mixing method (written to ``out``)."""
+    from mixmag.diagnose import run_diagnostics
+
+    ckpts = {p.name: p for p in (study.out / "pretrain").glob("*") if (p / "checkpoint.pt").exists()
+             or any(p.glob("*.safetensors"))}
+    mixing = table[table["method"].str.startswith("mix-")].sort_values("mean_auroc", ascending=False)
+    mil = Path(mixing["run_dir"].iloc[0]) if len(mixing) else None
+    if (out / "diagnostics.json").exists():
+        return
+    run_diagnostics(study.features_dir, out_dir=out, region_labels=region_labels,
+                    properties=["ring", "atypical", "informative"], checkpoints=ckpts, mil_dir=mil)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, method): mean AUROC over seeds, t-interval, mean Δs and Stouffer-pooled p."""
+    rows = []
+    for (setting, method), g in runs.groupby(["setting", "method"], sort=False):
+        auc = g["mean_auroc"].to_numpy(float)
+        n = len(auc)
+        half = stats.t.ppf(0.975, n - 1) * auc.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        ref20 = runs[(runs["setting"] == setting) & (runs["method"] == "abmil-20x")].set_index("seed")["mean_auroc"]
+        ref5 = runs[(runs["setting"] == setting) & (runs["method"] == "abmil-5x")].set_index("seed")["mean_auroc"]
+        g = g.set_index("seed")
+        rows.append({
+            "setting": setting, "method": method, "seeds": n, "auroc": auc.mean(),
+            "ci_lo": auc.mean() - half, "ci_hi": auc.mean() + half,
+            "delta_20x": float((g["mean_auroc"] - ref20.reindex(g.index)).mean()),
+            "p_20x": _stouffer(g["z_vs_20x"].to_numpy(float)),
+            "delta_5x": float((g["mean_auroc"] - ref5.reindex(g.index)).mean()),
+            "p_5x": _stouffer(g["z_vs_5x"].to_numpy(float)),
+        })
+    return pd.DataFrame(rows)
+
+
+def _stouffer(z: np.ndarray) -> float:
+    """One-sided p of the combined z (NaN when no seed has a test)."""
+    z = z[np.isfinite(z)]
+    return float(stats.norm.sf(z.sum() / math.sqrt(len(z)))) if len(z) else math.nan
+
+
+def print_tables(summary: pd.DataFrame) -> None:
+    """One table per setting, as in docs/concepts/validity.md."""
+    for setting, g in summary.groupby("setting", sort=False):
+        print(f"\n## {setting} ({int(g['seeds'].max())} seeds)\n")
+        print("| method | AUROC | 95 % CI | Δ vs abmil-20x | p | Δ vs abmil-5x | p |")
+        print("|---|---|---|---|---|---|---|")
+        for r in g.itertuples():
+            def f(v: float, spec: str = "+.3f") -> str:
+                return "–" if not np.isfinite(v) else format(v, spec)
+            print(f"| {r.method} | {r.auroc:.3f} | {f(r.ci_lo, '.3f')}–{f(r.ci_hi, '.3f')} | {f(r.delta_20x)} | "
+                  f"{f(r.p_20x, '.3g')} | {f(r.delta_5x)} | {f(r.p_5x, '.3g')} |")
+
+
+def plot(summary: pd.DataFrame, settings: list[Setting], path: Path) -> None:
+    """AUROC (mean over seeds, 95 % CI) against regions per slide, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = {s.name: s.regions for s in settings if len(s.mpp) == 1}
+    data = summary[summary["setting"].isin(regions)].assign(regions=lambda d: d["setting"].map(regions))
+    if data.empty:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, g in data.groupby("method", sort=False):
+        g = g.sort_values("regions")
+        style = "-o" if method.startswith("mix-") else "--s"
+        ax.errorbar(g["regions"], g["auroc"], yerr=[g["auroc"] - g["ci_lo"], g["ci_hi"] - g["auroc"]],
+                    fmt=style, capsize=3, label=method)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="regions per slide", ylabel="AUROC (mean over seeds, 95 % CI)",
+           title="Mixing vs single-magnification AB-MIL as slides grow")
+    ax.set_xticks(sorted(set(data["regions"])), labels=[str(v) for v in sorted(set(data["regions"]))])
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="ci")
+    parser.add_argument("--out", type=Path, default=Path("mixmag-validity"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", help="setting names of the preset to run")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", help="methods (default: the paper's seven)")
+    parser.add_argument("--no-diagnose", action="store_true", help="skip probes and attention diagnostics")
+    args = parser.parse_args()
+
+    settings = [s for s in PRESETS[args.preset] if not args.only or s.name in args.only]
+    if not settings:
+        parser.error(f"--only matches no setting of preset {args.preset!r}: {[s.name for s in PRESETS[args.preset]]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "settings.json").write_text(json.dumps([dataclasses.asdict(s) for s in settings], indent=1))
+    parts = []
+    for setting in settings:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            part = run_one(setting, seed, args.out, folds=args.folds, methods=args.methods,
+                           diagnose=not args.no_diagnose)
+            parts.append(part)
+            best = part.sort_values("mean_auroc", ascending=False).iloc[0]
+            print(f"{setting.name} seed {seed}: {time.perf_counter() - t0:.0f} s, best {best['method']} "
+                  f"{best['mean_auroc']:.3f}", flush=True)
+    runs = pd.concat(parts, ignore_index=True)
+    runs.drop(columns=["run_dir"]).to_csv(args.out / "validity.csv", index=False)
+    summary = summarise(runs)
+    summary.to_csv(args.out / "summary.csv", index=False)
+    print_tables(summary)
+    plot(summary, settings, args.out / "auroc_vs_regions.png")
+    print(f"\nwrote {args.out / 'summary.csv'}, {args.out / 'validity.csv'}, {args.out / 'auroc_vs_regions.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
