@@ -216,3 +216,22 @@ class ClsSource(_RegionSource):
         cls, _ = self._encode(inp, encoder, chunk)
         region = torch.as_tensor(inp.region, device=cls.device)
         return Instances(cls, region, torch.full_like(region, -1))
+
+
+@INSTANCE_SOURCES.register("mean")
+class TokenMeanSource(_RegionSource):
+    """One vector per region, the mean of its valid contextualised tokens: (R, W).
+
+    As short as ``cls``, but built from the outputs MEM pretraining actually trains: MEM
+    reconstructs masked tokens, so it shapes the token outputs, never the CLS directly
+    (docs/concepts/validity.md measures what that does to the CLS).
+    """
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """Run the encoder and average each region's valid output tokens."""
+        _, tokens = self._encode(inp, encoder, chunk)
+        assert inp.valid is not None
+        weight = inp.valid.to(tokens.dtype).unsqueeze(-1)
+        mean = (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        region = torch.as_tensor(inp.region, device=mean.device)
+        return Instances(mean, region, torch.full_like(region, -1))

@@ -65,6 +65,10 @@ _TABLE: dict[str, MethodSpec] = {
     "mix-mem": MethodSpec("tokens", encoder="mem", description="MEM-pretrained mixing encoder, all tokens, fine-tuned"),
     "mix-cmem": MethodSpec("tokens", encoder="cmem", description="CMEM-pretrained mixing encoder, all tokens, fine-tuned"),
     "mix-mem-cls": MethodSpec("cls", encoder="mem", description="MEM-pretrained encoder, one CLS per region, fine-tuned"),
+    "mix-mem-mean": MethodSpec("mean", encoder="mem",
+                               description="MEM-pretrained encoder, one mean output token per region, fine-tuned"),
+    "mix-random-mean": MethodSpec("mean", encoder="random", fresh_if_missing=True,
+                                  description="randomly initialised encoder, one mean output token per region, fine-tuned"),
 }
 for _key, _spec in _TABLE.items():
     METHODS.add(_key, _spec, meta=_spec)
