@@ -1,4 +1,4 @@
-"""``mixmag diagnose``: where is the signal lost? (probes, pretraining and attention diagnostics)."""
+"""``mixmag diagnose``: where is the signal lost? (probes, slide ceiling, pretraining and attention diagnostics)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def _table(title: str, df: pd.DataFrame) -> Any:
     return t
 
 
+def ceiling_table(ceiling: pd.DataFrame) -> pd.DataFrame:
+    """Feature set (x probe, when several) x property -> ``slide_auroc_max`` as text, ``skipped`` for skipped rows."""
+    cell = ceiling["slide_auroc_max"].map("{:.2f}".format).where(ceiling["slide_auroc_max"].notna(), "skipped")
+    index = ["feature_set", "probe"] if ceiling["probe"].nunique() > 1 else ["feature_set"]
+    wide = ceiling.assign(cell=cell).pivot_table(index=index, columns="property", values="cell", aggfunc="first",
+                                                 sort=False)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
 def print_diagnostics(result: Any, console: Any = None) -> None:
     """Print compact tables of a :class:`~mixmag.diagnose.api.DiagnosticsResult`."""
     from rich.console import Console
@@ -53,6 +63,11 @@ def print_diagnostics(result: Any, console: Any = None) -> None:
         wide = p.assign(cell=cell.where(p["auroc"].notna(), "skipped")).pivot_table(
             index=["feature_set", "probe"], columns="property", values="cell", aggfunc="first", sort=False)
         console.print(_table("probe AUROC (shuffled control)", wide.reset_index()))
+    if result.ceiling is not None and not result.ceiling.empty:
+        c = result.ceiling
+        console.print(_table("slide AUROC ceiling (best region)", ceiling_table(c)))
+        for (prop, note), _ in c[c["note"].astype(bool)].groupby(["property", "note"], sort=False):
+            console.print(f"[dim]ceiling {prop} skipped: {note}[/dim]")
     if result.pretraining is not None:
         cols = {"checkpoint": "ckpt", "pattern": "pattern", "magnification": "mag", "n_tokens": "tokens",
                 "mse_model": "mse", "ratio_zero": "/ mean", "ratio_region_mean": "/ region mean"}
@@ -86,6 +101,15 @@ def register(app: typer.Typer) -> None:
                                        "(repeatable, e.g. mem=pretrain/mem).")] = None,
         mil: Annotated[Path | None, Opt("--mil", help="MIL run folder (or the --out of mixmag train).")] = None,
         probes: Annotated[str, Opt("--probes", help="Comma-separated probes: linear, mlp.")] = "linear,mlp",
+        ceiling: Annotated[bool, Opt(
+            "--ceiling/--no-ceiling", help="Slide AUROC ceiling of the linear probe's best regions "
+                                           "(runs with the probes).")] = True,
+        slide_labels: Annotated[Path | None, Opt(
+            "--slide-labels", exists=True, dir_okay=False,
+            help="Labels table (patient_id,slide_id,<label>) for the ceiling; default: a slide is "
+                 "positive when any of its regions holds the property.")] = None,
+        label_column: Annotated[str | None, Opt(
+            "--label-column", help="Label column of --slide-labels (when it has several).")] = None,
         max_regions: Annotated[int, Opt("--max-regions", min=10, help="Most labelled regions probed.")] = 20000,
         pretraining_regions: Annotated[int, Opt(
             "--pretraining-regions", min=1, help="Regions sampled for the reconstruction diagnostics.")] = 1024,
@@ -93,7 +117,7 @@ def register(app: typer.Typer) -> None:
             "--min-overlap", min=0.0, max=1.0, help="Box coverage from which a region holds a property.")] = 0.5,
         seed: Annotated[int, Opt("--seed", help="Seed of samples, permutations and probes.")] = 0,
     ) -> None:
-        """Diagnose where the signal is lost: feature probes, pretraining, MIL attention."""
+        """Diagnose where the signal is lost: feature probes, slide ceiling, pretraining, MIL attention."""
         from mixmag.cli.common import friendly_errors
 
         with friendly_errors():
@@ -105,7 +129,8 @@ def register(app: typer.Typer) -> None:
             add_file_handler(out / "run.log")
             result = run_diagnostics(features, out_dir=out, region_labels=region_labels,
                                      properties=_split(properties) if properties else None, checkpoints=checkpoints,
-                                     mil_dir=mil, probes=_split(probes),
+                                     mil_dir=mil, probes=_split(probes), ceiling=ceiling,
+                                     slide_labels=slide_labels, slide_label_column=label_column,
                                      max_regions=max_regions, pretraining_regions=pretraining_regions,
                                      min_overlap=min_overlap, seed=seed)
         print_diagnostics(result)

@@ -8,6 +8,7 @@ Public API (heavy modules are imported lazily on first use)::
     FEATURE_SETS, available_feature_sets                   mixmag.diagnose.featuresets
     collect_probe_data, ProbeData                          mixmag.diagnose.dataset
     PROBES, probe_auroc, run_probes                        mixmag.diagnose.probes
+    run_ceiling, read_slide_labels                         mixmag.diagnose.ceiling
     pretraining_diagnostics, find_metrics_log              mixmag.diagnose.pretraining
     attention_diagnostics, summarize_attention             mixmag.diagnose.attention
 
@@ -33,6 +34,8 @@ _LAZY: dict[str, str] = {
     "PROBES": "mixmag.diagnose.probes",
     "probe_auroc": "mixmag.diagnose.probes",
     "run_probes": "mixmag.diagnose.probes",
+    "run_ceiling": "mixmag.diagnose.ceiling",
+    "read_slide_labels": "mixmag.diagnose.ceiling",
     "pretraining_diagnostics": "mixmag.diagnose.pretraining",
     "find_metrics_log": "mixmag.diagnose.pretraining",
     "attention_diagnostics": "mixmag.diagnose.attention",

@@ -3,6 +3,7 @@
 Output folder::
 
     probes.csv, probes.png              region labels given: probe AUROC per feature set x property
+    ceiling.csv                         region labels given: slide AUROC of the best regions' probe scores
     pretraining.csv, pretraining.png    checkpoints given: masked reconstruction vs baselines
     loss_curve_<role>.png               a checkpoint's run folder still holds metrics.jsonl
     attention.csv, attention_summary.csv, attention.png   region labels and a MIL run given
@@ -23,7 +24,8 @@ import pandas as pd
 
 from mixmag._version import __version__
 from mixmag.diagnose.attention import attention_diagnostics, summarize_attention
-from mixmag.diagnose.dataset import collect_probe_data
+from mixmag.diagnose.ceiling import read_slide_labels, run_ceiling
+from mixmag.diagnose.dataset import ProbeData, collect_probe_data
 from mixmag.diagnose.labels import DEFAULT_MIN_OVERLAP, LabelTable, read_label_table
 from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostics
 from mixmag.diagnose.probes import PROBES, run_probes
@@ -43,6 +45,7 @@ class DiagnosticsResult:
     Attributes:
         out_dir: Output folder.
         probes: Probe table (None without region labels).
+        ceiling: Region-supervised slide AUROC ceiling (None without region labels or with ceiling off).
         pretraining: Reconstruction table (None without a usable checkpoint).
         attention: Per-bag attention table (None without region labels and a MIL run).
         attention_summary: Attention means per run, property and bag group.
@@ -52,6 +55,7 @@ class DiagnosticsResult:
 
     out_dir: Path
     probes: pd.DataFrame | None = None
+    ceiling: pd.DataFrame | None = None
     pretraining: pd.DataFrame | None = None
     attention: pd.DataFrame | None = None
     attention_summary: pd.DataFrame | None = None
@@ -72,7 +76,7 @@ def _write_png(result: DiagnosticsResult, name: str, fig: Any) -> None:
 
 
 def _probes(result: DiagnosticsResult, features: Path, table: LabelTable, checkpoints: Mapping[str, Path], *,
-            probes: Sequence[str], min_overlap: float, max_regions: int, seed: int) -> None:
+            probes: Sequence[str], min_overlap: float, max_regions: int, seed: int) -> ProbeData:
     from mixmag.report.diagnostics_plots import probe_heatmap
 
     data = collect_probe_data(features, table, checkpoints=checkpoints, min_overlap=min_overlap,
@@ -82,6 +86,14 @@ def _probes(result: DiagnosticsResult, features: Path, table: LabelTable, checkp
     _write_csv(result, "probes", result.probes)
     if result.probes["auroc"].notna().any():
         _write_png(result, "probes", probe_heatmap(result.probes))
+    return data
+
+
+def _ceiling(result: DiagnosticsResult, data: ProbeData, slide_labels: Mapping[str, int] | None, *,
+             seed: int) -> None:
+    result.ceiling = run_ceiling(data.features, data.holds, data.properties, data.slide_ids,
+                                 slide_labels=slide_labels, seed=seed)
+    _write_csv(result, "ceiling", result.ceiling)
 
 
 def _pretraining(result: DiagnosticsResult, features: Path, checkpoints: Mapping[str, Path], *, n_regions: int,
@@ -129,6 +141,9 @@ def run_diagnostics(
     checkpoints: Mapping[str, str | os.PathLike[str]] | None = None,
     mil_dir: str | os.PathLike[str] | None = None,
     probes: Sequence[str] = ("linear", "mlp"),
+    ceiling: bool = True,
+    slide_labels: str | os.PathLike[str] | Mapping[str, int] | None = None,
+    slide_label_column: str | None = None,
     max_regions: int = 20000,
     pretraining_regions: int = 1024,
     min_overlap: float = DEFAULT_MIN_OVERLAP,
@@ -137,7 +152,8 @@ def run_diagnostics(
     """Run the diagnostics that the inputs allow ("where is the signal lost?").
 
     * region labels -> probes of every feature set (tile means per magnification, region-encoder
-      CLS / token mean for each checkpoint) for every property, with shuffled controls;
+      CLS / token mean for each checkpoint) for every property, with shuffled controls, and the
+      region-supervised slide AUROC ceiling of the linear probe (:mod:`mixmag.diagnose.ceiling`);
     * checkpoints -> masked-reconstruction error per pattern and magnification vs two baselines
       (no labels needed), and the loss curve when the run's ``metrics.jsonl`` is found;
     * region labels + MIL run -> attention share and rank AUROC on labelled regions per bag.
@@ -150,6 +166,11 @@ def run_diagnostics(
         checkpoints: ``{role: checkpoint or pretraining run folder}``, e.g. ``{"mem": ..., "cmem": ...}``.
         mil_dir: A ``mixmag train`` run folder, or its ``--out`` folder (every run below it).
         probes: Keys of :data:`~mixmag.diagnose.probes.PROBES` to fit (``linear``, ``mlp``).
+        ceiling: Also compute the slide AUROC ceiling (linear probe) whenever the probes run.
+        slide_labels: Slide label of the ceiling: a ``mixmag train`` labels table
+            (``patient_id, slide_id, <label>``) or ``{slide_id: 0/1}``. Default: a slide is
+            positive for a property when any of its labelled regions holds it.
+        slide_label_column: Label column of a ``slide_labels`` table with several.
         max_regions: Most labelled regions used by the probes (seeded subsample above it).
         pretraining_regions: Regions sampled for the reconstruction diagnostics.
         min_overlap: Box coverage from which a region holds a property.
@@ -168,8 +189,14 @@ def run_diagnostics(
     if table is not None:
         for key in probes:
             PROBES.get(key)  # a typo fails before any work
-        _probes(result, features, table, ckpts, probes=probes, min_overlap=min_overlap, max_regions=max_regions,
-                seed=seed)
+        slide_map = read_slide_labels(slide_labels, slide_label_column) if isinstance(
+            slide_labels, str | os.PathLike) else slide_labels
+        data = _probes(result, features, table, ckpts, probes=probes, min_overlap=min_overlap,
+                       max_regions=max_regions, seed=seed)
+        if ceiling:
+            _ceiling(result, data, slide_map, seed=seed)
+        else:
+            result.skipped["ceiling"] = "turned off (ceiling=False)"
     else:
         result.skipped["probes"] = "no region labels (--region-labels)"
     if ckpts:
@@ -181,7 +208,9 @@ def run_diagnostics(
     else:
         result.skipped["attention"] = "needs region labels and a MIL run (--region-labels, --mil)"
     _write_summary(result, features=features, table=table, checkpoints=ckpts, mil_dir=mil_dir,
-                   settings={"probes": list(probes), "max_regions": max_regions, "pretraining_regions": pretraining_regions,
+                   slide_labels=slide_labels,
+                   settings={"probes": list(probes), "ceiling": ceiling, "slide_label_column": slide_label_column,
+                             "max_regions": max_regions, "pretraining_regions": pretraining_regions,
                              "min_overlap": min_overlap, "seed": seed})
     return result
 
@@ -190,8 +219,15 @@ def _records(df: pd.DataFrame | None) -> list[dict[str, Any]] | None:
     return None if df is None else df.astype(object).where(df.notna(), None).to_dict("records")
 
 
+def _describe_slide_labels(slide_labels: Any) -> str | None:
+    if isinstance(slide_labels, Mapping):
+        return f"{{slide_id: 0/1}} given in memory ({len(slide_labels)} slides)"
+    return None if slide_labels is None else str(slide_labels)
+
+
 def _write_summary(result: DiagnosticsResult, *, features: Path, table: LabelTable | None,
-                   checkpoints: Mapping[str, Path], mil_dir: Any, settings: dict[str, Any]) -> None:
+                   checkpoints: Mapping[str, Path], mil_dir: Any, slide_labels: Any,
+                   settings: dict[str, Any]) -> None:
     path = result.out_dir / "diagnostics.json"
     result.files["diagnostics.json"] = path
     atomic_write_json(path, {
@@ -201,11 +237,13 @@ def _write_summary(result: DiagnosticsResult, *, features: Path, table: LabelTab
                    "label_format": table.kind if table is not None else None,
                    "properties": list(table.properties) if table is not None else [],
                    "checkpoints": {k: str(v) for k, v in checkpoints.items()},
-                   "mil": str(mil_dir) if mil_dir is not None else None},
+                   "mil": str(mil_dir) if mil_dir is not None else None,
+                   "slide_labels": _describe_slide_labels(slide_labels)},
         "settings": settings,
         "files": {k: str(v) for k, v in result.files.items()},
         "skipped": result.skipped,
         "probes": _records(result.probes),
+        "ceiling": _records(result.ceiling),
         "pretraining": _records(result.pretraining),
         "attention_summary": _records(result.attention_summary),
     })
