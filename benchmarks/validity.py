@@ -80,7 +80,7 @@ class Setting:
 
 PRESETS: dict[str, list[Setting]] = {
     # CI: one realistic-layout setting small enough for ~15 min on 2 CPU cores.
-    "ci": [Setting("regions8", regions=8, informative_fraction=0.25, patients=48, unlabeled=16)],
+    "ci": [Setting("regions8", regions=8, informative_fraction=0.25, patients=40, unlabeled=8)],
     "full": [
         Setting("regions2", regions=2, informative_fraction=None, patients=80),
         Setting("regions8", regions=8, informative_fraction=0.25, patients=80),
@@ -113,7 +113,7 @@ def run_one(setting: Setting, seed: int, out: Path, *, folds: int, methods: list
     table["z_vs_5x"] = [_delong_z(Path(r), "abmil-5x") for r in table["run_dir"]]
     table["setting"], table["seed"], table["seconds"] = setting.name, seed, time.perf_counter() - t0
     if diagnose:
-        _diagnose(study, cohort.region_labels_csv, folder / "diagnostics", table)
+        _diagnose(study, cohort, folder / "diagnostics", table)
     return table
 
 
@@ -130,18 +130,18 @@ def _delong_z(run_dir: Path, reference: str) -> float:
     return float(delong_test(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy()).z)
 
 
-def _diagnose(study: Any, region_labels: Path, out: Path, table: pd.DataFrame) -> None:
-    """Probes of the planted properties and attention of the best mixing method (written to ``out``)."""
+def _diagnose(study: Any, cohort: Any, out: Path, table: pd.DataFrame) -> None:
+    """Probes, slide ceiling, pretraining and attention diagnostics of one seed (written to ``out``)."""
     from mixmag.diagnose import run_diagnostics
 
-    ckpts = {p.name: p for p in (study.out / "pretrain").glob("*") if (p / "checkpoint.pt").exists()
-             or any(p.glob("*.safetensors"))}
-    mixing = table[table["method"].str.startswith("mix-")].sort_values("mean_auroc", ascending=False)
-    mil = Path(mixing["run_dir"].iloc[0]) if len(mixing) else None
     if (out / "diagnostics.json").exists():
         return
-    run_diagnostics(study.features_dir, out_dir=out, region_labels=region_labels,
-                    properties=["ring", "atypical", "informative"], checkpoints=ckpts, mil_dir=mil)
+    ckpts = {p.name: p for p in sorted((study.out / "pretrain").iterdir()) if (p / "final").exists()}
+    mixing = table[table["method"].str.startswith("mix-")].sort_values("mean_auroc", ascending=False)
+    mil = Path(mixing["run_dir"].iloc[0]) if len(mixing) else None
+    run_diagnostics(study.features_dir, out_dir=out, region_labels=cohort.region_labels_csv,
+                    properties=["ring", "atypical", "informative"], checkpoints=ckpts, mil_dir=mil,
+                    probes=("linear",), slide_labels=cohort.labels_csv, slide_label_column="label")
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -180,7 +180,8 @@ def print_tables(summary: pd.DataFrame) -> None:
         for r in g.itertuples():
             def f(v: float, spec: str = "+.3f") -> str:
                 return "–" if not np.isfinite(v) else format(v, spec)
-            print(f"| {r.method} | {r.auroc:.3f} | {f(r.ci_lo, '.3f')}–{f(r.ci_hi, '.3f')} | {f(r.delta_20x)} | "
+            ci = f"{r.ci_lo:.3f}–{r.ci_hi:.3f}" if np.isfinite(r.ci_lo) else "–"
+            print(f"| {r.method} | {r.auroc:.3f} | {ci} | {f(r.delta_20x)} | "
                   f"{f(r.p_20x, '.3g')} | {f(r.delta_5x)} | {f(r.p_5x, '.3g')} |")
 
 
