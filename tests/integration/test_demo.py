@@ -26,3 +26,32 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "pretrained (self-supervised, labels unused) on all" in html
     assert "report:" in result.output
     assert list((study / "heatmaps").glob("*_attention.png"))
+    _diagnostics_run_on_the_quick_demo(tmp_path)
+
+
+def _diagnostics_run_on_the_quick_demo(root: Path) -> None:
+    """`mixmag diagnose` on the quick demo's features, checkpoints and MIL run with the cohort's
+    ground-truth region labels (issue: diagnostics must work on any run with region labels)."""
+    import json
+
+    import pandas as pd
+
+    study = root / "study"
+    features = study / "features" / "efficientnet-lite0-imagenet"
+    out = root / "diag"
+    args = ["diagnose", str(features), "--out", str(out), "--region-labels", str(root / "cohort" / "region_labels.csv"),
+            "--properties", "ring,atypical,informative", "--probes", "linear",
+            "--checkpoint", f"mem={study / 'pretrain' / 'mem'}", "--mil", str(study / "mil" / "label" / "mix-mem"),
+            "--slide-labels", str(root / "cohort" / "labels.csv"), "--label-column", "label"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    probes = pd.read_csv(out / "probes.csv")
+    assert {"tiles-5x", "tiles-20x", "region-cls.mem"} <= set(probes["feature_set"])
+    rated = probes.dropna(subset=["auroc"])
+    assert len(rated) and rated["auroc"].between(0, 1).all()
+    pretraining = pd.read_csv(out / "pretraining.csv")
+    assert set(pretraining["pattern"]) >= {"random", "mask-5x", "mask-20x"}
+    assert pretraining["ratio_zero"].notna().all()
+    assert (out / "attention.csv").exists() and (out / "ceiling.csv").exists()
+    summary = json.loads((out / "diagnostics.json").read_text())
+    assert summary
