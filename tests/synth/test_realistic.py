@@ -39,7 +39,7 @@ def test_region_labels_match_what_was_drawn(cohort) -> None:
             assert row.ring == int(cell["architecture"] == "ring")
             assert row.atypical == int(cell["nuclei"] == "atypical")
             assert row.informative == int(row.ring and row.atypical) == int(cell["informative"])
-            assert 0 <= row.x0 and row.x1 <= entry["width_px"] and row.y1 <= entry["height_px"]
+            assert row.x0 >= 0 and row.x1 <= entry["width_px"] and row.y1 <= entry["height_px"]
         assert entry["label"] == int(rows["informative"].any())
         assert rows["ring"].sum() == rows["atypical"].sum()  # no single property tells the label
 
