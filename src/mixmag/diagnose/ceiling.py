@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from mixmag.diagnose.probes import DEFAULT_FOLDS, MIN_CLASS, PROBES
+from mixmag.diagnose.probes import DEFAULT_FOLDS, MIN_CLASS, PROBES, fit_probe
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +83,7 @@ def out_of_fold_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, prob
             if y_test.min() != y_test.max():
                 aucs.append(0.5)
             continue
-        est = factory(y_train, seed + fold)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a probe, not a tuned model
-            est.fit(x[train], y_train)
+        est = fit_probe(factory, x[train], y_train, seed + fold)
         everywhere = _logit(est.predict_proba(x)[:, 1])  # (N,): the common reference is every region
         # rounded: the fold offsets must not order slides through float noise (constant features)
         logits[test] = np.round(everywhere[test] - everywhere.mean(), 9)

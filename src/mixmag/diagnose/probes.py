@@ -64,6 +64,15 @@ def mlp_probe(y: np.ndarray, seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), clf)
 
 
+def fit_probe(factory: ProbeFactory, x: np.ndarray, y: np.ndarray, seed: int) -> Pipeline:
+    """Fit one probe on (x, y); convergence warnings are silenced (a probe, not a tuned model)."""
+    est = factory(y, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(x, y)
+    return est
+
+
 def _fold_aurocs(factory: ProbeFactory, x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_folds: int,
                  seed: int) -> list[float]:
     """Test-fold AUROCs under GroupKFold over ``groups`` (folds whose test part lacks a class are left out)."""
@@ -75,10 +84,7 @@ def _fold_aurocs(factory: ProbeFactory, x: np.ndarray, y: np.ndarray, groups: np
         if y_train.min() == y_train.max():  # one class only in training: constant scores, AUROC 0.5
             aucs.append(0.5)
             continue
-        est = factory(y_train, seed + fold)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a probe, not a tuned model
-            est.fit(x[train], y_train)
+        est = fit_probe(factory, x[train], y_train, seed + fold)
         aucs.append(float(roc_auc_score(y_test, est.predict_proba(x[test])[:, 1])))
     return aucs
 
