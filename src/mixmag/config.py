@@ -170,7 +170,7 @@ class MilConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    """Cross-validation protocol and statistics."""
+    """Cross-validation protocol, statistics and the diagnostics stage."""
 
     folds: int = Field(default=5, ge=2)
     val_frac: float = Field(default=0.2, gt=0, lt=1)
@@ -178,6 +178,12 @@ class EvaluateConfig(_Section):
     seed: int = 0
     splits: Path | None = None
     """Reuse an existing splits file (identical folds across runs)."""
+    region_labels: Path | None = None
+    """CSV of ground-truth region annotations (boxes or tiled regions, see docs/concepts/diagnostics.md)
+    for the probe, slide-ceiling and attention diagnostics; without it only the label-free
+    pretraining diagnostics run."""
+    diagnostics: bool = True
+    """Run `mixmag diagnose` as a study stage after training (`diagnostics/` in the run folder)."""
 
 
 class ReportConfig(_Section):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mixmag.cli.app import build_app
 from mixmag.synth.cohort import make_synthetic_cohort
 
-STAGES = ["tile", "embed", "pretrain-mem", "pretrain-random", "train", "compare", "heatmaps"]
+STAGES = ["tile", "embed", "pretrain-mem", "pretrain-random", "train", "compare", "heatmaps", "diagnose"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,10 @@ def test_run_completes_then_skips_every_stage(tiny_study: Path) -> None:
         assert (run_dir / name).exists(), name
     assert list((run_dir / "heatmaps").glob("*_attention.png"))
     assert "report:" in out
+    # without evaluate.region_labels only the label-free pretraining diagnostics run (mem; `random` has no decoder)
+    assert set(pd.read_csv(run_dir / "diagnostics" / "pretraining.csv")["checkpoint"]) == {"mem"}
+    assert not (run_dir / "diagnostics" / "probes.csv").exists()
+    assert '<h2>Diagnostics</h2>' in (run_dir / "report.html").read_text(encoding="utf-8")
     first = pd.read_csv(run_dir / "compare" / "comparison.csv")
     assert set(first["method"]) >= {"abmil-20x", "mix-random", "mix-mem-cls"}
     mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "features" / "tiny.d16").glob("*.h5")}
@@ -79,9 +83,54 @@ def test_changing_a_downstream_setting_reruns_only_downstream(tiny_study: Path) 
                                               "--set", "report.top_k=1"])
     assert result.exit_code == 0, result.output
     messages = log.read_text()[len(before):]
-    for stage in ("tile", "embed", "train", "compare"):
+    for stage in ("tile", "embed", "train", "compare", "diagnose"):
         assert f"stage {stage:<9s} up to date" in messages
     assert "stage heatmaps  running" in messages
+
+
+def _rerun(config: Path, *overrides: str) -> str:
+    """Run the study again with ``--set`` overrides; return the new part of its run.log."""
+    log = config.parent / "run" / "run.log"
+    before = log.read_text()
+    result = CliRunner().invoke(build_app(), ["run", str(config), "--no-progress",
+                                              *(a for o in overrides for a in ("--set", o))])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return log.read_text()[len(before):]
+
+
+def test_region_labels_add_probes_ceiling_and_attention_without_retraining(tiny_study: Path) -> None:
+    run_dir = tiny_study.parent / "run"
+    labels = tiny_study.parent / "cohort" / "region_labels.csv"
+    messages = _rerun(tiny_study, f"evaluate.region_labels={labels}")
+    for stage in ("pretrain-mem", "train", "compare"):  # diagnostics settings never retrain
+        assert f"stage {stage:<9s} up to date" in messages
+    assert "stage diagnose  running" in messages
+    diag = run_dir / "diagnostics"
+    for name in ("pretraining.csv", "probes.csv", "ceiling.csv", "attention_summary.csv"):
+        assert (diag / name).exists(), name
+    assert {"tiles-20x", "region-cls.mem"} <= set(pd.read_csv(diag / "probes.csv")["feature_set"])
+    summary = json.loads((diag / "diagnostics.json").read_text())
+    assert summary["settings"]["probes"] == ["linear"]
+    assert summary["settings"]["slide_label_column"] == "label"
+    assert Path(summary["inputs"]["mil"]).parts[-2:] == ("label", "mix-random")  # the heatmaps' run
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "Probes: is the property in the features?" in html and "Slide ceiling" in html
+
+
+def test_diagnostics_off_skips_the_stage_and_its_report_section(tiny_study: Path) -> None:
+    messages = _rerun(tiny_study, "evaluate.diagnostics=false", "evaluate.region_labels=null")
+    assert "stage diagnose" not in messages and "no diagnose stage" in messages
+    assert "stage train     up to date" in messages
+    assert "<h2>Diagnostics</h2>" not in (tiny_study.parent / "run" / "report.html").read_text(encoding="utf-8")
+
+
+def test_without_labels_the_pretraining_diagnostics_still_run(tiny_study: Path) -> None:
+    run_dir = tiny_study.parent / "run"
+    messages = _rerun(tiny_study, "mil.labels=null")
+    assert "stage train" not in messages and "stage diagnose  running" in messages
+    assert (run_dir / "diagnostics" / "pretraining.csv").exists()
+    assert not (run_dir / "diagnostics" / "probes.csv").exists()  # the folder holds this run's results only
+    assert "<h2>Diagnostics</h2>" in (run_dir / "report.html").read_text(encoding="utf-8")
 
 
 def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:

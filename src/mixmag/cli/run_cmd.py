@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             "--set", help="Override a key: section.key=value (repeatable).")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     ) -> None:
-        """Run the whole study: tile -> embed -> pretrain -> MIL comparison -> heatmaps -> report.
+        """Run the whole study: tile -> embed -> pretrain -> MIL -> heatmaps -> diagnostics -> report.
 
         Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
         """

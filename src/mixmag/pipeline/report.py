@@ -105,6 +105,8 @@ def write_study_report(study: Study, result: StudyResult) -> Path:
     loss = {name.removeprefix("pretrain-"): rec.outputs["metrics"] for name, rec in result.stages.items()
             if name.startswith("pretrain-") and rec.outputs.get("final_loss") is not None}
     table = result.comparison
+    # only a diagnose stage of this run: a folder left by an earlier run may describe other inputs
+    diagnostics = result.stages.get("diagnose")
     return build_report(
         out / "report.html",
         title="mixmag study report",
@@ -116,6 +118,7 @@ def write_study_report(study: Study, result: StudyResult) -> Path:
         roc=None if table is None else roc_inputs(table),
         loss=loss or None,
         heatmaps=[(p, p.stem) for p in heatmaps],
+        diagnostics=None if diagnostics is None else diagnostics.outputs.get("diagnostics"),
         timings=timings,
         notes=notes,
     )

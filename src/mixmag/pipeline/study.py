@@ -8,6 +8,7 @@ Stages and their folders below ``config.out``::
     mil/         <target>/<method>/ folds, predictions     (mixmag.mil)
     compare/     comparison.md/.csv/.png                   (mixmag.evaluate)
     heatmaps/    <slide>_attention.png ...                 (mixmag.report)
+    diagnostics/ pretraining, probes, ceiling, attention   (mixmag.diagnose)
     report.html, stages.json, config.resolved.yaml, env.json, run.log
 
 Every stage is fingerprinted in ``stages.json`` (:mod:`mixmag.pipeline.ledger`); the stage functions
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mixmag.config import PipelineConfig, dump_config
+from mixmag.pipeline.diagnostics_stage import DIAGNOSTICS_KEYS, check_region_labels
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
 from mixmag.tiling.spec import RegionSpec, parse_magnification
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
@@ -235,7 +237,8 @@ class Study:
         labels = m.labels
         if labels is None:
             raise ValueError("mil.labels is not set: the train stage needs a labels CSV")
-        fp = self._fp("train", {**self._settings("mil"), **self._settings("evaluate")},
+        evaluate = _section(self.config, "evaluate", exclude=(*self.RUNTIME_KEYS, *DIAGNOSTICS_KEYS))
+        fp = self._fp("train", {**self._settings("mil"), **evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
 
         def run() -> dict[str, Any]:
@@ -288,9 +291,35 @@ class Study:
 
         return self.ledger.run("heatmaps", fp, run)
 
+    def diagnose(self, objectives: list[str], result: StudyResult) -> StageRecord | None:
+        """``mixmag diagnose`` on the study's features, pretrained encoders and (with region labels) MIL run.
+
+        Returns None when ``evaluate.diagnostics`` is off or nothing can be diagnosed (no pretrained
+        encoder and no region labels); :mod:`mixmag.pipeline.diagnostics_stage` says what runs.
+        """
+        from mixmag.pipeline.diagnostics_stage import plan_diagnostics, run_plan
+
+        ev = self.config.evaluate
+        if not ev.diagnostics:
+            logger.info("evaluate.diagnostics is false: no diagnose stage")
+            return None
+        train = result.stages.get("train")
+        plan = plan_diagnostics(self.out, objectives, region_labels=ev.region_labels,
+                                slide_labels=self.config.mil.labels, comparison=result.comparison,
+                                targets=train.outputs.get("targets", []) if train is not None else [])
+        if plan.empty:
+            logger.info("no pretrained region encoder and no evaluate.region_labels: nothing to diagnose")
+            return None
+        upstream = ["embed", *(f"pretrain-{o}" for o in plan.checkpoints)]
+        fp = self._fp("diagnose", {**plan.settings(), "seed": ev.seed},
+                      upstream + (["compare"] if plan.slide_label_column is not None else []))
+        return self.ledger.run("diagnose", fp, lambda: run_plan(plan, self.features_dir, self.out / "diagnostics",
+                                                                 seed=ev.seed))
+
     # -------------------------------------------------------------------- run
     def run(self) -> StudyResult:
         """Run every stage in order (labels-dependent stages only when labels are configured)."""
+        check_region_labels(self.config.evaluate.region_labels)
         atomic_write_text(self.out / "config.resolved.yaml", dump_config(self.config))
         atomic_write_json(self.out / "env.json", environment_info())
         handler = add_file_handler(self.out / "run.log")
@@ -304,12 +333,15 @@ class Study:
                 result.stages[rec.name] = rec
                 checkpoints[objective] = rec.outputs["checkpoint"]
             if self.config.mil.labels is None:
-                logger.warning("mil.labels is not set: stopping after pretraining (no biomarker evaluation)")
+                logger.warning("mil.labels is not set: no biomarker evaluation (pretraining and its diagnostics only)")
             else:
                 result.stages["train"] = self.train(checkpoints)
                 result.stages["compare"], result.comparison = self.compare()
                 if self.config.report.heatmap_slides:
                     result.stages["heatmaps"] = self.heatmaps(result.comparison)
+            diagnose = self.diagnose(list(checkpoints), result)
+            if diagnose is not None:
+                result.stages["diagnose"] = diagnose
             from mixmag.pipeline.report import write_study_report
 
             result.report = write_study_report(self, result)

@@ -1,5 +1,5 @@
 """Assemble the study report from stage outputs: config, cohort/QC, comparison, ROC, pretraining
-loss, heatmaps, timings and environment.
+loss, heatmaps, diagnostics, timings and environment.
 
 :func:`build_report` takes the pieces as Python objects; :func:`build_report_from_inputs` takes
 a JSON-able mapping of file paths (the ``mixmag report --inputs`` file); :func:`discover_inputs`
@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 import pandas as pd
 import yaml
 
+from mixmag.report.diagnostics_section import add_diagnostics_section
 from mixmag.report.html import ImageLike, Report, flatten
 from mixmag.report.plots import (
     MetricsSource,
@@ -95,6 +96,7 @@ def build_report(
     roc: Mapping[str, Any] | None = None,
     loss: Mapping[str, MetricsSource] | None = None,
     heatmaps: Sequence[Captioned] = (),
+    diagnostics: str | os.PathLike[str] | None = None,
     timings: Mapping[str, float] | None = None,
     environment: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
@@ -113,6 +115,7 @@ def build_report(
         roc: ``{method: (y_true, y_score)}`` or per-fold lists (see :func:`~mixmag.report.plots.roc_curves`).
         loss: ``{run name: metrics}`` (DataFrame, CSV or JSONL with ``step`` and ``loss``).
         heatmaps: Heatmap PNGs (or ``(image, caption)``).
+        diagnostics: A ``mixmag diagnose`` output folder (skipped when it holds no result).
         timings: ``{stage: seconds}`` in pipeline order.
         environment: From :func:`mixmag.utils.env.environment_info`; collected now when None.
         notes: Paragraphs shown in the summary.
@@ -190,6 +193,9 @@ def build_report(
                  "the top region, and the top regions at every magnification.")
         sec.figures(_captioned(heatmaps), min_px=520)
 
+    if diagnostics is not None:
+        add_diagnostics_section(report, diagnostics)
+
     if timings:
         sec = report.section("Timings")
         rows = [{"stage": k, "seconds": float(v), "wall time": format_seconds(float(v))} for k, v in timings.items()]
@@ -224,7 +230,8 @@ def build_report_from_inputs(inputs: Mapping[str, Any] | str | os.PathLike[str],
     Keys (all optional): ``title``, ``subtitle``, ``out`` (HTML path), ``config`` (YAML),
     ``cohort`` (CSV), ``qc_images`` (list), ``comparison`` (CSV), ``roc`` ({method: predictions
     CSV}), ``loss`` ({run: metrics CSV/JSONL}), ``heatmaps`` (list of paths or {path, caption}),
-    ``timings`` (JSON file or {stage: seconds}), ``environment`` (``env.json``), ``notes``.
+    ``diagnostics`` (a ``mixmag diagnose`` folder), ``timings`` (JSON file or {stage: seconds}),
+    ``environment`` (``env.json``), ``notes``.
     Relative paths are resolved against the JSON file's folder.
     """
     base = Path.cwd()
@@ -264,6 +271,7 @@ def build_report_from_inputs(inputs: Mapping[str, Any] | str | os.PathLike[str],
         roc={k: _read_predictions(p(v)) for k, v in spec.get("roc", {}).items()} or None,
         loss={k: p(v) for k, v in spec.get("loss", {}).items()} or None,
         heatmaps=images(spec.get("heatmaps", [])),
+        diagnostics=p(spec["diagnostics"]) if spec.get("diagnostics") else None,
         timings=timings,
         environment=env,
         notes=spec.get("notes", []),
@@ -298,5 +306,7 @@ def discover_inputs(run_dir: str | os.PathLike[str], *, max_images: int = 12) ->
     heat = sorted((run / "heatmaps").glob("*.png"))
     if heat:
         found["heatmaps"] = [str(h) for h in heat[:max_images]]
+    if (run / "diagnostics" / "diagnostics.json").is_file():
+        found["diagnostics"] = str(run / "diagnostics")
     logger.info("report inputs found in %s: %s", run, ", ".join(k for k in found if k not in ("title", "out")))
     return found
