@@ -101,9 +101,11 @@ def run_one(setting: Setting, seed: int, out: Path, *, folds: int, methods: list
     folder = out / setting.name / f"seed{seed}"
     cohort = make_synthetic_cohort(folder / "cohort", seed=seed, workers=2, progress=False,
                                    **setting.cohort_kwargs())
+    # the study's diagnose stage then probes the planted properties, the slide ceiling and attention
     config = study_config(folder / "study", cohort.out_dir, folds=folds, seed=seed)
     if methods:
         config.mil.methods = methods
+    config.evaluate.diagnostics = diagnose
     study = Study(config, progress=False)
     t0 = time.perf_counter()
     result = study.run()
@@ -112,8 +114,6 @@ def run_one(setting: Setting, seed: int, out: Path, *, folds: int, methods: list
     table["z_vs_20x"] = [_delong_z(Path(r), "abmil-20x") for r in table["run_dir"]]
     table["z_vs_5x"] = [_delong_z(Path(r), "abmil-5x") for r in table["run_dir"]]
     table["setting"], table["seed"], table["seconds"] = setting.name, seed, time.perf_counter() - t0
-    if diagnose:
-        _diagnose(study, cohort, folder / "diagnostics", table)
     return table
 
 
@@ -128,20 +128,6 @@ def _delong_z(run_dir: Path, reference: str) -> float:
     b = pd.read_csv(run_dir / "predictions.csv", dtype={"bag_id": str}).set_index("bag_id")
     b = b.loc[a.index]
     return float(delong_test(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy()).z)
-
-
-def _diagnose(study: Any, cohort: Any, out: Path, table: pd.DataFrame) -> None:
-    """Probes, slide ceiling, pretraining and attention diagnostics of one seed (written to ``out``)."""
-    from mixmag.diagnose import run_diagnostics
-
-    if (out / "diagnostics.json").exists():
-        return
-    ckpts = {p.name: p for p in sorted((study.out / "pretrain").iterdir()) if (p / "final").exists()}
-    mixing = table[table["method"].str.startswith("mix-")].sort_values("mean_auroc", ascending=False)
-    mil = Path(mixing["run_dir"].iloc[0]) if len(mixing) else None
-    run_diagnostics(study.features_dir, out_dir=out, region_labels=cohort.region_labels_csv,
-                    properties=["ring", "atypical", "informative"], checkpoints=ckpts, mil_dir=mil,
-                    probes=("linear",), slide_labels=cohort.labels_csv, slide_label_column="label")
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:

@@ -104,7 +104,9 @@ def study_config(out: Path, cohort_dir: Path, *, folds: int, seed: int = 0, epoc
         "mil": {"labels": str(cohort_dir / "labels.csv"), "epochs": epochs, "patience": 10,
                 "batch_size": 4, "lr": 1e-3, "encoder_lr_scale": 0.3, "hidden_dim": 128, "attention_dim": 64,
                 "region_preset": "small", "bag_level": "patient", "device": "cpu", "seed": seed},
-        "evaluate": {"folds": folds, "bootstrap": 500, "seed": seed},
+        # the cohort's ground truth lets the report show where the signal is (probes, ceiling, attention)
+        "evaluate": {"folds": folds, "bootstrap": 500, "seed": seed,
+                     "region_labels": str(cohort_dir / "region_labels.csv")},
         "report": {"heatmap_slides": 4, "top_k": 3},
     })
 
