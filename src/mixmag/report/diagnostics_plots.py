@@ -79,9 +79,12 @@ def reconstruction_bars(pretraining: pd.DataFrame, *, title: str | None = None) 
         ax.set_xticks(xs, labels, fontsize=7)
         ax.set_ylabel("MSE model / baseline")
         ax.set_title(str(name), fontsize=8)
-        ax.legend(loc="upper right")
+        ax.set_ylim(0, max(1.15, float(np.nanmax(sub[["ratio_zero", "ratio_region_mean"]].to_numpy(float))) * 1.1))
+    # one legend for all panels, above them, so it never hides a bar
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.955), frameon=False)
     fig.suptitle(title or "Masked reconstruction against trivial baselines (< 1 = learned)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
@@ -105,8 +108,8 @@ def attention_share_plot(summary: pd.DataFrame, *, bags: str = "positive", title
             ax.text(float(x), 0.02, f"AUROC\n{auc:.2f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(xs, labels, fontsize=7)
     ax.set_ylabel("share of attention mass")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper right")
+    ax.set_ylim(0, 1.15)  # headroom so the legend sits above shares of up to 1
+    ax.legend(loc="upper right", ncol=2, fontsize=8)
     ax.set_title(title or f"Attention on labelled regions ({bags} bags)")
     fig.tight_layout()
     return fig
