@@ -101,7 +101,8 @@ def add_diagnostics_section(report: Report, folder: str | os.PathLike[str]) -> S
         sec.heading("Attention: does the trained model look at the labelled regions?")
         sec.table(attention, caption="Attention mass on regions that hold the property, against the share "
                   "under uniform attention: in positive bags, a `share_ratio` above 1 and a `rank_auroc` above "
-                  "0.5 mean the model attends to the annotated evidence.")
+                  "`rank_auroc_uniform` (not 0.5: uniform attention over tokens favours regions with more "
+                  "tissue) mean the model attends to the annotated evidence.")
         if (root / "attention.png").is_file():
             sec.figure(root / "attention.png", caption="Attention share against uniform share in positive "
                        "bags.", width="70%")
