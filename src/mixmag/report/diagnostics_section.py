@@ -81,15 +81,14 @@ def add_diagnostics_section(report: Report, folder: str | os.PathLike[str]) -> S
                   "mean (`ratio_zero`) or the mean of the region's visible tokens (`ratio_region_mean`), per "
                   "masking pattern and masked magnification: ratios below 1 mean the encoder learned more than "
                   "the trivial answer.")
-        if (root / "pretraining.png").is_file():
-            sec.figure(root / "pretraining.png", caption="The same ratios as bars; the dashed line at 1 is the "
-                       "baseline.", width="70%")
+        _figure_if_present(sec, root / "pretraining.png", "The same ratios as bars; the dashed line at 1 is "
+                           "the baseline.", width="70%")
     if probes is not None:
         sec.heading("Probes: is the property in the features?")
-        if (root / "probes.png").is_file():
-            sec.figure(root / "probes.png", caption="Slide-grouped cross-validated AUROC of a probe per feature "
-                       "set (rows) and annotated property (columns): chance is 0.5, and the shuffled-label "
-                       "control in brackets shows how far from 0.5 chance lands for this many regions.")
+        _figure_if_present(sec, root / "probes.png", "Slide-grouped cross-validated AUROC of a probe per "
+                           "feature set (rows) and annotated property (columns): chance is 0.5, and the "
+                           "shuffled-label control in brackets shows how far from 0.5 chance lands for this many "
+                           "regions.")
         sec.table(probes, caption="Probe AUROC per feature set and property; `note` says why a cell was skipped.",
                   collapsed="Probe table")
     if ceiling is not None:
@@ -103,11 +102,16 @@ def add_diagnostics_section(report: Report, folder: str | os.PathLike[str]) -> S
                   "under uniform attention: in positive bags, a `share_ratio` above 1 and a `rank_auroc` above "
                   "`rank_auroc_uniform` (not 0.5: uniform attention over tokens favours regions with more "
                   "tissue) mean the model attends to the annotated evidence.")
-        if (root / "attention.png").is_file():
-            sec.figure(root / "attention.png", caption="Attention share against uniform share in positive "
-                       "bags.", width="70%")
+        _figure_if_present(sec, root / "attention.png", "Attention share against uniform share in positive "
+                           "bags.", width="70%")
     skipped = _skipped(root)
     if skipped:
         sec.table([{"diagnostic": k, "reason": v} for k, v in skipped.items()],
                   caption="Diagnostics that did not run, and why.", collapsed="Skipped diagnostics")
     return sec
+
+
+def _figure_if_present(sec: Section, path: Path, caption: str, width: str | None = None) -> None:
+    """Add the PNG at ``path`` to ``sec`` when the diagnostics wrote it (older runs may lack it)."""
+    if path.is_file():
+        sec.figure(path, caption=caption, width=width)
