@@ -45,7 +45,7 @@ class SlidesConfig(_Section):
 
 
 class TilingConfig(_Section):
-    """Region geometry and tissue rules (DESIGN.md §2)."""
+    """Region geometry and tissue rules (docs/concepts/resolution.md)."""
 
     region_um: float = Field(default=448.0, gt=0)
     """Side of a square region in µm."""
@@ -64,7 +64,7 @@ class TilingConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    """Tile embedding with a foundation model (DESIGN.md §3)."""
+    """Tile embedding with a foundation model (docs/encoders.md)."""
 
     encoder: str = "efficientnet-lite0-imagenet"
     """Encoder registry key (`mixmag list encoders`)."""
@@ -84,7 +84,7 @@ class EmbedConfig(_Section):
 
 
 class RegionConfig(_Section):
-    """Region encoder and its self-supervised pretraining (DESIGN.md §4)."""
+    """Region encoder and its self-supervised pretraining (docs/concepts/region-encoder.md)."""
 
     preset: str = "base"
     """Architecture preset (`base` W768/d6/h12, `small`, `tiny`); width/depth/heads/mlp_ratio/drop_path
@@ -127,7 +127,7 @@ class RegionConfig(_Section):
 
 
 class MilConfig(_Section):
-    """AB-MIL biomarker models and their training (DESIGN.md §5)."""
+    """AB-MIL biomarker models and their training (docs/concepts/evaluation.md)."""
 
     labels: Path | None = None
     """CSV/TSV with patient_id, slide_id and label columns."""

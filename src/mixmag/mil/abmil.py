@@ -3,7 +3,7 @@
 Per instance ``x_i``: ``h_i = Dropout(ReLU(W1 x_i))``; attention logit
 ``a_i = w^T (tanh(V h_i) ⊙ sigmoid(U h_i))``; weights ``softmax(a)`` over the *valid* instances of
 the bag; bag embedding ``z = Σ_i softmax(a)_i h_i``; class logits ``W2 z``. The same head is used
-for every method of the comparison (DESIGN.md §5), only its input changes.
+for every method of the comparison (docs/concepts/evaluation.md), only its input changes.
 """
 
 from __future__ import annotations

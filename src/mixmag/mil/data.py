@@ -1,7 +1,7 @@
 """Bags of regions read from a feature store, with a byte-bounded in-memory cache.
 
 Every MIL method starts from the same thing: the regions of a bag's slides, ``(R, T, D)`` tile
-embeddings plus the ``(R, T)`` validity mask (DESIGN.md §2). The method's instance source
+embeddings plus the ``(R, T)`` validity mask (docs/formats/region-index.md). The method's instance source
 (:mod:`mixmag.mil.instances`) then picks what becomes an instance. Caching whole slides once (as
 float16, the storage precision, so no information is lost) lets all methods of a comparison share
 one read of each file.

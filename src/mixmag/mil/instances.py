@@ -1,6 +1,6 @@
 """Instance sources: what one MIL method treats as an instance of a bag.
 
-Three sources cover the paper's comparison (DESIGN.md §5):
+Three sources cover the paper's comparison (docs/concepts/evaluation.md):
 
 - ``tiles``: the FM embeddings of the valid tiles of one magnification (``abmil-5x|10x|20x``);
   no encoder; ``(N, D)`` with N = valid tiles of that magnification in the bag.
@@ -147,7 +147,7 @@ class TileSource(InstanceSource):
         sl = self._slice(bag.spec)
         valid = bag.valid[:, sl]
         if not valid.any():
-            # Invalid tiles are still embedded (DESIGN.md §2), so the bag is not empty; say so.
+            # Invalid tiles are still embedded (docs/formats/region-index.md), so the bag is not empty; say so.
             logger.warning("bag of slides %s has no valid %s tile; using all its %s tiles",
                            ",".join(bag.slide_ids), self.magnification, self.magnification)
             valid = np.ones_like(valid)

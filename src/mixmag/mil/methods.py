@@ -1,4 +1,4 @@
-"""The methods of the paper's comparison as configuration over one model (DESIGN.md §5).
+"""The methods of the paper's comparison as configuration over one model (docs/concepts/evaluation.md).
 
 A method is a row of a table: which instance source, which magnification (tile methods), how the
 region encoder is initialised, and which pooling head. Adding a method is adding a row, e.g.::

@@ -3,7 +3,7 @@
 For ``abmil-Nx`` the instances are tile embeddings, standardised with statistics of the training
 bags, and there is no encoder. For ``mix-*`` the
 encoder runs on the bag's regions *inside* :meth:`MILModel.forward`, so gradients reach it and the
-whole stack is fine-tuned end-to-end (DESIGN.md §5); freezing it is an option of the training engine.
+whole stack is fine-tuned end-to-end (docs/concepts/evaluation.md); freezing it is an option of the training engine.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def _base(rng: np.random.Generator, n_regions: int, spec: RegionSpec, directions
     """Unit-variance Gaussian embeddings and ~10 % invalid tokens (the 5x token always valid)."""
     feats = rng.standard_normal((n_regions, spec.n_tokens, directions.shape[1])).astype(np.float32)
     valid = rng.random((n_regions, spec.n_tokens)) >= invalid_frac
-    valid[:, 0] = True  # the coarsest tile decides whether a region is kept at all (DESIGN.md §2)
+    valid[:, 0] = True  # the coarsest tile decides whether a region is kept at all (docs/formats/region-index.md)
     return feats, valid
 
 

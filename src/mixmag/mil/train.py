@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Optimisation settings of one model (defaults: DESIGN.md §5 and common AB-MIL practice).
+    """Optimisation settings of one model (defaults: docs/concepts/evaluation.md and common AB-MIL practice).
 
     Attributes:
         epochs: Maximum epochs (one pass over the training bags each).

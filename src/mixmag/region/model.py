@@ -108,7 +108,7 @@ class Block(nn.Module):
 
 
 class RegionEncoder(nn.Module):
-    """Mixed-magnification region encoder (DESIGN.md §4).
+    """Mixed-magnification region encoder (docs/concepts/region-encoder.md).
 
     Args:
         tile_dim: FM tile embedding dimension D_tile (2560 for Virchow2 CLS+mean).
@@ -298,7 +298,7 @@ class RegionEncoderPreset:
 
 
 REGION_ENCODERS: Registry[RegionEncoderPreset] = Registry("region encoder preset")
-REGION_ENCODERS.add("base", RegionEncoderPreset(768, 6, 12, description="DESIGN.md default for real use"))
+REGION_ENCODERS.add("base", RegionEncoderPreset(768, 6, 12, description="the default for real use"))
 REGION_ENCODERS.add("small", RegionEncoderPreset(128, 2, 4, drop_path=0.0, description="CPU demos"))
 REGION_ENCODERS.add("tiny", RegionEncoderPreset(32, 2, 2, mlp_ratio=2.0, drop_path=0.0,
                                                 description="unit tests"))

@@ -1,4 +1,4 @@
-"""Hyper-parameters of a pretraining run (one frozen dataclass; defaults = DESIGN.md §4).
+"""Hyper-parameters of a pretraining run (one frozen dataclass; defaults: docs/concepts/region-encoder.md).
 
 Kept apart from the engine so the CLI, the pipeline config and tests share one definition of every
 default, and so a run folder can be checked against the settings it was started with.
