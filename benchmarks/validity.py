@@ -56,6 +56,9 @@ class Setting:
         patients: Labeled patients (one slide each).
         unlabeled: Unlabeled slides for pretraining.
         difficulty: Generator difficulty (atypia strength, ring regularity).
+        structure: What the 5x property looks like: ``rosette`` (one ring per 448-µm cell) or
+            ``cords`` (parallel rows of nests filling the cell; survives any region-grid offset).
+        cell_regions: Side of a structure cell in regions (2 = each unit spans 2x2 regions).
     """
 
     name: str
@@ -67,6 +70,8 @@ class Setting:
     patients: int = 80
     unlabeled: int = 40
     difficulty: float = 0.3
+    structure: str = "rosette"
+    cell_regions: int = 1
 
     def cohort_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`mixmag.synth.make_synthetic_cohort` (without seed/out)."""
@@ -75,6 +80,7 @@ class Setting:
             return {**common, "slide_px": (1792, 896), "mpp": self.mpp[0]}
         return {**common, "regions": self.regions, "informative_fraction": self.informative_fraction,
                 "distractor_fraction": self.distractor_fraction, "stain_jitter": self.stain_jitter,
+                "structure": self.structure, "cell_regions": self.cell_regions,
                 "mpp": list(self.mpp) if len(self.mpp) > 1 else self.mpp[0]}
 
 
@@ -87,6 +93,9 @@ PRESETS: dict[str, list[Setting]] = {
         Setting("regions32", regions=32, informative_fraction=0.125, patients=80),
         Setting("regions32-mpp-mix", regions=32, informative_fraction=0.125, mpp=(0.25, 0.5), patients=80),
         Setting("regions128", regions=128, informative_fraction=0.06, patients=80),
+        # cords in 2x2-region cells: a 5x property that survives the region grid's offset
+        Setting("cords32", regions=32, informative_fraction=0.2, structure="cords", cell_regions=2,
+                patients=80),
     ],
 }
 

@@ -53,6 +53,8 @@ def register(app: typer.Typer) -> None:
         informative_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Share of a positive slide's regions that are ring + atypical (default: from --difficulty).")] = None,
         distractor_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Share of regions in each distractor kind (ring + normal, scattered + atypical); default = --informative-fraction.")] = None,
         stain_jitter: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Per-slide relative stain variation (default: from --difficulty).")] = None,
+        structure: Annotated[str, typer.Option(help="5x property of the realistic layout: 'rosette' (one ring per cell vs a broken ring) or 'cords' (parallel rows of nests filling the cell vs the same runs scattered; survives any offset of the region grid).")] = "rosette",
+        cell_regions: Annotated[int, typer.Option(min=1, help="Side of a structure cell in regions (realistic layout); 2 = every unit spans 2x2 regions.")] = 1,
         unlabeled: Annotated[int, typer.Option(min=0, help="Slides in the unlabeled pretraining pool.")] = 0,
         slides_per_patient: Annotated[str, typer.Option(help="N, or a range LO-HI.")] = "1",
         levels: Annotated[int, typer.Option(min=1, help="Pyramid levels.")] = 3,
@@ -69,7 +71,8 @@ def register(app: typer.Typer) -> None:
                 out, n_slides=n_slides, prevalence=prevalence, difficulty=difficulty, seed=seed,
                 slide_px=_parse_size(size), mpp=_parse_mpp(mpp), regions=regions,
                 informative_fraction=informative_fraction, distractor_fraction=distractor_fraction,
-                stain_jitter=stain_jitter, slides_per_patient=_parse_per_patient(slides_per_patient),
+                stain_jitter=stain_jitter, structure=structure, cell_regions=cell_regions,
+                slides_per_patient=_parse_per_patient(slides_per_patient),
                 n_unlabeled=unlabeled, n_levels=levels, workers=workers, overwrite=overwrite,
                 progress=not no_progress,
             )

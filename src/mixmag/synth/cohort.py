@@ -40,7 +40,15 @@ from typing import Any
 import numpy as np
 
 from mixmag.io.manifest import Manifest, Status
-from mixmag.synth.layout import Composition, Knobs, SlidePlan, knobs_from_difficulty, plan_slide
+from mixmag.synth.layout import (
+    RING,
+    STRUCTURES,
+    Composition,
+    Knobs,
+    SlidePlan,
+    knobs_from_difficulty,
+    plan_slide,
+)
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.hashing import sha256_text
 
@@ -144,18 +152,30 @@ def _params(**kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def grid_for(n_regions: int) -> tuple[int, int]:
+def grid_for(n_regions: int, cell_regions: int = 1) -> tuple[int, int]:
     """(rows, cols) of the structure cells of a realistic-layout slide of about ``n_regions`` regions.
 
-    The slide is one cell wider and taller than its cell grid (the room for a random offset), so a
-    tiler lays the most nearly square ``(rows + 1) x (cols + 1) >= n_regions`` regions over it: the
-    ``rows x cols`` cells, cut at an offset, plus a rim of partial cells and filler tissue.
+    Each cell spans ``cell_regions x cell_regions`` regions. The slide is one region wider and
+    taller than its cell grid (the room for a random offset), so a tiler lays about
+    ``(rows * c + 1) x (cols * c + 1)`` regions over it (``c = cell_regions``; for ``c = 1`` the
+    most nearly square grid of at least ``n_regions``): the cells, cut at an offset, plus a rim of
+    partial regions and filler tissue.
     """
-    cols = math.ceil(math.sqrt(n_regions))
-    rows = math.ceil(n_regions / cols)
-    if (rows - 1) * (cols - 1) < 2:
-        raise ValueError(f"regions={n_regions} leaves fewer than 2 structure cells; use regions >= 6")
-    return rows - 1, cols - 1
+    if cell_regions < 1:
+        raise ValueError(f"cell_regions must be >= 1, got {cell_regions}")
+    side = math.ceil(math.sqrt(n_regions))
+    cols = max(1, int((side - 1) / cell_regions + 0.5))
+    rows = max(1, int((math.ceil(n_regions / (cols * cell_regions + 1)) - 1) / cell_regions + 0.5))
+    if rows * cols < 2:
+        least = 6 if cell_regions == 1 else (2 * cell_regions + 1) * (cell_regions + 1)
+        raise ValueError(f"regions={n_regions} leaves fewer than 2 structure cells of {cell_regions}x"
+                         f"{cell_regions} regions; use regions >= {least}")
+    return rows, cols
+
+
+def _organised(params: dict[str, Any]) -> str:
+    """The organised architecture of the cohort's structure (``ring`` for rosettes)."""
+    return STRUCTURES[params.get("structure", "rosette")][0]
 
 
 def _knobs(params: dict[str, Any]) -> Knobs:
@@ -168,7 +188,7 @@ def _knobs(params: dict[str, Any]) -> Knobs:
 def _geometry(rng: np.random.Generator, params: dict[str, Any]) -> tuple[int, int, float, tuple[int, int]]:
     """(width px, height px, mpp, cell-grid origin px) of one slide.
 
-    With ``regions`` set the slide is one cell wider and taller than its cell grid and the grid
+    With ``regions`` set the slide is one region wider and taller than its cell grid and the grid
     starts at a random offset inside that margin, so a tiler's regions fall at random offsets to
     the structures; its level-0 resolution is drawn from the ``mpp`` list.
     """
@@ -177,10 +197,12 @@ def _geometry(rng: np.random.Generator, params: dict[str, Any]) -> tuple[int, in
         return int(width), int(height), float(params["mpp"]), (0, 0)
     choices = params["mpp"] if isinstance(params["mpp"], list) else [params["mpp"]]
     mpp = float(choices[int(rng.integers(len(choices)))])
-    rows, cols = grid_for(params["regions"])
-    cell_px = params["region_um"] / mpp
-    width, height = math.ceil((cols + 1) * cell_px), math.ceil((rows + 1) * cell_px)
-    origin = (int(rng.integers(0, int(cell_px))), int(rng.integers(0, int(cell_px))))
+    c = params.get("cell_regions", 1)
+    rows, cols = grid_for(params["regions"], c)
+    region_px = params["region_um"] / mpp
+    width, height = math.ceil((cols * c + 1) * region_px), math.ceil((rows * c + 1) * region_px)
+    # the offset only matters modulo the tiler's region period, so one region of margin is enough
+    origin = (int(rng.integers(0, int(region_px))), int(rng.integers(0, int(region_px))))
     return width, height, mpp, origin
 
 
@@ -191,11 +213,13 @@ def _plan(job: _Job, params: dict[str, Any]) -> tuple[SlidePlan, np.random.SeedS
     geometry_rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(*job.spawn_key, 7)))
     width, height, mpp, origin = _geometry(geometry_rng, params)
     composition = None
+    structure = params.get("structure", "rosette")
     if params.get("informative_fraction") is not None:
         composition = Composition(params["informative_fraction"], params.get("distractor_fraction"))
     plan = plan_slide(rng, label=job.label, width_px=width, height_px=height, mpp=mpp,
-                      region_um=params["region_um"], knobs=_knobs(params), composition=composition,
-                      origin_px=origin)
+                      region_um=params["region_um"] * params.get("cell_regions", 1), knobs=_knobs(params),
+                      composition=composition,
+                      origin_px=origin, structure=structure)
     return plan, paint_seed
 
 
@@ -213,11 +237,14 @@ def _render_job(job: _Job, params: dict[str, Any]) -> tuple[str, float]:
     return job.slide_id, time.perf_counter() - t0
 
 
-REGION_LABEL_COLUMNS = ("slide_id", "patient_id", "x0", "y0", "x1", "y1", "architecture", "nuclei",
-                        "ring", "atypical", "informative")
+def region_label_columns(organised: str = RING) -> tuple[str, ...]:
+    """Columns of ``region_labels.csv``; the 5x property column is named after the organised
+    architecture of the cohort's structure (``ring`` or ``cords``)."""
+    return ("slide_id", "patient_id", "x0", "y0", "x1", "y1", "architecture", "nuclei",
+            organised, "atypical", "informative")
 
 
-def _region_labels_csv(records: Sequence[SlideRecord]) -> str:
+def _region_labels_csv(records: Sequence[SlideRecord], organised: str) -> str:
     """Ground truth per grid cell: its level-0 box and 0/1 property columns (one row per cell).
 
     The boxes are the generator's cells in each slide's own level-0 frame; a tiler's regions
@@ -225,12 +252,12 @@ def _region_labels_csv(records: Sequence[SlideRecord]) -> str:
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(REGION_LABEL_COLUMNS)
+    writer.writerow(region_label_columns(organised))
     for r in records:
         for cell in r.truth["regions"]:
             x0, y0, size = cell["x_px"], cell["y_px"], cell["size_px"]
             writer.writerow([r.slide_id, r.patient_id, x0, y0, x0 + size, y0 + size, cell["architecture"],
-                             cell["nuclei"], int(cell["architecture"] == "ring"),
+                             cell["nuclei"], int(cell["architecture"] == organised),
                              int(cell["nuclei"] == "atypical"), int(cell["informative"])])
     return buf.getvalue()
 
@@ -268,7 +295,7 @@ def _jobs(out: Path, params: dict[str, Any]) -> tuple[list[_Job], list[_Job]]:
 
 def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tuple[int, int],
               mpp: float | Sequence[float], n_unlabeled: int, n_levels: int, regions: int | None,
-              stain_jitter: float | None) -> None:
+              stain_jitter: float | None, cell_regions: int = 1) -> None:
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
     if not 0.0 <= prevalence <= 1.0:
@@ -283,7 +310,9 @@ def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tup
     if len(mpps) > 1 and regions is None:
         raise ValueError("a list of mpp values needs `regions` (the slide size then follows each slide's mpp)")
     if regions is not None:
-        grid_for(regions)  # raises for too few regions
+        grid_for(regions, cell_regions)  # raises for too few regions
+    elif cell_regions != 1:
+        raise ValueError("cell_regions needs the realistic layout (`regions`)")
     if stain_jitter is not None and not 0.0 <= stain_jitter <= 0.5:
         raise ValueError(f"stain_jitter must lie in [0, 0.5], got {stain_jitter}")
     if n_unlabeled < 0 or n_levels < 1:
@@ -303,6 +332,8 @@ def make_synthetic_cohort(
     informative_fraction: float | None = None,
     distractor_fraction: float | None = None,
     stain_jitter: float | None = None,
+    structure: str | None = None,
+    cell_regions: int = 1,
     slides_per_patient: int | tuple[int, int] = 1,
     n_unlabeled: int = 0,
     n_levels: int = 3,
@@ -339,6 +370,13 @@ def make_synthetic_cohort(
         distractor_fraction: Share of cells in each distractor kind (ring + normal, scattered +
             atypical); None = ``informative_fraction``.
         stain_jitter: Per-slide relative stain variation; None = from ``difficulty``.
+        structure: What the 5x property looks like (realistic layout only): ``"rosette"`` (None;
+            one ring of nests per cell, vs the ring broken into arcs) or ``"cords"`` (parallel rows
+            of nests filling the cell, vs the same 2-3-nest runs scattered), which survives any
+            offset of the region grid (see docs/concepts/synthetic-cohort.md).
+        cell_regions: Side of a structure cell in regions (realistic layout only): 2 makes every
+            tissue unit 2x2 regions, so most tiled regions lie inside one unit, as regions inside
+            a tumour area do.
         slides_per_patient: Slides per patient, fixed or an inclusive (lo, hi) range.
         n_unlabeled: Size of the unlabeled pretraining pool (``unlabeled/``).
         n_levels: Pyramid levels (each a 2x box-downsample).
@@ -355,8 +393,14 @@ def make_synthetic_cohort(
         ValueError: On invalid parameters, or when ``out_dir`` holds a cohort generated with
             different parameters and ``overwrite`` is False.
     """
-    _validate(n_slides, prevalence, difficulty, slide_px, mpp, n_unlabeled, n_levels, regions, stain_jitter)
+    _validate(n_slides, prevalence, difficulty, slide_px, mpp, n_unlabeled, n_levels, regions, stain_jitter,
+              cell_regions)
     Composition(informative_fraction, distractor_fraction)  # validates the fractions
+    if structure is not None and structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
+    if structure not in (None, "rosette") and regions is None:
+        raise ValueError(f"structure {structure!r} needs the realistic layout (`regions`); the aligned "
+                         "layout keeps the demo's rosettes")
     mpp = float(mpp) if isinstance(mpp, (int, float)) else [float(m) for m in mpp]
     out = Path(out_dir).resolve()
     region_px = region_um / mpp if isinstance(mpp, float) else 0.0
@@ -369,7 +413,9 @@ def make_synthetic_cohort(
                      slides_per_patient=slides_per_patient, n_unlabeled=n_unlabeled,
                      n_levels=n_levels, region_um=region_um, jpeg_quality=jpeg_quality)
     realism = {"regions": regions, "informative_fraction": informative_fraction,
-               "distractor_fraction": distractor_fraction, "stain_jitter": stain_jitter}
+               "distractor_fraction": distractor_fraction, "stain_jitter": stain_jitter,
+               "structure": None if structure == "rosette" else structure,
+               "cell_regions": None if cell_regions == 1 else int(cell_regions)}
     params.update({k: v for k, v in realism.items() if v is not None})
     params_hash = sha256_text(repr(sorted(params.items())))[:16]
     cohort_json = out / "cohort.json"
@@ -399,7 +445,8 @@ def make_synthetic_cohort(
     )
     if not reused:
         atomic_write_text(info.labels_csv, _labels_csv(info.slides))
-        atomic_write_text(info.region_labels_csv, _region_labels_csv(info.slides + info.unlabeled))
+        atomic_write_text(info.region_labels_csv, _region_labels_csv(info.slides + info.unlabeled,
+                                                                        _organised(params)))
         atomic_write_json(cohort_json, _cohort_document(info))
     logger.info("synthetic cohort: %d slides (%d positive), %d unlabeled in %s",
                 len(info.slides), info.n_positive, len(info.unlabeled), out)
@@ -478,7 +525,7 @@ def _cohort_document(info: CohortInfo) -> dict[str, Any]:
                         "region_um": p["region_um"],
                         "region_px_level0": "per slide (region_um / mpp)" if isinstance(p["mpp"], list)
                         else p["region_um"] / p["mpp"]},
-        "label_rule": "label = 1 iff some region has architecture 'ring' AND nuclei 'atypical'",
+        "label_rule": f"label = 1 iff some region has architecture '{_organised(p)}' AND nuclei 'atypical'",
         "slides": [slide_entry(r) for r in info.slides],
         "unlabeled": [slide_entry(r) for r in info.unlabeled],
     }

@@ -16,12 +16,14 @@ same number of ring cells and of atypical cells, but never in the same cell.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 RING = "ring"
+CORDS = "cords"
 SCATTERED = "scattered"
 ATYPICAL = "atypical"
 NORMAL = "normal"
@@ -33,6 +35,11 @@ NEST_RADIUS_UM = (15.0, 22.0)
 NEST_SPACING_UM = (48.0, 58.0)  # centre-to-centre along the ring
 LUMEN_FRACTION = (0.35, 0.5)  # lumen radius / ring radius
 CELL_MARGIN_UM = 8.0  # keep every structure this far inside its cell
+# Cords: parallel rows of nests across the whole cell. The rows are further apart than a 112-µm
+# 20x tile is wide, so a 20x tile sees one short run of 2-3 nests, as in the scattered layout.
+CORD_GAP_UM = (115.0, 140.0)
+CORD_SPACING_UM = (38.0, 44.0)  # nests almost touch along a row: a continuous cord at 5x
+CORD_RUN = (3, 4)  # nests per run: a run spans ~110-180 µm, about one 20x tile
 
 
 @dataclass(frozen=True)
@@ -157,8 +164,8 @@ class RegionPlan:
 
     @property
     def informative(self) -> bool:
-        """True when the cell combines ring architecture with atypical nuclei."""
-        return self.architecture == RING and self.nuclei == ATYPICAL
+        """True when the cell combines the organised architecture (ring, cords) with atypical nuclei."""
+        return self.architecture != SCATTERED and self.nuclei == ATYPICAL
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (µm values rounded to 0.01)."""
@@ -188,6 +195,7 @@ class SlidePlan:
             grid; their nuclei are always normal.
         knobs: Difficulty settings.
         origin_px: Level-0 (x, y) of the first cell's top-left corner.
+        structure: Key of :data:`STRUCTURES` the cells were drawn with.
     """
 
     width_px: int
@@ -199,7 +207,13 @@ class SlidePlan:
     filler_nests_um: np.ndarray
     knobs: Knobs
     origin_px: tuple[int, int] = (0, 0)
+    structure: str = "rosette"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def organised(self) -> str:
+        """Name of this slide's organised (5x-visible) architecture, e.g. ``"ring"``."""
+        return STRUCTURES[self.structure][0]
 
     @property
     def n_informative(self) -> int:
@@ -211,7 +225,7 @@ class SlidePlan:
         return {
             "label": self.label, "width_px": self.width_px, "height_px": self.height_px,
             "mpp": self.mpp, "region_um": self.region_um, "origin_px": list(self.origin_px),
-            "n_ring": sum(r.architecture == RING for r in self.regions),
+            f"n_{self.organised}": sum(r.architecture == self.organised for r in self.regions),
             "n_atypical": sum(r.nuclei == ATYPICAL for r in self.regions),
             "n_informative": self.n_informative,
             "regions": [r.to_dict() for r in self.regions],
@@ -304,25 +318,108 @@ def _broken_ring(
     out = []
     while start < len(local):
         size = min(int(rng.integers(2, 4)), len(local) - start)
-        arc, radii = local[start: start + size], nest_r[start: start + size]
-        arc = arc - arc.mean(axis=0)
-        for _ in range(tries):
-            phi = rng.uniform(0, 2 * math.pi)
-            rot = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
-            pos = arc @ rot.T + (rng.uniform(lo[0], hi[0]), rng.uniform(lo[1], hi[1]))
-            inside = np.all((pos - radii[:, None] >= lo) & (pos + radii[:, None] <= hi))
-            if inside and all(
-                math.hypot(x - px, y - py) >= r + pr + gap_um
-                for (x, y), r in zip(pos, radii, strict=True) for px, py, pr in placed
-            ):
-                break
-        else:
+        new = _place_rigidly(rng, local[start: start + size], nest_r[start: start + size], lo, hi,
+                             placed, gap_um, tries)
+        if new is None:
             return None
-        new = [(float(x), float(y), float(r)) for (x, y), r in zip(pos, radii, strict=True)]
         placed += new
         out += new
         start += size
     return np.asarray(out, np.float64).reshape(-1, 3), lumen
+
+
+def _place_rigidly(
+    rng: np.random.Generator, arc: np.ndarray, radii: np.ndarray, lo: tuple[float, float],
+    hi: tuple[float, float], placed: list[tuple[float, float, float]], gap_um: float, tries: int,
+) -> list[tuple[float, float, float]] | None:
+    """Move and turn a run of nests (centres ``arc`` (n, 2) µm) at random into the box ``lo``-``hi``.
+
+    The run keeps its shape; it must keep ``gap_um`` from every ``placed`` disc. Returns its nests
+    as (x, y, r) in µm, or None after ``tries`` failed draws.
+    """
+    arc = arc - arc.mean(axis=0)
+    for _ in range(tries):
+        phi = rng.uniform(0, 2 * math.pi)
+        rot = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
+        pos = arc @ rot.T + (rng.uniform(lo[0], hi[0]), rng.uniform(lo[1], hi[1]))
+        inside = np.all((pos - radii[:, None] >= lo) & (pos + radii[:, None] <= hi))
+        if inside and all(
+            math.hypot(x - px, y - py) >= r + pr + gap_um
+            for (x, y), r in zip(pos, radii, strict=True) for px, py, pr in placed
+        ):
+            return [(float(x), float(y), float(r)) for (x, y), r in zip(pos, radii, strict=True)]
+    return None
+
+
+def _plan_cords_unit(
+    rng: np.random.Generator, cell_xy_um: tuple[float, float], region_um: float,
+    architecture: str, knobs: Knobs,
+) -> tuple[tuple[float, float], float, tuple[float, float, float], np.ndarray]:
+    """Draw one *cords* unit filling a cell: parallel rows of nests, or the same runs scattered.
+
+    ``CORDS``: rows 115-140 µm apart at one random angle, nests 48-58 µm apart along a row, all
+    across the cell, so any 448-µm window that holds most of the cell shows long parallel rows
+    wherever the region grid cuts it. ``SCATTERED``: the same rows cut into runs of 2-3
+    consecutive nests, each moved and turned at random. A 112-µm 20x tile sees one run of 2-3
+    nests either way; a 224-µm 10x or 448-µm 5x tile sees whether the runs line up. There is no
+    lumen. The random draws are the same for both architectures up to the scattering.
+
+    Returns (centre, half-extent, lumen (x, y, 0), nests (n, 3)) in slide µm.
+    """
+    x0, y0 = cell_xy_um
+    lo = (x0 + CELL_MARGIN_UM, y0 + CELL_MARGIN_UM)
+    hi = (x0 + region_um - CELL_MARGIN_UM, y0 + region_um - CELL_MARGIN_UM)
+    cx, cy = x0 + region_um / 2, y0 + region_um / 2
+    theta = rng.uniform(0, math.pi)
+    along, across = np.array([math.cos(theta), math.sin(theta)]), np.array([-math.sin(theta), math.cos(theta)])
+    gap, spacing = rng.uniform(*CORD_GAP_UM), rng.uniform(*CORD_SPACING_UM)
+    reach = region_um / math.sqrt(2)  # half-diagonal: rows at any angle cover the cell
+    runs: list[tuple[np.ndarray, np.ndarray]] = []
+    for v in rng.uniform(0, gap) - reach + gap * np.arange(int(2 * reach / gap) + 1):
+        u = rng.uniform(0, spacing) - reach + spacing * np.arange(int(2 * reach / spacing) + 1)
+        u = u + rng.normal(0, 0.05 * spacing, len(u))
+        w = v + rng.normal(0, knobs.ring_jitter * gap / 2, len(u))
+        radii = rng.uniform(*NEST_RADIUS_UM, size=len(u))
+        xy = np.stack([cx + u * along[0] + w * across[0], cy + u * along[1] + w * across[1]], 1)
+        inside = np.all((xy - radii[:, None] >= lo) & (xy + radii[:, None] <= hi), axis=1)
+        sizes = rng.integers(CORD_RUN[0], CORD_RUN[1] + 1, size=len(u))
+        # runs of consecutive nests inside the cell, cut into pieces of 2-3
+        start = 0
+        while start < len(u):
+            if not inside[start]:
+                start += 1
+                continue
+            stop = start
+            while stop < len(u) and inside[stop] and stop - start < sizes[start]:
+                stop += 1
+            runs.append((xy[start:stop], radii[start:stop]))
+            start = stop
+    sub = np.random.default_rng(rng.integers(2**63))  # only the scattered layout uses it
+    lumen = (cx, cy, 0.0)
+    if architecture == CORDS:
+        nests = np.concatenate([np.column_stack([xy, r]) for xy, r in runs])
+        return (cx, cy), reach, lumen, nests
+    for _ in range(100):
+        placed: list[tuple[float, float, float]] = []
+        for xy, radii in runs:
+            new = _place_rigidly(sub, xy, radii, lo, hi, placed, 12.0, 400)
+            if new is None:
+                break
+            placed += new
+        else:
+            return (cx, cy), reach, lumen, np.asarray(placed, np.float64).reshape(-1, 3)
+    raise RuntimeError(f"could not scatter {len(runs)} runs of nests in a {region_um:g}-µm cell")
+
+
+UnitPlanner = Callable[[np.random.Generator, tuple[float, float], float, str, Knobs],
+                       tuple[tuple[float, float], float, tuple[float, float, float], np.ndarray]]
+
+#: Structure name -> (organised architecture, unit planner). The organised architecture is the
+#: 5x-visible property; ``SCATTERED`` is its counterpart in every structure.
+STRUCTURES: dict[str, tuple[str, UnitPlanner]] = {
+    "rosette": (RING, _plan_unit),
+    "cords": (CORDS, _plan_cords_unit),
+}
 
 
 def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
@@ -359,7 +456,7 @@ def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
 
 
 def _cell_kinds(rng: np.random.Generator, label: int, n_cells: int, knobs: Knobs,
-                composition: Composition | None) -> list[tuple[str, str]]:
+                composition: Composition | None, organised: str = RING) -> list[tuple[str, str]]:
     """(architecture, nuclei) of every cell, row-major; see :func:`plan_slide` for the rule."""
     if composition is None or composition.informative_fraction is None:
         m_lo, m_hi = max(1, n_cells // 4), max(1, n_cells // 2)
@@ -371,9 +468,10 @@ def _cell_kinds(rng: np.random.Generator, label: int, n_cells: int, knobs: Knobs
     order = rng.permutation(n_cells)
     kinds: list[tuple[str, str]] = [(SCATTERED, NORMAL)] * n_cells
     if label:
-        picks = [(RING, ATYPICAL)] * k + [(RING, NORMAL)] * (m - k) + [(SCATTERED, ATYPICAL)] * (m - k)
+        picks = ([(organised, ATYPICAL)] * k + [(organised, NORMAL)] * (m - k)
+                 + [(SCATTERED, ATYPICAL)] * (m - k))
     else:
-        picks = [(RING, NORMAL)] * m + [(SCATTERED, ATYPICAL)] * m
+        picks = [(organised, NORMAL)] * m + [(SCATTERED, ATYPICAL)] * m
     for slot, kind in zip(order, picks, strict=False):
         kinds[int(slot)] = kind
     return kinds
@@ -390,6 +488,7 @@ def plan_slide(
     knobs: Knobs,
     composition: Composition | None = None,
     origin_px: tuple[int, int] = (0, 0),
+    structure: str = "rosette",
 ) -> SlidePlan:
     """Decide the content of one slide.
 
@@ -403,10 +502,15 @@ def plan_slide(
         origin_px: Level-0 (x, y) of the first cell's top-left corner. A tiler lays its own grid
             over the tissue, so a non-zero origin puts the structures at an offset to the tiled
             regions, as on real slides.
+        structure: Key of :data:`STRUCTURES`: ``"rosette"`` (one ring or broken ring per cell) or
+            ``"cords"`` (parallel rows of nests across the cell, or the same runs scattered).
 
     Raises:
-        ValueError: When the slide has fewer than two full grid cells.
+        ValueError: When the slide has fewer than two full grid cells, or ``structure`` is unknown.
     """
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
+    organised, plan_unit = STRUCTURES[structure]
     ox, oy = origin_px
     rows, cols = grid_shape(width_px - ox, height_px - oy, mpp, region_um)
     n_cells = rows * cols
@@ -416,14 +520,14 @@ def plan_slide(
             f"{region_um:g}-µm regions; use at least 2 (e.g. --size {round(2 * region_um / mpp)}x"
             f"{round(region_um / mpp)})"
         )
-    kinds = _cell_kinds(rng, label, n_cells, knobs, composition)
+    kinds = _cell_kinds(rng, label, n_cells, knobs, composition, organised)
     size_px = region_um / mpp
     ox_um, oy_um = ox * mpp, oy * mpp
     regions = []
     for idx, (arch, nuc) in enumerate(kinds):
         r, c = divmod(idx, cols)
         unit_rng = np.random.default_rng(rng.integers(2**63))
-        centre, radius, lumen, nests = _plan_unit(
+        centre, radius, lumen, nests = plan_unit(
             unit_rng, (ox_um + c * region_um, oy_um + r * region_um), region_um, arch, knobs)
         regions.append(RegionPlan(
             row=r, col=c, x_px=ox + round(c * size_px), y_px=oy + round(r * size_px), size_px=round(size_px),
@@ -435,4 +539,4 @@ def plan_slide(
                            height_px * mpp, grid_box)
     return SlidePlan(width_px=width_px, height_px=height_px, mpp=mpp, region_um=region_um,
                      label=int(label), regions=regions, filler_nests_um=filler, knobs=knobs,
-                     origin_px=(int(ox), int(oy)))
+                     origin_px=(int(ox), int(oy)), structure=structure)

@@ -196,6 +196,7 @@ def render_slide(plan: SlidePlan, seed: np.random.SeedSequence) -> Rendered:
     atyp_nest = np.concatenate([np.full(len(r.nests_um), r.nuclei == ATYPICAL) for r in regions]
                                + [np.zeros(len(filler_px), bool)])
     lumens_px = np.array([r.lumen_um for r in regions], np.float64).reshape(-1, 3) / mpp
+    lumens_px = lumens_px[lumens_px[:, 2] > 0]  # cords units have no lumen
     nest = soft_discs(shape, nests_px, 2.0 / mpp)
     lumen = soft_discs(shape, lumens_px, 1.5 / mpp)
     holes = soft_discs(shape, _holes(r_field, plan, np.concatenate([nests_px, lumens_px]) * mpp) / mpp,
