@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
         label_column: Annotated[str | None, Opt(
             "--label-column", help="Label column of --slide-labels (when it has several).")] = None,
         max_regions: Annotated[int, Opt("--max-regions", min=10, help="Most labelled regions probed.")] = 20000,
+        max_tiles: Annotated[int, Opt("--max-tiles", min=0, help="Most tiles per magnification for the single-tile ceiling (0 = off).")] = 12000,
         pretraining_regions: Annotated[int, Opt(
             "--pretraining-regions", min=1, help="Regions sampled for the reconstruction diagnostics.")] = 1024,
         min_overlap: Annotated[float, Opt(
@@ -131,6 +132,7 @@ def register(app: typer.Typer) -> None:
                                      properties=_split(properties) if properties else None, checkpoints=checkpoints,
                                      mil_dir=mil, probes=_split(probes), ceiling=ceiling,
                                      slide_labels=slide_labels, slide_label_column=label_column,
-                                     max_regions=max_regions, pretraining_regions=pretraining_regions,
+                                     max_regions=max_regions, max_tiles=max_tiles,
+                                     pretraining_regions=pretraining_regions,
                                      min_overlap=min_overlap, seed=seed)
         print_diagnostics(result)

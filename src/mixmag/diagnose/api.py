@@ -3,7 +3,8 @@
 Output folder::
 
     probes.csv, probes.png              region labels given: probe AUROC per feature set x property
-    ceiling.csv                         region labels given: slide AUROC of the best regions' probe scores
+    ceiling.csv                         region labels given: slide AUROC of the best regions' probe scores,
+                                        and of the best single tiles (``single-tiles-10x|20x`` rows)
     pretraining.csv, pretraining.png    checkpoints given: masked reconstruction vs baselines
     loss_curve_<role>.png               a checkpoint's run folder still holds metrics.jsonl
     attention.csv, attention_summary.csv, attention.png   region labels and a MIL run given
@@ -29,7 +30,10 @@ from mixmag.diagnose.dataset import ProbeData, collect_probe_data
 from mixmag.diagnose.labels import DEFAULT_MIN_OVERLAP, LabelTable, read_label_table
 from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostics
 from mixmag.diagnose.probes import PROBES, run_probes
+from mixmag.diagnose.tiles import DEFAULT_MAX_TILES, run_tile_ceiling
+from mixmag.io.features import FeatureFile
 from mixmag.io.h5common import FormatError
+from mixmag.region.data import feature_paths
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -90,9 +94,19 @@ def _probes(result: DiagnosticsResult, features: Path, table: LabelTable, checkp
 
 
 def _ceiling(result: DiagnosticsResult, data: ProbeData, slide_labels: Mapping[str, int] | None, *,
-             seed: int) -> None:
-    result.ceiling = run_ceiling(data.features, data.holds, data.properties, data.slide_ids,
-                                 slide_labels=slide_labels, seed=seed)
+             features: Path, table: LabelTable, min_overlap: float, max_tiles: int, seed: int) -> None:
+    region = run_ceiling(data.features, data.holds, data.properties, data.slide_ids,
+                         slide_labels=slide_labels, seed=seed)
+    parts = [region]
+    if max_tiles > 0:
+        # the single-magnification baselines score single tiles: their ceiling is over tiles, not
+        # over region means (every magnification with several tiles per region)
+        spec = FeatureFile(feature_paths(features)[0]).index.spec
+        mpps = [m for m in spec.mpps if spec.tiles_per_side(m) > 1]
+        if mpps:
+            parts.append(run_tile_ceiling(features, table, mpps=mpps, slide_labels=slide_labels,
+                                          min_overlap=min_overlap, max_tiles=max_tiles, seed=seed))
+    result.ceiling = pd.concat(parts, ignore_index=True)
     _write_csv(result, "ceiling", result.ceiling)
 
 
@@ -145,6 +159,7 @@ def run_diagnostics(
     slide_labels: str | os.PathLike[str] | Mapping[str, int] | None = None,
     slide_label_column: str | None = None,
     max_regions: int = 20000,
+    max_tiles: int = DEFAULT_MAX_TILES,
     pretraining_regions: int = 1024,
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     seed: int = 0,
@@ -172,6 +187,8 @@ def run_diagnostics(
             positive for a property when any of its labelled regions holds it.
         slide_label_column: Label column of a ``slide_labels`` table with several.
         max_regions: Most labelled regions used by the probes (seeded subsample above it).
+        max_tiles: Most tiles per magnification for the single-tile ceiling
+            (:mod:`mixmag.diagnose.tiles`); 0 turns it off.
         pretraining_regions: Regions sampled for the reconstruction diagnostics.
         min_overlap: Box coverage from which a region holds a property.
         seed: Seeds every sample, permutation and estimator.
@@ -194,7 +211,8 @@ def run_diagnostics(
         data = _probes(result, features, table, ckpts, probes=probes, min_overlap=min_overlap,
                        max_regions=max_regions, seed=seed)
         if ceiling:
-            _ceiling(result, data, slide_map, seed=seed)
+            _ceiling(result, data, slide_map, features=features, table=table, min_overlap=min_overlap,
+                     max_tiles=max_tiles, seed=seed)
         else:
             result.skipped["ceiling"] = "turned off (ceiling=False)"
     else:
@@ -210,7 +228,7 @@ def run_diagnostics(
     _write_summary(result, features=features, table=table, checkpoints=ckpts, mil_dir=mil_dir,
                    slide_labels=slide_labels,
                    settings={"probes": list(probes), "ceiling": ceiling, "slide_label_column": slide_label_column,
-                             "max_regions": max_regions, "pretraining_regions": pretraining_regions,
+                             "max_regions": max_regions, "max_tiles": max_tiles, "pretraining_regions": pretraining_regions,
                              "min_overlap": min_overlap, "seed": seed})
     return result
 

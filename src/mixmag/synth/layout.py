@@ -39,7 +39,9 @@ CELL_MARGIN_UM = 8.0  # keep every structure this far inside its cell
 # 20x tile is wide, so a 20x tile sees one short run of 2-3 nests, as in the scattered layout.
 CORD_GAP_UM = (115.0, 140.0)
 CORD_SPACING_UM = (38.0, 44.0)  # nests almost touch along a row: a continuous cord at 5x
-CORD_RUN = (3, 4)  # nests per run: a run spans ~110-180 µm, about one 20x tile
+CORD_RUN = (5, 6)  # nests per run: a run spans ~190-260 µm, longer than a 112-µm 20x tile
+CORD_SKIP = 2  # nests left out between runs of a row: a ~90-µm gap, so a 20x tile rarely sees
+# the next run of the same row, and runs end as often in the cords as in the scattered layout
 
 
 @dataclass(frozen=True)
@@ -393,7 +395,7 @@ def _plan_cords_unit(
             while stop < len(u) and inside[stop] and stop - start < sizes[start]:
                 stop += 1
             runs.append((xy[start:stop], radii[start:stop]))
-            start = stop
+            start = stop + CORD_SKIP
     sub = np.random.default_rng(rng.integers(2**63))  # only the scattered layout uses it
     lumen = (cx, cy, 0.0)
     if architecture == CORDS:
