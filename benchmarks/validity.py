@@ -96,6 +96,9 @@ PRESETS: dict[str, list[Setting]] = {
         # cords in 2x2-region cells: a 5x property that survives the region grid's offset
         Setting("cords32", regions=32, informative_fraction=0.2, structure="cords", cell_regions=2,
                 patients=80),
+        # the same with (almost) no distractor pairs: negatives hold k cords + k atypical cells only
+        Setting("cords32-few-distractors", regions=32, informative_fraction=0.2, distractor_fraction=0.05,
+                structure="cords", cell_regions=2, patients=80),
     ],
 }
 
