@@ -12,6 +12,7 @@ import pytest
 from mixmag.diagnose.api import run_diagnostics
 from mixmag.diagnose.labels import label_table_from_frame, read_label_table
 from mixmag.diagnose.tiles import (
+    _children,
     _tile_labels,
     collect_tile_data,
     run_tile_ceiling,
@@ -59,12 +60,25 @@ def test_single_tile_ceiling_finds_the_planted_tiles(cohort: Any) -> None:
     table = read_label_table(cohort.boxes_csv)
     slide_labels = dict(pd.read_csv(cohort.slide_labels_csv)[["slide_id", "label"]].itertuples(index=False))
     df = run_tile_ceiling(cohort.features_dir, table, mpps=[1.0, 0.5], slide_labels=slide_labels)
-    assert set(df["feature_set"]) == {single_tile_feature_set(1.0), single_tile_feature_set(0.5)} \
-        == {"single-tiles-10x", "single-tiles-20x"}
+    assert set(df["feature_set"]) == {single_tile_feature_set(1.0), single_tile_feature_set(0.5),
+                                      single_tile_feature_set(1.0, 0.5)} \
+        == {"single-tiles-10x", "single-tiles-20x", "single-tiles-10x+20x"}
     ring20 = _row(df, "single-tiles-20x", "ring")
     assert ring20["region_auroc"] > 0.8 and ring20["slide_auroc_top3"] > 0.85  # planted on 20x tokens
     assert _row(df, "single-tiles-20x", "atypical")["region_auroc"] < 0.65  # planted on the 5x token only
     assert _row(df, "single-tiles-10x", "ring")["region_auroc"] < 0.65  # nothing on the 10x tokens
+    assert _row(df, "single-tiles-10x+20x", "ring")["region_auroc"] > 0.8  # ... but on their 20x children
+
+
+def test_children_are_the_finest_tiles_inside_a_tile() -> None:
+    spec = RegionSpec()
+    layout = spec.layout()
+    kids = _children(spec, 1.0)
+    assert len(kids) == 4 and all(len(k) == 4 for k in kids.values())
+    top_left = min(kids, key=lambda t: tuple(layout.grid_rc[t]))
+    assert {tuple(layout.grid_rc[k]) for k in kids[top_left]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert np.isclose(layout.mpps[kids[top_left]], 0.5).all()
+    assert len(_children(spec, 2.0)[0]) == 16
 
 
 def test_subsample_is_one_rate_for_every_slide(cohort: Any) -> None:

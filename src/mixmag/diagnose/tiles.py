@@ -27,16 +27,27 @@ from mixmag.diagnose.labels import BOX_COLUMNS, LabelTable, box_coverage, label_
 from mixmag.io.features import FeatureFile
 from mixmag.io.regions import RegionIndex
 from mixmag.region.data import feature_paths
-from mixmag.tiling.spec import magnification_label
+from mixmag.tiling.spec import RegionSpec, magnification_label
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TILES = 12000
 
 
-def single_tile_feature_set(mpp: float) -> str:
-    """Name of the single-tile rows in ``ceiling.csv``, e.g. ``single-tiles-20x``."""
-    return f"single-tiles-{magnification_label(mpp)}"
+def single_tile_feature_set(mpp: float, children_mpp: float | None = None) -> str:
+    """Name of the single-tile rows in ``ceiling.csv``: ``single-tiles-20x``, or
+    ``single-tiles-10x+20x`` for 10x tiles with the mean of their 20x children."""
+    name = f"single-tiles-{magnification_label(mpp)}"
+    return name if children_mpp is None else f"{name}+{magnification_label(children_mpp)}"
+
+
+def _children(spec: RegionSpec, mpp: float) -> dict[int, np.ndarray]:
+    """``{token of mpp: tokens of the finest magnification inside its tile}``."""
+    layout = spec.layout()
+    fine = np.flatnonzero(np.isclose(layout.mpps, spec.finest_mpp))
+    factor = spec.tiles_per_side(spec.finest_mpp) // spec.tiles_per_side(mpp)
+    return {int(t): fine[np.all(layout.grid_rc[fine] // factor == layout.grid_rc[t], axis=1)]
+            for t in np.flatnonzero(np.isclose(layout.mpps, mpp))}
 
 
 def _tile_labels(table: LabelTable, index: RegionIndex, slide_id: str, tokens: np.ndarray,
@@ -66,7 +77,7 @@ def _tile_labels(table: LabelTable, index: RegionIndex, slide_id: str, tokens: n
 
 def collect_tile_data(
     features: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], table: LabelTable, *, mpp: float,
-    min_overlap: float = 0.5, max_tiles: int = DEFAULT_MAX_TILES, seed: int = 0,
+    min_overlap: float = 0.5, max_tiles: int = DEFAULT_MAX_TILES, seed: int = 0, with_children: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Embeddings and labels of the valid tiles of one magnification on labelled slides.
 
@@ -77,9 +88,12 @@ def collect_tile_data(
         min_overlap: Coverage of a tile from which it holds a property.
         max_tiles: Most tiles kept, by one uniform rate for every slide.
         seed: Seeds the subsample.
+        with_children: Append to each tile the mean embedding of the valid finest-magnification
+            tiles inside it (a 10x tile and its four 20x tiles: does the finer scale, *at the same
+            place*, add to the coarser one?). Tiles without a valid child are left out.
 
     Returns:
-        ``(x (N, D) float32, holds (N, P) bool, slide_ids (N,))``.
+        ``(x (N, D) float32, or (N, 2D) with children, holds (N, P) bool, slide_ids (N,))``.
 
     Raises:
         ValueError: No labelled slide, or the layout has no tiles at ``mpp``.
@@ -100,6 +114,9 @@ def collect_tile_data(
         if holds is None:
             continue
         valid = index.tile_valid[:, tokens]  # (R, t)
+        if with_children:
+            kids = _children(spec, mpp)
+            valid = valid & np.stack([index.tile_valid[:, kids[int(t)]].any(axis=1) for t in tokens], axis=1)
         r, j = np.nonzero(valid)
         found.append((ff, sid, r, tokens[j], holds[r, j]))
         total += len(r)
@@ -114,9 +131,16 @@ def collect_tile_data(
             continue
         rows = np.unique(r[keep])
         with ff:
-            x, _ = ff.read(rows)  # (len(rows), T, D)
-        pos = np.searchsorted(rows, r[keep])
-        xs.append(x[pos, t[keep]].astype(np.float32))
+            x, v = ff.read(rows)  # (len(rows), T, D)
+        pos, tok = np.searchsorted(rows, r[keep]), t[keep]
+        feat = x[pos, tok]
+        if with_children:
+            kids = _children(ff.index.spec, mpp)
+            child = np.stack([kids[int(k)] for k in tok])  # (n, c) token ids
+            w = v[pos[:, None], child].astype(np.float32)  # (n, c)
+            mean = np.einsum("nc,ncd->nd", w, x[pos[:, None], child]) / w.sum(axis=1, keepdims=True)
+            feat = np.concatenate([feat, mean], axis=1)
+        xs.append(feat.astype(np.float32))
         hs.append(h[keep])
         ids.append(np.full(len(keep), sid, dtype=object))
     if rate < 1.0:
@@ -132,6 +156,9 @@ def run_tile_ceiling(
 ) -> pd.DataFrame:
     """Slide ceiling of the linear probe over single tiles, one block of rows per magnification.
 
+    Every magnification coarser than the finest gets a second block, its tiles with the mean of
+    their finest-magnification children (``single-tiles-10x+20x``).
+
     Args:
         features: Feature folder, one file or a list of files.
         table: Region labels.
@@ -145,10 +172,13 @@ def run_tile_ceiling(
         Rows in the format of :func:`~mixmag.diagnose.ceiling.run_ceiling`, feature sets named by
         :func:`single_tile_feature_set`.
     """
+    finest = FeatureFile(feature_paths(features)[0]).index.spec.finest_mpp
     parts = []
     for mpp in mpps:
-        x, holds, ids = collect_tile_data(features, table, mpp=mpp, min_overlap=min_overlap, max_tiles=max_tiles,
-                                          seed=seed)
-        parts.append(run_ceiling({single_tile_feature_set(mpp): x}, holds, table.properties, ids,
-                                 slide_labels=slide_labels, seed=seed))
+        for children in (False, True) if mpp > finest else (False,):
+            x, holds, ids = collect_tile_data(features, table, mpp=mpp, min_overlap=min_overlap,
+                                              max_tiles=max_tiles, seed=seed, with_children=children)
+            name = single_tile_feature_set(mpp, finest if children else None)
+            parts.append(run_ceiling({name: x}, holds, table.properties, ids, slide_labels=slide_labels,
+                                     seed=seed))
     return pd.concat(parts, ignore_index=True)
