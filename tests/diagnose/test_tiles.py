@@ -96,6 +96,7 @@ def test_run_diagnostics_adds_single_tile_rows(cohort: Any, tmp_path: Any) -> No
                           probes=("linear",), max_tiles=2000)
     assert res.ceiling is not None
     assert {"tiles-20x", "single-tiles-20x", "single-tiles-10x"} <= set(res.ceiling["feature_set"])
+    assert (tmp_path / "d" / "ceiling.png").is_file()
     off = run_diagnostics(cohort.features_dir, out_dir=tmp_path / "e", region_labels=cohort.boxes_csv,
                           probes=("linear",), max_tiles=0)
     assert off.ceiling is not None and not off.ceiling["feature_set"].str.startswith("single-").any()

@@ -3,7 +3,7 @@
 Output folder::
 
     probes.csv, probes.png              region labels given: probe AUROC per feature set x property
-    ceiling.csv                         region labels given: slide AUROC of the best regions' probe scores,
+    ceiling.csv, ceiling.png            region labels given: slide AUROC of the best regions' probe scores,
                                         and of the best single tiles (``single-tiles-10x|20x`` rows)
     pretraining.csv, pretraining.png    checkpoints given: masked reconstruction vs baselines
     loss_curve_<role>.png               a checkpoint's run folder still holds metrics.jsonl
@@ -108,6 +108,10 @@ def _ceiling(result: DiagnosticsResult, data: ProbeData, slide_labels: Mapping[s
                                           min_overlap=min_overlap, max_tiles=max_tiles, seed=seed))
     result.ceiling = pd.concat(parts, ignore_index=True)
     _write_csv(result, "ceiling", result.ceiling)
+    if result.ceiling["slide_auroc_max"].notna().any():
+        from mixmag.report.diagnostics_plots import ceiling_heatmap
+
+        _write_png(result, "ceiling", ceiling_heatmap(result.ceiling))
 
 
 def _pretraining(result: DiagnosticsResult, features: Path, checkpoints: Mapping[str, Path], *, n_regions: int,

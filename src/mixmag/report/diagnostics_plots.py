@@ -18,40 +18,60 @@ def probe_heatmap(probes: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Feature sets (rows) x properties (columns) AUROC, one panel per probe.
 
     Each cell shows the AUROC and, below it in brackets, the shuffled-label control (chance);
-    skipped cells are grey. Colours span 0.5 (chance, white) to 1.0.
+    skipped cells are grey. Colours span 0.5 (chance) to 1.0.
 
     Args:
         probes: Columns ``feature_set, property, probe, auroc, auroc_shuffled``.
         title: Figure title.
     """
-    sets = list(dict.fromkeys(probes["feature_set"]))
-    props = list(dict.fromkeys(probes["property"]))
-    kinds = list(dict.fromkeys(probes["probe"]))
-    fig = new_figure(2.4 + 1.2 * len(props) * len(kinds) + 0.4 * len(kinds), 1.6 + 0.45 * len(sets))
+    return _auroc_grid(probes, value="auroc", bracket="auroc_shuffled", panels=[
+        (f"{k} probe", probes["probe"] == k) for k in dict.fromkeys(probes["probe"])],
+        colour_label="AUROC (shuffled control in brackets)",
+        title=title or "Which features hold the property? (slide-grouped CV AUROC)")
+
+
+def ceiling_heatmap(ceiling: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Slide AUROC ceiling per feature set (rows) and property (columns): best region, best 3 in brackets.
+
+    Args:
+        ceiling: The table of :func:`mixmag.diagnose.ceiling.run_ceiling` (``feature_set, property,
+            probe, slide_auroc_max, slide_auroc_top3``); ``single-tiles-*`` rows score single tiles.
+        title: Figure title.
+    """
+    return _auroc_grid(ceiling, value="slide_auroc_max", bracket="slide_auroc_top3", panels=[
+        (f"{k} probe", ceiling["probe"] == k) for k in dict.fromkeys(ceiling["probe"])],
+        colour_label="slide AUROC of the best region (best 3 in brackets)",
+        title=title or "Could a MIL model decide the slide from its best regions? (slide ceiling)")
+
+
+def _auroc_grid(df: pd.DataFrame, *, value: str, bracket: str, panels: list[tuple[str, pd.Series]],
+                colour_label: str, title: str) -> Figure:
+    """Rows ``feature_set`` x columns ``property`` of ``value`` (``bracket`` below it), one panel per mask."""
+    sets = list(dict.fromkeys(df["feature_set"]))
+    props = list(dict.fromkeys(df["property"]))
+    fig = new_figure(2.4 + 1.2 * len(props) * len(panels) + 0.4 * len(panels), 1.6 + 0.45 * len(sets))
     fig.set_layout_engine("constrained")  # long feature-set names, rotated labels, a shared colour bar
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     image = None
-    for ax, kind in zip(axes, kinds, strict=True):
-        sub = probes[probes["probe"] == kind]
-        auc = sub.pivot_table(index="feature_set", columns="property", values="auroc", dropna=False).reindex(
-            index=sets, columns=props)
-        ctrl = sub.pivot_table(index="feature_set", columns="property", values="auroc_shuffled",
-                               dropna=False).reindex(index=sets, columns=props)
-        values = auc.to_numpy(dtype=float)
+    for ax, (name, mask) in zip(axes, panels, strict=True):
+        sub = df[mask]
+        grid = {col: sub.pivot_table(index="feature_set", columns="property", values=col, dropna=False).reindex(
+            index=sets, columns=props).to_numpy(dtype=float) for col in (value, bracket)}
+        values = grid[value]
         image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
         ax.set_facecolor("#dddddd")
         for i in range(len(sets)):
             for j in range(len(props)):
-                v, c = values[i, j], ctrl.to_numpy(dtype=float)[i, j]
+                v, c = values[i, j], grid[bracket][i, j]
                 text = "skipped" if np.isnan(v) else f"{v:.2f}\n({c:.2f})"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="black" if np.isnan(v) or v > 0.8 else "white")
         ax.set_xticks(range(len(props)), props, rotation=30, ha="right")
         ax.set_yticks(range(len(sets)), sets if ax is axes[0] else [""] * len(sets))
-        ax.set_title(f"{kind} probe")
+        ax.set_title(name)
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label="AUROC (shuffled control in brackets)", shrink=0.8)
-    fig.suptitle(title or "Which features hold the property? (slide-grouped CV AUROC)")
+        fig.colorbar(image, ax=list(axes), label=colour_label, shrink=0.8)
+    fig.suptitle(title)
     return fig
 
 

@@ -93,11 +93,16 @@ def add_diagnostics_section(report: Report, folder: str | os.PathLike[str]) -> S
                   collapsed="Probe table")
     if ceiling is not None:
         sec.heading("Slide ceiling: could a MIL model decide the slide from its best regions?")
-        sec.table(ceiling, caption="Slide AUROC when each slide is scored by its best regions under a "
-                  "region-supervised probe: near 1, the features can decide the slide and a lower MIL AUROC "
-                  "points at MIL training; near 0.5–0.7, no MIL head can be expected to do much better. "
-                  "`single-tiles-*` rows score single tiles (what AB-MIL over one magnification can use); "
-                  "a region-mean row well above them means pooling a region's tiles adds information.")
+        caption = ("Slide AUROC when each slide is scored by its best regions under a region-supervised probe: "
+                   "near 1, the features can decide the slide and a lower MIL AUROC points at MIL training; "
+                   "near 0.5–0.7, no MIL head can be expected to do much better. `single-tiles-*` rows score "
+                   "single tiles (what AB-MIL over one magnification can use); a region-mean row well above "
+                   "them means pooling a region's tiles adds information.")
+        if (root / "ceiling.png").is_file():
+            sec.figure(root / "ceiling.png", caption=caption + " Best region, best three in brackets.")
+            sec.table(ceiling, caption="The same numbers with the probe's region AUROC.", collapsed="Ceiling table")
+        else:
+            sec.table(ceiling, caption=caption)
     if attention is not None:
         sec.heading("Attention: does the trained model look at the labelled regions?")
         sec.table(attention, caption="Attention mass on regions that hold the property, against the share "
