@@ -11,6 +11,11 @@ random, and the same lumen elsewhere in the cell).
 Independently the unit's epithelial nuclei are **atypical** (granular chromatin) or **normal**.
 A slide is positive when at least one cell is ring + atypical ("informative"); negatives hold the
 same number of ring cells and of atypical cells, but never in the same cell.
+
+That is the ``rosette`` structure. The ``cords`` structure (:data:`STRUCTURES`) replaces the ring by
+parallel dashed rows of nests filling the cell and its broken counterpart by the same runs
+scattered; it is meant for cells of several regions (``cell_regions`` of
+:func:`mixmag.synth.make_synthetic_cohort`), whose property survives any offset of the region grid.
 """
 
 from __future__ import annotations
@@ -359,12 +364,13 @@ def _plan_cords_unit(
 ) -> tuple[tuple[float, float], float, tuple[float, float, float], np.ndarray]:
     """Draw one *cords* unit filling a cell: parallel rows of nests, or the same runs scattered.
 
-    ``CORDS``: rows 115-140 µm apart at one random angle, nests 48-58 µm apart along a row, all
-    across the cell, so any 448-µm window that holds most of the cell shows long parallel rows
-    wherever the region grid cuts it. ``SCATTERED``: the same rows cut into runs of 2-3
-    consecutive nests, each moved and turned at random. A 112-µm 20x tile sees one run of 2-3
-    nests either way; a 224-µm 10x or 448-µm 5x tile sees whether the runs line up. There is no
-    lumen. The random draws are the same for both architectures up to the scattering.
+    ``CORDS``: rows 115-140 µm apart at one random angle across the whole cell, each a dashed
+    line of runs of 5-6 almost touching nests (38-44 µm apart) with two nests left out between
+    runs, so any 448-µm window that holds most of the cell shows parallel rows wherever the region
+    grid cuts it. ``SCATTERED``: the same runs, each moved and turned at random. A 112-µm 20x tile
+    sees a piece of one straight run either way, and runs end as often in both; a 224-µm 10x or
+    448-µm 5x tile sees whether the runs line up. There is no lumen. The random draws are the same
+    for both architectures up to the scattering (docs/concepts/synthetic-cohort.md).
 
     Returns (centre, half-extent, lumen (x, y, 0), nests (n, 3)) in slide µm.
     """
