@@ -31,9 +31,7 @@ from mixmag.diagnose.labels import DEFAULT_MIN_OVERLAP, LabelTable, read_label_t
 from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostics
 from mixmag.diagnose.probes import PROBES, run_probes
 from mixmag.diagnose.tiles import DEFAULT_MAX_TILES, run_tile_ceiling
-from mixmag.io.features import FeatureFile
 from mixmag.io.h5common import FormatError
-from mixmag.region.data import feature_paths
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -100,13 +98,10 @@ def _ceiling(result: DiagnosticsResult, data: ProbeData, slide_labels: Mapping[s
     parts = [region]
     if max_tiles > 0:
         # the single-magnification baselines score single tiles: their ceiling is over tiles, not
-        # over region means (every magnification with several tiles per region)
-        spec = FeatureFile(feature_paths(features)[0]).index.spec
-        mpps = [m for m in spec.mpps if spec.tiles_per_side(m) > 1]
-        if mpps:
-            parts.append(run_tile_ceiling(features, table, mpps=mpps, slide_labels=slide_labels,
-                                          min_overlap=min_overlap, max_tiles=max_tiles, seed=seed))
-    result.ceiling = pd.concat(parts, ignore_index=True)
+        # over region means
+        parts.append(run_tile_ceiling(features, table, slide_labels=slide_labels, min_overlap=min_overlap,
+                                      max_tiles=max_tiles, seed=seed))
+    result.ceiling = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     _write_csv(result, "ceiling", result.ceiling)
     if result.ceiling["slide_auroc_max"].notna().any():
         from mixmag.report.diagnostics_plots import ceiling_heatmap

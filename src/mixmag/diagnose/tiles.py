@@ -15,6 +15,7 @@ region rows (not boxes) gives every tile its region's label.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mixmag.diagnose.ceiling import run_ceiling
+from mixmag.diagnose.ceiling import CEILING_COLUMNS, run_ceiling
 from mixmag.diagnose.labels import BOX_COLUMNS, LabelTable, box_coverage, label_regions
 from mixmag.io.features import FeatureFile
 from mixmag.io.regions import RegionIndex
@@ -41,6 +42,7 @@ def single_tile_feature_set(mpp: float, children_mpp: float | None = None) -> st
     return name if children_mpp is None else f"{name}+{magnification_label(children_mpp)}"
 
 
+@functools.lru_cache(maxsize=16)
 def _children(spec: RegionSpec, mpp: float) -> dict[int, np.ndarray]:
     """``{token of mpp: tokens of the finest magnification inside its tile}``."""
     layout = spec.layout()
@@ -151,7 +153,7 @@ def collect_tile_data(
 
 def run_tile_ceiling(
     features: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], table: LabelTable, *,
-    mpps: Sequence[float], slide_labels: Mapping[str, int] | None = None, min_overlap: float = 0.5,
+    mpps: Sequence[float] | None = None, slide_labels: Mapping[str, int] | None = None, min_overlap: float = 0.5,
     max_tiles: int = DEFAULT_MAX_TILES, seed: int = 0,
 ) -> pd.DataFrame:
     """Slide ceiling of the linear probe over single tiles, one block of rows per magnification.
@@ -162,7 +164,8 @@ def run_tile_ceiling(
     Args:
         features: Feature folder, one file or a list of files.
         table: Region labels.
-        mpps: Tile resolutions to evaluate (e.g. ``[1.0, 0.5]`` for 10x and 20x).
+        mpps: Tile resolutions to evaluate (e.g. ``[1.0, 0.5]`` for 10x and 20x); default every
+            magnification with more than one tile per region (a single tile is the region).
         slide_labels: ``{slide_id: 0/1}``; default "any tile holds the property".
         min_overlap: Coverage of a tile from which it holds a property.
         max_tiles: Most tiles per magnification.
@@ -172,7 +175,10 @@ def run_tile_ceiling(
         Rows in the format of :func:`~mixmag.diagnose.ceiling.run_ceiling`, feature sets named by
         :func:`single_tile_feature_set`.
     """
-    finest = FeatureFile(feature_paths(features)[0]).index.spec.finest_mpp
+    spec = FeatureFile(feature_paths(features)[0]).index.spec
+    finest = spec.finest_mpp
+    if mpps is None:
+        mpps = [m for m in spec.mpps if spec.tiles_per_side(m) > 1]
     parts = []
     for mpp in mpps:
         for children in (False, True) if mpp > finest else (False,):
@@ -181,4 +187,4 @@ def run_tile_ceiling(
             name = single_tile_feature_set(mpp, finest if children else None)
             parts.append(run_ceiling({name: x}, holds, table.properties, ids, slide_labels=slide_labels,
                                      seed=seed))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CEILING_COLUMNS))

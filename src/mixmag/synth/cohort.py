@@ -42,12 +42,12 @@ import numpy as np
 from mixmag.io.manifest import Manifest, Status
 from mixmag.synth.layout import (
     RING,
-    STRUCTURES,
     Composition,
     Knobs,
     SlidePlan,
     knobs_from_difficulty,
     plan_slide,
+    structure_spec,
 )
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.hashing import sha256_text
@@ -175,7 +175,7 @@ def grid_for(n_regions: int, cell_regions: int = 1) -> tuple[int, int]:
 
 def _organised(params: dict[str, Any]) -> str:
     """The organised architecture of the cohort's structure (``ring`` for rosettes)."""
-    return STRUCTURES[params.get("structure", "rosette")][0]
+    return structure_spec(params.get("structure", "rosette"))[0]
 
 
 def _knobs(params: dict[str, Any]) -> Knobs:
@@ -218,8 +218,7 @@ def _plan(job: _Job, params: dict[str, Any]) -> tuple[SlidePlan, np.random.SeedS
         composition = Composition(params["informative_fraction"], params.get("distractor_fraction"))
     plan = plan_slide(rng, label=job.label, width_px=width, height_px=height, mpp=mpp,
                       region_um=params["region_um"] * params.get("cell_regions", 1), knobs=_knobs(params),
-                      composition=composition,
-                      origin_px=origin, structure=structure)
+                      composition=composition, origin_px=origin, structure=structure)
     return plan, paint_seed
 
 
@@ -295,7 +294,7 @@ def _jobs(out: Path, params: dict[str, Any]) -> tuple[list[_Job], list[_Job]]:
 
 def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tuple[int, int],
               mpp: float | Sequence[float], n_unlabeled: int, n_levels: int, regions: int | None,
-              stain_jitter: float | None, cell_regions: int = 1) -> None:
+              stain_jitter: float | None, structure: str | None = None, cell_regions: int = 1) -> None:
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
     if not 0.0 <= prevalence <= 1.0:
@@ -313,6 +312,11 @@ def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tup
         grid_for(regions, cell_regions)  # raises for too few regions
     elif cell_regions != 1:
         raise ValueError("cell_regions needs the realistic layout (`regions`)")
+    if structure is not None:
+        structure_spec(structure)  # raises for an unknown name
+        if structure != "rosette" and regions is None:
+            raise ValueError(f"structure {structure!r} needs the realistic layout (`regions`); the aligned "
+                             "layout keeps the demo's rosettes")
     if stain_jitter is not None and not 0.0 <= stain_jitter <= 0.5:
         raise ValueError(f"stain_jitter must lie in [0, 0.5], got {stain_jitter}")
     if n_unlabeled < 0 or n_levels < 1:
@@ -372,7 +376,7 @@ def make_synthetic_cohort(
         stain_jitter: Per-slide relative stain variation; None = from ``difficulty``.
         structure: What the 5x property looks like (realistic layout only): ``"rosette"`` (None;
             one ring of nests per cell, vs the ring broken into arcs) or ``"cords"`` (parallel rows
-            of nests filling the cell, vs the same 2-3-nest runs scattered), which survives any
+            of nests filling the cell, vs the same runs scattered), which survives any
             offset of the region grid (see docs/concepts/synthetic-cohort.md).
         cell_regions: Side of a structure cell in regions (realistic layout only): 2 makes every
             tissue unit 2x2 regions, so most tiled regions lie inside one unit, as regions inside
@@ -394,13 +398,8 @@ def make_synthetic_cohort(
             different parameters and ``overwrite`` is False.
     """
     _validate(n_slides, prevalence, difficulty, slide_px, mpp, n_unlabeled, n_levels, regions, stain_jitter,
-              cell_regions)
+              structure, cell_regions)
     Composition(informative_fraction, distractor_fraction)  # validates the fractions
-    if structure is not None and structure not in STRUCTURES:
-        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
-    if structure not in (None, "rosette") and regions is None:
-        raise ValueError(f"structure {structure!r} needs the realistic layout (`regions`); the aligned "
-                         "layout keeps the demo's rosettes")
     mpp = float(mpp) if isinstance(mpp, (int, float)) else [float(m) for m in mpp]
     out = Path(out_dir).resolve()
     region_px = region_um / mpp if isinstance(mpp, float) else 0.0

@@ -40,10 +40,10 @@ NEST_RADIUS_UM = (15.0, 22.0)
 NEST_SPACING_UM = (48.0, 58.0)  # centre-to-centre along the ring
 LUMEN_FRACTION = (0.35, 0.5)  # lumen radius / ring radius
 CELL_MARGIN_UM = 8.0  # keep every structure this far inside its cell
-# Cords: parallel rows of nests across the whole cell. The rows are further apart than a 112-µm
-# 20x tile is wide, so a 20x tile sees one short run of 2-3 nests, as in the scattered layout.
+# Cords: parallel dashed rows of nests across the whole cell. The rows are further apart than a
+# 112-µm 20x tile is wide, so a 20x tile sees a piece of one run, as in the scattered layout.
 CORD_GAP_UM = (115.0, 140.0)
-CORD_SPACING_UM = (38.0, 44.0)  # nests almost touch along a row: a continuous cord at 5x
+CORD_SPACING_UM = (38.0, 44.0)  # nests almost touch along a run
 CORD_RUN = (5, 6)  # nests per run: a run spans ~190-260 µm, longer than a 112-µm 20x tile
 CORD_SKIP = 2  # nests left out between runs of a row: a ~90-µm gap, so a 20x tile rarely sees
 # the next run of the same row, and runs end as often in the cords as in the scattered layout
@@ -220,7 +220,7 @@ class SlidePlan:
     @property
     def organised(self) -> str:
         """Name of this slide's organised (5x-visible) architecture, e.g. ``"ring"``."""
-        return STRUCTURES[self.structure][0]
+        return structure_spec(self.structure)[0]
 
     @property
     def n_informative(self) -> int:
@@ -391,7 +391,7 @@ def _plan_cords_unit(
         xy = np.stack([cx + u * along[0] + w * across[0], cy + u * along[1] + w * across[1]], 1)
         inside = np.all((xy - radii[:, None] >= lo) & (xy + radii[:, None] <= hi), axis=1)
         sizes = rng.integers(CORD_RUN[0], CORD_RUN[1] + 1, size=len(u))
-        # runs of consecutive nests inside the cell, cut into pieces of 2-3
+        # runs of CORD_RUN consecutive nests inside the cell, CORD_SKIP nests apart
         start = 0
         while start < len(u):
             if not inside[start]:
@@ -428,6 +428,17 @@ STRUCTURES: dict[str, tuple[str, UnitPlanner]] = {
     "rosette": (RING, _plan_unit),
     "cords": (CORDS, _plan_cords_unit),
 }
+
+
+def structure_spec(structure: str) -> tuple[str, UnitPlanner]:
+    """(organised architecture, unit planner) of a :data:`STRUCTURES` key.
+
+    Raises:
+        ValueError: Unknown structure (the message lists the known ones).
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
+    return STRUCTURES[structure]
 
 
 def _filler_nests(rng: np.random.Generator, plan_w_um: float, plan_h_um: float,
@@ -516,9 +527,7 @@ def plan_slide(
     Raises:
         ValueError: When the slide has fewer than two full grid cells, or ``structure`` is unknown.
     """
-    if structure not in STRUCTURES:
-        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
-    organised, plan_unit = STRUCTURES[structure]
+    organised, plan_unit = structure_spec(structure)
     ox, oy = origin_px
     rows, cols = grid_shape(width_px - ox, height_px - oy, mpp, region_um)
     n_cells = rows * cols
