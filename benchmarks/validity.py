@@ -59,6 +59,8 @@ class Setting:
         structure: What the 5x property looks like: ``rosette`` (one ring per 448-µm cell) or
             ``cords`` (parallel rows of nests filling the cell; survives any region-grid offset).
         cell_regions: Side of a structure cell in regions (2 = each unit spans 2x2 regions).
+        aligned: Put the structure cells exactly on the tiling grid (the demo's layout, no random
+            offset) in a grid of ``regions`` cells (the most nearly square); rosettes only.
     """
 
     name: str
@@ -72,12 +74,19 @@ class Setting:
     difficulty: float = 0.3
     structure: str = "rosette"
     cell_regions: int = 1
+    aligned: bool = False
 
     def cohort_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`mixmag.synth.make_synthetic_cohort` (without seed/out)."""
         common = {"n_slides": self.patients, "n_unlabeled": self.unlabeled, "difficulty": self.difficulty}
         if self.regions <= 2:  # the aligned layout: one ring-ish and one atypia-ish region per slide
             return {**common, "slide_px": (1792, 896), "mpp": self.mpp[0]}
+        if self.aligned:
+            from mixmag.synth.cohort import aligned_slide_px
+
+            return {**common, "slide_px": aligned_slide_px(self.regions, self.mpp[0]), "mpp": self.mpp[0],
+                    "informative_fraction": self.informative_fraction,
+                    "distractor_fraction": self.distractor_fraction, "stain_jitter": self.stain_jitter}
         return {**common, "regions": self.regions, "informative_fraction": self.informative_fraction,
                 "distractor_fraction": self.distractor_fraction, "stain_jitter": self.stain_jitter,
                 "structure": self.structure, "cell_regions": self.cell_regions,
@@ -97,6 +106,8 @@ PRESETS: dict[str, list[Setting]] = {
         Setting("cords32", regions=32, informative_fraction=0.2, structure="cords", cell_regions=2,
                 patients=80),
         # the same with (almost) no distractor pairs: negatives hold k cords + k atypical cells only
+        # the demo's aligned layout (structures centred on the tiled regions) with 8 regions per slide
+        Setting("aligned8", regions=8, informative_fraction=0.125, aligned=True, patients=80, unlabeled=20),
         Setting("cords32-few-distractors", regions=32, informative_fraction=0.2, distractor_fraction=0.05,
                 structure="cords", cell_regions=2, patients=80),
     ],

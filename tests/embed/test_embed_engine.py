@@ -109,7 +109,11 @@ def test_resume_checks_provenance_not_existence(tmp_path, kit) -> None:
     out = tmp_path / "feats"
     embed_slides(src, out, **kit.run)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    # a run killed while rewriting the manifest left its temp file; no slide of it is redone
+    leftover = out / ".manifest.csv.k1ll3d.999999999.tmp"
+    leftover.write_text("slide_id,status\n")
     again = embed_slides(src, out, **kit.run)
+    assert not leftover.exists()
     assert sorted(again.skipped) == ["a", "b"] and not again.ok and again.n_tiles == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == mtimes
     # slide b was re-scanned (new slide hash -> new region index): only b is recomputed

@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixmag.utils.atomic import pid_alive
+
 logger = logging.getLogger(__name__)
 
 CLAIM_DIR = ".claims"
@@ -50,16 +52,6 @@ class ClaimOwner:
     def current(cls) -> ClaimOwner:
         """Owner identity of the calling process (a fresh token per call)."""
         return cls(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 class ClaimBoard:
@@ -104,7 +96,7 @@ class ClaimBoard:
             if pid == self.owner.pid:
                 # our pid: ours if the token matches, otherwise a dead run whose pid we inherited
                 return info.get("token") != self.owner.token
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
         return age > self.stale_after_s
 

@@ -42,6 +42,7 @@ from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
 from mixmag.encoders import TileEncoder, build_encoder
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
+from mixmag.utils.atomic import remove_stale_temp_files
 from mixmag.utils.device import resolve_device
 from mixmag.utils.malloc import HeapTrimmer
 
@@ -235,6 +236,10 @@ def embed_slides(
         enc.cast_weights_for_autocast()
     jobs = discover_jobs(region_dir, out, shard)
     check_folder(out, enc.provenance(), overwrite=overwrite)
+    # leftovers of killed runs (manifest/stamp writes, slides no run will revisit); a live writer's
+    # files are kept, and a slide's own temp files are removed again once it is claimed
+    if n := remove_stale_temp_files(out, stale_after_s=None):
+        logger.info("removed %d unfinished temporary file(s) of killed runs from %s", n, out)
     summary = EmbedSummary(out_dir=out, encoder=enc.meta.key)
     claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
     logger.info("decoding: %s", f"{decode.workers} worker process(es)" if decode.workers

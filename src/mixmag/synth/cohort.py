@@ -173,6 +173,19 @@ def grid_for(n_regions: int, cell_regions: int = 1) -> tuple[int, int]:
     return rows, cols
 
 
+def aligned_slide_px(n_regions: int, mpp: float, region_um: float = 448.0) -> tuple[int, int]:
+    """Level-0 (width, height) of an aligned-layout slide holding exactly ``n_regions`` cells.
+
+    The grid is ``rows x cols`` with ``rows`` the largest divisor of ``n_regions`` not above its
+    square root (8 -> 2 x 4, 9 -> 3 x 3, 12 -> 3 x 4), each cell ``region_um`` at ``mpp``.
+    """
+    if n_regions < 2:
+        raise ValueError(f"an aligned slide needs at least 2 regions, got {n_regions}")
+    rows = max(d for d in range(1, math.isqrt(n_regions) + 1) if n_regions % d == 0)
+    side_px = round(region_um / mpp)
+    return n_regions // rows * side_px, rows * side_px
+
+
 def _organised(params: dict[str, Any]) -> str:
     """The organised architecture of the cohort's structure (``ring`` for rosettes)."""
     return structure_spec(params.get("structure", "rosette"))[0]

@@ -45,9 +45,9 @@ from mixmag.tiling.extract import ReadPlan, RegionTileReader, plan_region_read
 from mixmag.tiling.grid import build_region_index, grid_coords
 from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
 from mixmag.tiling.qc import write_qc
-from mixmag.tiling.resume import complete_region_count, remove_stale_tmp
+from mixmag.tiling.resume import complete_region_count
 from mixmag.tiling.spec import RegionSpec, magnification_label
-from mixmag.utils.atomic import atomic_write_json
+from mixmag.utils.atomic import atomic_write_json, remove_stale_temp_files
 from mixmag.utils.env import git_sha
 from mixmag.utils.hashing import quick_file_hash, sha256_text
 
@@ -347,7 +347,7 @@ def tile_slides(
         raise ValueError(f"no slides found in {', '.join(map(str, inputs))}")
     for sub in ("regions", "qc", "tissue"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        if n := remove_stale_tmp(out / sub):
+        if n := remove_stale_temp_files(out / sub):
             logger.info("removed %d unfinished temporary file(s) from %s", n, out / sub)
     atomic_write_json(out / "tile_run.json", {
         "inputs": [str(i) for i in inputs], "n_slides": len(jobs), "spec": spec.to_dict(),

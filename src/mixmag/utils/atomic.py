@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,11 +75,45 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Delete leftover ``*.tmp`` files from killed writers in ``folder``; return how many."""
+STALE_TMP_SECONDS = 60.0
+"""A temporary file untouched this long is stale even if a process with its pid is alive (pids are
+reused, and writers on other hosts of a shared filesystem are invisible)."""
+
+_TMP_PID = re.compile(r"\.(\d+)" + re.escape(TMP_MARKER) + "$")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists on this host (also when another user owns it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], *,
+                            stale_after_s: float | None = STALE_TMP_SECONDS) -> int:
+    """Delete ``.*.tmp`` leftovers of killed writers in ``folder``; return how many.
+
+    A temporary file (or checkpoint folder) is a leftover when the pid in its name is not alive on
+    this host, or, unless ``stale_after_s`` is None, when it was untouched for ``stale_after_s``
+    seconds. Files of a live writer on this machine are kept, so two runs may share a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
     removed = 0
-    for tmp in Path(folder).glob(f".*{TMP_MARKER}"):
+    now = time.time()
+    for tmp in root.glob(f".*{TMP_MARKER}"):
+        match = _TMP_PID.search(tmp.name)
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed += 1
+            dead = match is None or not pid_alive(int(match.group(1)))
+            if dead or (stale_after_s is not None and now - tmp.stat().st_mtime > stale_after_s):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink()
+                removed += 1
     return removed
