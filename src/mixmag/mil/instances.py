@@ -7,6 +7,9 @@ Three sources cover the paper's comparison (docs/concepts/evaluation.md):
 - ``tokens``: every valid token of every region after the region encoder, ``(Σ valid, W)``
   (``mix-random|mem|cmem``): contextualised 5x, 10x and 20x tokens side by side.
 - ``cls``: one CLS vector per region, ``(R, W)`` (``mix-mem-cls``): ~16x shorter than 20x tiles.
+- ``concat``: one vector per region, the mean valid tile of each magnification concatenated,
+  ``(R, M * D)`` (``abmil-ms-concat``): multi-scale without a transformer, the baseline that
+  tells whether the mixing encoder adds anything over seeing the scales side by side.
 
 A source works in two steps so that data preparation stays on the CPU and the encoder runs inside
 the model's forward pass (which is what makes end-to-end fine-tuning possible):
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixmag.errors import MixmagValueError
 from mixmag.mil.data import BagRegions
 from mixmag.registry import Registry
 from mixmag.tiling.spec import RegionSpec, magnification_label, parse_magnification
@@ -139,7 +143,7 @@ class TileSource(InstanceSource):
             if math.isclose(mpp, self.mpp, rel_tol=1e-6):
                 return sl
         have = ", ".join(magnification_label(m) for m in spec.mpps)
-        raise ValueError(f"the features have no {self.magnification} tokens (they have {have})")
+        raise MixmagValueError(f"the features have no {self.magnification} tokens (they have {have})")
 
     def prepare(self, bag: BagRegions, *, limit: int | None = None,
                 rng: np.random.Generator | None = None) -> ModelInput:
@@ -235,3 +239,50 @@ class TokenMeanSource(_RegionSource):
         mean = (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
         region = torch.as_tensor(inp.region, device=mean.device)
         return Instances(mean, region, torch.full_like(region, -1))
+
+
+@INSTANCE_SOURCES.register("concat")
+class ScaleConcatSource(InstanceSource):
+    """One vector per region: its mean valid tile of each magnification, concatenated (no encoder).
+
+    Args:
+        magnification: The magnifications to concatenate, joined by ``+`` in this order
+            (``"5x+10x+20x"``; labels or exact resolutions as for ``tiles``).
+    """
+
+    def __init__(self, *, magnification: str | None = None) -> None:
+        if not magnification or "+" not in magnification:
+            raise MixmagValueError("the concat source needs two or more magnifications joined by '+', "
+                                   "e.g. '5x+10x+20x'")
+        super().__init__(magnification=magnification)
+        self.parts = [TileSource(magnification=m.strip()) for m in magnification.split("+")]
+
+    def prepare(self, bag: BagRegions, *, limit: int | None = None,
+                rng: np.random.Generator | None = None) -> ModelInput:
+        """(R, M * D) regions with a valid tile, each magnification averaged over its valid tiles.
+
+        A magnification with no valid tile in a kept region is averaged over all its tiles
+        (invalid tiles are still embedded, docs/formats/region-index.md), so every kept region has
+        all M parts.
+        """
+        slices = [part._slice(bag.spec) for part in self.parts]
+        rows = np.flatnonzero(np.any([bag.valid[:, sl].any(axis=1) for sl in slices], axis=0))
+        rows = rows[_subsample(len(rows), limit, rng)]
+        means = []
+        for sl in slices:
+            feats = bag.feats[rows, sl].astype(np.float32)
+            valid = bag.valid[rows, sl]
+            weight = np.where(valid.any(axis=1, keepdims=True), valid, True).astype(np.float32)[..., None]
+            means.append((feats * weight).sum(axis=1) / weight.sum(axis=1))
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate(means, axis=1)))
+        return ModelInput(x=x, valid=None, region=rows.astype(np.int64), token=np.full(len(rows), -1, np.int64))
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """The concatenated region vectors themselves."""
+        assert inp.token is not None
+        dev = inp.x.device
+        return Instances(inp.x, torch.as_tensor(inp.region, device=dev), torch.as_tensor(inp.token, device=dev))
+
+    def instance_dim(self, tile_dim: int, encoder: nn.Module | None) -> int:
+        """``M * D``: one tile embedding per magnification."""
+        return tile_dim * len(self.parts)

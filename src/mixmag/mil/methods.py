@@ -67,6 +67,8 @@ _TABLE: dict[str, MethodSpec] = {
     "mix-mem-cls": MethodSpec("cls", encoder="mem", description="MEM-pretrained encoder, one CLS per region, fine-tuned"),
     "mix-mem-mean": MethodSpec("mean", encoder="mem",
                                description="MEM-pretrained encoder, one mean output token per region, fine-tuned"),
+    "abmil-ms-concat": MethodSpec("concat", "5x+10x+20x",
+                                  description="AB-MIL over regions as [mean 5x, mean 10x, mean 20x tile] (no encoder)"),
     "mix-random-mean": MethodSpec("mean", encoder="random", fresh_if_missing=True,
                                   description="randomly initialised encoder, one mean output token per region, fine-tuned"),
 }
