@@ -5,12 +5,14 @@ foundation-model tile embeddings (:mod:`mixmag.embed`) -> region-level mixing tr
 with MEM/CMEM (:mod:`mixmag.region`) -> AB-MIL biomarker prediction and evaluation
 (:mod:`mixmag.mil`, :mod:`mixmag.evaluate`) -> heatmaps and a report (:mod:`mixmag.report`).
 
-Heavy sub-packages are imported lazily: ``import mixmag`` is cheap.
+Heavy sub-packages are imported lazily: ``import mixmag`` is cheap. Every error mixmag raises for a
+person to act on derives from :class:`MixmagError` (see :mod:`mixmag.errors`).
 """
 
 from __future__ import annotations
 
 from mixmag._version import __version__
+from mixmag.errors import MixmagError
 from mixmag.tiling.spec import RegionSpec
 from mixmag.utils.lazy import lazy_getattr
 
@@ -36,7 +38,7 @@ _LAZY: dict[str, str] = {
     "make_synthetic_cohort": "mixmag.synth.cohort",
 }
 
-__all__ = ["RegionSpec", "__version__", *_LAZY]
+__all__ = ["MixmagError", "RegionSpec", "__version__", *_LAZY]
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

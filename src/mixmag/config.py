@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
@@ -221,14 +223,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``section.key=value`` overrides to a nested dict (in place) and return it."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise MixmagValueError(f"override {item!r} must look like section.key=value")
         dotted, value = item.split("=", 1)
         node = data
         keys = dotted.strip().split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {key!r} is not a section")
+                raise MixmagValueError(f"override {item!r}: {key!r} is not a section")
         node[keys[-1]] = _parse_scalar(value)
     return data
 
@@ -239,10 +241,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"config file {p} does not exist; create one with `mixmag config init {p}`")
+            raise MixmagFileNotFoundError(f"config file {p} does not exist; create one with `mixmag config init {p}`")
         loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{p}: the top level of a study config must be a mapping of sections")
+            raise MixmagValueError(f"{p}: the top level of a study config must be a mapping of sections")
         data = loaded or {}
     apply_overrides(data, overrides or [])
     return PipelineConfig.model_validate(data)

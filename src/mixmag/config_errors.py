@@ -23,9 +23,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mixmag.config import PipelineConfig, load_config
+from mixmag.errors import MixmagValueError
 
 
-class ConfigError(ValueError):
+class ConfigError(MixmagValueError):
     """A study-config problem, already formatted for a person (one line per problem)."""
 
 

@@ -1,8 +1,10 @@
 """One generic registry used for slide readers, tile encoders, region encoders and MIL heads.
 
 Entries are registered with a decorator next to their implementation and carry a frozen metadata
-object. Looking up an unknown key raises a :class:`KeyError` that lists close matches, so a typo in a
-config file produces one actionable message instead of a stack trace.
+object. Looking up an unknown key raises a :class:`~mixmag.errors.MixmagKeyError` (a ``KeyError``)
+that lists close matches, so a typo in a config file produces one actionable message instead of a
+stack trace. Registering a malformed or duplicate key is a programming error and stays a builtin
+``ValueError``.
 Third-party packages can add entries through ``importlib.metadata`` entry points
 (e.g. group ``"mixmag.encoders"``); they are loaded lazily on the first lookup miss or listing.
 """
@@ -15,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
+
+from mixmag.errors import MixmagKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class Registry(Generic[T]):
                 logger.warning("could not load %s plugin %r: %s", self.kind, ep.name, exc)
 
     def entry(self, key: str) -> RegistryEntry[T]:
-        """Return the entry for ``key`` or raise ``KeyError`` listing close matches."""
+        """Return the entry for ``key`` or raise :class:`~mixmag.errors.MixmagKeyError` listing close matches."""
         if key not in self._entries:
             self._load_plugins()
         try:
@@ -81,7 +85,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise KeyError(
+            raise MixmagKeyError(
                 f"unknown {self.kind} {key!r}.{hint} Available: {', '.join(self.keys())}. "
                 f"Third-party {self.kind}s are found through the "
                 f"'{self.entry_point_group}' entry point group once their package is installed."

@@ -61,6 +61,20 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Commands wrap their work in :func:`~mixmag.cli.common.friendly_errors`; an exception raised
+    outside such a block (while printing results, say) gets the same treatment here, so a user
+    error is still one line and a bug still a traceback with exit status 70. (Click itself turns
+    Ctrl-C outside those blocks into "Aborted!" and exit status 1.)
+    """
     app = build_app()
-    sys.exit(app(standalone_mode=True))
+    try:
+        code = app(standalone_mode=True)
+    except (Exception, KeyboardInterrupt) as exc:
+        from mixmag.cli.common import PASSTHROUGH, report_error
+
+        if isinstance(exc, PASSTHROUGH):  # not expected in standalone mode; keep click's meaning
+            raise
+        code = report_error(exc)
+    sys.exit(code)

@@ -1,23 +1,83 @@
-"""Helpers shared by CLI commands: one-line errors and exit codes."""
+"""Helpers shared by CLI commands: one-line errors, bug reports and exit codes.
+
+Two kinds of failure leave a command differently (see :mod:`mixmag.errors`):
+
+* a user error (:class:`~mixmag.errors.MixmagError`, or an ``OSError`` such as a permission
+  problem or a full disk) prints one red ``error: <message>`` line and exits with
+  :data:`EXIT_USAGE`; the message already says what to change, a traceback would only hide it;
+* anything else is a bug in mixmag: the full traceback is printed, then one line asking for a
+  report, and the exit status is :data:`EXIT_SOFTWARE` (``EX_SOFTWARE`` of ``sysexits.h``).
+"""
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import NoReturn, TypeVar
 
 import typer
+
+from mixmag.errors import MixmagError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Errors whose message is already written for a person: print it alone, without a traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+# Errors whose message is written for a person: printed alone, without a traceback. OSError is
+# here because a denied permission, a full disk or a vanished file is the machine's state, not a
+# mixmag bug, and its message names the path; a report would not help anyone.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (MixmagError, OSError)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+FALLBACK_TRACKER = "the mixmag issue tracker"
+# Project-URL labels (pyproject [project.urls]) that name the issue tracker, most specific first.
+_TRACKER_LABELS = ("issues", "issue tracker", "bug tracker", "bugs", "tracker")
+
+
+def _passthrough() -> tuple[type[BaseException], ...]:
+    """typer/click exceptions that carry an exit code or a usage error; click reports them itself."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    base = getattr(typer, "TyperException", None)  # typer >= 0.20: base of its vendored click errors
+    if base is None:  # older typer uses click's own classes
+        import click
+
+        base = click.ClickException
+    kinds.append(base)
+    return tuple(kinds)
+
+
+PASSTHROUGH: tuple[type[BaseException], ...] = _passthrough()
+
+
+@cache
+def issue_tracker() -> str:
+    """The issue-tracker URL from the installed package metadata, or a generic wording.
+
+    Read from the ``Project-URL`` entries (pyproject ``[project.urls]``) so adding an ``Issues``
+    link there is enough; only called on the error path, so the metadata lookup costs nothing
+    on a normal run.
+    """
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        entries = metadata("mixmag").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return FALLBACK_TRACKER
+    urls: dict[str, str] = {}
+    for entry in entries:
+        label, _, url = entry.partition(",")
+        urls[label.strip().lower()] = url.strip()
+    for label in _TRACKER_LABELS:
+        if urls.get(label):
+            return urls[label]
+    return FALLBACK_TRACKER
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -26,17 +86,36 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def report_error(exc: BaseException) -> int:
+    """Print ``exc`` the way the CLI shows failures and return the exit status to use.
+
+    User errors (:data:`EXPECTED_ERRORS`) print one line; an interrupt prints one line; anything
+    else prints its traceback and a request to report the bug.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        typer.secho("interrupted", err=True, fg=typer.colors.RED)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, EXPECTED_ERRORS):
+        # the traceback is still there for --log-level DEBUG, e.g. to see which file was involved
+        logger.debug("command failed", exc_info=exc)
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        return EXIT_USAGE
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    typer.echo(text.rstrip("\n"), err=True)
+    typer.secho(f"internal error: this is a bug in mixmag; please report it, with the traceback above, at "
+                f"{issue_tracker()}", err=True, fg=typer.colors.RED)
+    return EXIT_SOFTWARE
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    """Turn expected exceptions into one readable line and a non-zero exit code."""
+    """Turn a failure of the wrapped block into the CLI's output and exit code (see :func:`report_error`)."""
     try:
         yield
-    except typer.Exit:
+    except PASSTHROUGH:
         raise
-    except EXPECTED_ERRORS as exc:
-        logger.debug("command failed", exc_info=True)
-        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        fail(str(text))
+    except (Exception, KeyboardInterrupt) as exc:
+        raise typer.Exit(report_error(exc)) from None
 
 
 def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:

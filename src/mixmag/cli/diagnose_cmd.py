@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from mixmag.errors import MixmagValueError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -20,9 +22,9 @@ def parse_checkpoints(values: list[str] | None) -> dict[str, Path]:
         role, sep, path = value.partition("=")
         role, path = (role.strip().lower(), path.strip()) if sep else ("region", value.strip())
         if not role or not path:
-            raise ValueError(f"--checkpoint {value!r}: use ROLE=PATH, e.g. mem=pretrain/mem")
+            raise MixmagValueError(f"--checkpoint {value!r}: use ROLE=PATH, e.g. mem=pretrain/mem")
         if role in out:
-            raise ValueError(f"--checkpoint: role {role!r} given twice")
+            raise MixmagValueError(f"--checkpoint: role {role!r} given twice")
         out[role] = Path(path)
     return out
 

@@ -47,12 +47,13 @@ def register(app: typer.Typer) -> None:
         from mixmag.cli.common import friendly_errors
 
         with friendly_errors():
-            from mixmag.config import RegionConfig, load_config
+            from mixmag.config import RegionConfig
+            from mixmag.config_errors import load_config_checked
             from mixmag.region.pretrain import pretrain_region_encoder
             from mixmag.region.settings import settings_from_config
             from mixmag.utils.logging import add_file_handler
 
-            region = load_config(config).region if config is not None else RegionConfig()
+            region = load_config_checked(config).region if config is not None else RegionConfig()
             settings = settings_from_config(
                 region, objective=objective, preset=preset, width=width, depth=depth, heads=heads,
                 position=position, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mixmag.errors import MixmagValueError, reading_user_file
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -16,11 +18,12 @@ def _load_scores(path: Path, name: str) -> np.ndarray:
     import numpy as np
     import pandas as pd
 
-    if path.suffix == ".npy":
-        return np.load(path)
-    df = pd.read_csv(path)
+    with reading_user_file(path):
+        if path.suffix == ".npy":
+            return np.load(path)
+        df = pd.read_csv(path)
     if name not in df.columns:
-        raise ValueError(f"{path} has no {name!r} column (columns: {', '.join(df.columns)})")
+        raise MixmagValueError(f"{path} has no {name!r} column (columns: {', '.join(df.columns)})")
     return df[name].to_numpy(dtype=float)
 
 
@@ -68,7 +71,7 @@ def register(app: typer.Typer) -> None:
             index = read_region_index(regions)
             att = _load_scores(attention, "attention").reshape(-1)
             if len(att) != index.n_regions:
-                raise ValueError(f"{attention} has {len(att)} scores but {regions} has {index.n_regions} regions")
+                raise MixmagValueError(f"{attention} has {len(att)} scores but {regions} has {index.n_regions} regions")
             tok = _load_scores(tokens, "score") if tokens is not None else None
             with open_slide(slide, reader=index.attrs.get("reader")) as reader:
                 thumb, dims = reader.thumbnail(thumbnail_px), reader.dimensions

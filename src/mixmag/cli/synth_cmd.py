@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
+from mixmag.errors import MixmagValueError
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     """``"2688x1792"`` -> (2688, 1792)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size must look like WIDTHxHEIGHT in level-0 pixels (e.g. 2688x1792), got {text!r}") from None
+        raise MixmagValueError(f"--size must look like WIDTHxHEIGHT in level-0 pixels (e.g. 2688x1792), got {text!r}") from None
     return w, h
 
 
@@ -25,7 +27,7 @@ def _parse_per_patient(text: str) -> int | tuple[int, int]:
             return lo, hi
         return int(text)
     except ValueError:
-        raise ValueError(f"--slides-per-patient must be N or LO-HI (e.g. 1-3), got {text!r}") from None
+        raise MixmagValueError(f"--slides-per-patient must be N or LO-HI (e.g. 1-3), got {text!r}") from None
 
 
 def _parse_mpp(text: str) -> float | list[float]:
@@ -33,7 +35,7 @@ def _parse_mpp(text: str) -> float | list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--mpp must be a number or a comma-separated list (e.g. 0.25,0.5), got {text!r}") from None
+        raise MixmagValueError(f"--mpp must be a number or a comma-separated list (e.g. 0.25,0.5), got {text!r}") from None
     return values[0] if len(values) == 1 else values
 
 

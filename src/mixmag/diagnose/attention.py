@@ -32,6 +32,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from mixmag.diagnose.labels import LabelTable, label_regions
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.features import FeatureFile
 from mixmag.io.h5common import read_attrs
 from mixmag.mil.artifacts import read_attention
@@ -53,8 +54,8 @@ def find_mil_runs(path: str | os.PathLike[str]) -> list[Path]:
         return [p]
     runs = sorted(a.parent for pattern in ("*/attention", "*/*/attention") for a in p.glob(pattern) if a.is_dir())
     if not runs:
-        raise FileNotFoundError(f"no MIL run with an attention/ folder at or below {p}; pass the --out "
-                                "folder of `mixmag train` or one of its <target>/<method> folders")
+        raise MixmagFileNotFoundError(f"no MIL run with an attention/ folder at or below {p}; pass the --out "
+                                      "folder of `mixmag train` or one of its <target>/<method> folders")
     return runs
 
 

@@ -37,6 +37,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
 from mixmag.diagnose.probes import DEFAULT_FOLDS, MIN_CLASS, PROBES, fit_probe
+from mixmag.errors import MixmagValueError
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def run_ceiling(features: Mapping[str, np.ndarray], holds: np.ndarray, propertie
     if slide_labels is not None:
         bad = {s: v for s, v in slide_labels.items() if v not in (0, 1)}
         if bad:
-            raise ValueError(f"slide labels must be 0 or 1; got {dict(list(bad.items())[:5])}")
+            raise MixmagValueError(f"slide labels must be 0 or 1; got {dict(list(bad.items())[:5])}")
     groups = np.asarray(groups).astype(str)
     rows = []
     for name, x in features.items():
@@ -213,10 +214,10 @@ def read_slide_labels(path: str | os.PathLike[str], column: str | None = None) -
     df = read_labels(path)
     columns = label_columns(df, [column] if column else None)
     if len(columns) != 1:
-        raise ValueError(f"{path}: several label columns {columns}; choose one (label column)")
+        raise MixmagValueError(f"{path}: several label columns {columns}; choose one (label column)")
     bags = build_bags(df, columns[0], available_slides=df["slide_id"], bag_level="slide")
     if len(bags.classes) != 2:
-        raise ValueError(f"{path}: label {columns[0]!r} has {len(bags.classes)} classes {bags.classes}; "
-                         "the ceiling needs a binary slide label")
+        raise MixmagValueError(f"{path}: label {columns[0]!r} has {len(bags.classes)} classes {bags.classes}; "
+                               "the ceiling needs a binary slide label")
     logger.info("ceiling: slide label %r, positive class %r", columns[0], bags.classes[1])
     return {b.bag_id: int(b.label) for b in bags.bags}

@@ -21,6 +21,7 @@ import numpy as np
 
 from mixmag.diagnose.featuresets import FEATURE_SETS, available_feature_sets
 from mixmag.diagnose.labels import LabelTable, label_regions, log_unlabelled_slides
+from mixmag.errors import MixmagValueError
 from mixmag.io.checkpoints import check_layout, load_region_encoder
 from mixmag.io.features import FeatureFile
 from mixmag.region.data import feature_paths
@@ -109,8 +110,8 @@ def collect_probe_data(
         per_slide.append((path, sid, rows, labels.holds[rows]))
     log_unlabelled_slides(table, slide_of)
     if not per_slide or not sum(len(r) for _, _, r, _ in per_slide):
-        raise ValueError(f"no labelled region with tissue in {len(paths)} feature files; check that the "
-                         "slide_id values and the coordinate frame of the region labels match the features")
+        raise MixmagValueError(f"no labelled region with tissue in {len(paths)} feature files; check that the "
+                               "slide_id values and the coordinate frame of the region labels match the features")
     holds = np.concatenate([h for *_, h in per_slide])
     owner = np.concatenate([np.full(len(r), i) for i, (_, _, r, _) in enumerate(per_slide)])
     rows = np.concatenate([r for _, _, r, _ in per_slide])
@@ -149,7 +150,7 @@ def _compute_features(data: ProbeData, slides: list[tuple[Path, np.ndarray]],
     for path, sel in slides:
         with FeatureFile(path) as ff:
             if ff.index.spec != spec or ff.embed_dim != first.embed_dim:
-                raise ValueError(f"{path} has another region layout or embedding size than {first.path}")
+                raise MixmagValueError(f"{path} has another region layout or embedding size than {first.path}")
             region_rows = data.region_rows[sel]
             for start in range(0, len(region_rows), batch_size):
                 x, valid = ff.read(region_rows[start:start + batch_size])

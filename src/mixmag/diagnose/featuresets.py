@@ -28,6 +28,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from mixmag.errors import MixmagKeyError, MixmagValueError
 from mixmag.region.model import RegionEncoder
 from mixmag.registry import Registry
 from mixmag.tiling.spec import RegionSpec
@@ -58,8 +59,8 @@ def _mag_tokens(spec: RegionSpec, magnification: float) -> np.ndarray:
     mags = np.asarray(spec.magnifications)
     hits = np.flatnonzero(np.isclose(mags, magnification))
     if not hits.size:
-        raise KeyError(f"the region layout has no {magnification:g}x tokens (it has "
-                       f"{', '.join(f'{m:g}x' for m in spec.magnifications)})")
+        raise MixmagKeyError(f"the region layout has no {magnification:g}x tokens (it has "
+                             f"{', '.join(f'{m:g}x' for m in spec.magnifications)})")
     return spec.layout().mag_index == int(hits[0])
 
 
@@ -107,7 +108,7 @@ def _encode(x: np.ndarray, valid: np.ndarray, encoder: RegionEncoder) -> tuple[n
 def region_cls(x: np.ndarray, valid: np.ndarray, spec: RegionSpec, encoder: RegionEncoder | None) -> np.ndarray:
     """(B, W) CLS embedding of each region."""
     if encoder is None:
-        raise ValueError("region-cls needs a region-encoder checkpoint")
+        raise MixmagValueError("region-cls needs a region-encoder checkpoint")
     return _encode(x, valid, encoder)[0]
 
 
@@ -117,7 +118,7 @@ def region_tokens_mean(x: np.ndarray, valid: np.ndarray, spec: RegionSpec, encod
                        ) -> np.ndarray:
     """(B, W) mean of the contextualised valid tokens (NaN for a region without a valid token)."""
     if encoder is None:
-        raise ValueError("region-tokens-mean needs a region-encoder checkpoint")
+        raise MixmagValueError("region-tokens-mean needs a region-encoder checkpoint")
     w = valid.astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.einsum("bt,btw->bw", w, _encode(x, valid, encoder)[1]) / w.sum(1, keepdims=True)).astype(np.float32)

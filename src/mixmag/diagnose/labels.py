@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.io.regions import RegionIndex
 
 logger = logging.getLogger(__name__)
@@ -98,18 +99,18 @@ def _pick_properties(df: pd.DataFrame, candidates: list[str], wanted: Sequence[s
     if wanted is not None:
         missing = [c for c in wanted if c not in candidates]
         if missing:
-            raise ValueError(f"{source}: no property column {', '.join(missing)} (columns: {', '.join(candidates)})")
+            raise MixmagValueError(f"{source}: no property column {', '.join(missing)} (columns: {', '.join(candidates)})")
         bad = [c for c in wanted if not _is_binary(df[c])]
         if bad:
-            raise ValueError(f"{source}: property columns must hold 0/1 (empty = unknown); {', '.join(bad)} do not")
+            raise MixmagValueError(f"{source}: property columns must hold 0/1 (empty = unknown); {', '.join(bad)} do not")
         return list(wanted)
     properties = [c for c in candidates if _is_binary(df[c])]
     ignored = [c for c in candidates if c not in properties]
     if ignored:
         logger.info("%s: columns %s are not 0/1 and are not used as properties", source, ", ".join(ignored))
     if not properties:
-        raise ValueError(f"{source}: no 0/1 property column besides the id/coordinate columns; add columns "
-                         "such as 'ring' or 'atypical' holding 0 or 1")
+        raise MixmagValueError(f"{source}: no 0/1 property column besides the id/coordinate columns; add columns "
+                               "such as 'ring' or 'atypical' holding 0 or 1")
     return properties
 
 
@@ -125,28 +126,28 @@ def label_table_from_frame(df: pd.DataFrame, *, properties: Sequence[str] | None
     cols = [str(c).strip() for c in df.columns]
     df = df.set_axis(cols, axis=1)
     if "slide_id" not in cols:
-        raise ValueError(f"{source}: needs a 'slide_id' column (columns: {', '.join(cols)})")
+        raise MixmagValueError(f"{source}: needs a 'slide_id' column (columns: {', '.join(cols)})")
     coord_cols: tuple[str, ...]
     if set(BOX_COLUMNS) <= set(cols):
         kind, coord_cols = "boxes", BOX_COLUMNS
     elif set(REGION_COLUMNS) <= set(cols):
         kind, coord_cols = "regions", REGION_COLUMNS
     else:
-        raise ValueError(f"{source}: needs box columns {', '.join(BOX_COLUMNS)} or region columns "
-                         f"{', '.join(REGION_COLUMNS)} (level-0 px); found {', '.join(cols)}")
+        raise MixmagValueError(f"{source}: needs box columns {', '.join(BOX_COLUMNS)} or region columns "
+                               f"{', '.join(REGION_COLUMNS)} (level-0 px); found {', '.join(cols)}")
     candidates = [c for c in cols if c != "slide_id" and c not in coord_cols]
     properties = _pick_properties(df, candidates, properties, source)
     rows = df[["slide_id", *coord_cols, *properties]].copy()
     rows["slide_id"] = rows["slide_id"].astype(str)
     if rows[list(coord_cols)].isna().any().any():
-        raise ValueError(f"{source}: empty coordinates in {int(rows[list(coord_cols)].isna().any(axis=1).sum())} rows")
+        raise MixmagValueError(f"{source}: empty coordinates in {int(rows[list(coord_cols)].isna().any(axis=1).sum())} rows")
     rows[list(properties)] = rows[list(properties)].astype(float)
     if kind == "boxes":
         rows[list(coord_cols)] = rows[list(coord_cols)].astype(float)
         flipped = (rows["x1"] <= rows["x0"]) | (rows["y1"] <= rows["y0"])
         if flipped.any():
-            raise ValueError(f"{source}: {int(flipped.sum())} boxes have x1 <= x0 or y1 <= y0 (first at row "
-                             f"{int(np.flatnonzero(flipped.to_numpy())[0])}); boxes are x0, y0 (top-left), x1, y1")
+            raise MixmagValueError(f"{source}: {int(flipped.sum())} boxes have x1 <= x0 or y1 <= y0 (first at row "
+                                   f"{int(np.flatnonzero(flipped.to_numpy())[0])}); boxes are x0, y0 (top-left), x1, y1")
     else:
         rows[list(coord_cols)] = rows[list(coord_cols)].astype(np.int64)
     return LabelTable(kind=kind, properties=tuple(properties), rows=rows, path=source)
@@ -161,8 +162,10 @@ def read_label_table(path: str | os.PathLike[str], *, properties: Sequence[str] 
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"region-labels file {p} does not exist")
-    return label_table_from_frame(pd.read_csv(p, sep=None, engine="python"), properties=properties, source=str(p))
+        raise MixmagFileNotFoundError(f"region-labels file {p} does not exist")
+    with reading_user_file(p):
+        frame = pd.read_csv(p, sep=None, engine="python")
+    return label_table_from_frame(frame, properties=properties, source=str(p))
 
 
 def box_coverage(boxes: np.ndarray, coords: np.ndarray, region_size: float) -> np.ndarray:
@@ -200,7 +203,7 @@ def label_regions(table: LabelTable, index: RegionIndex, *, slide_id: str | None
         min_overlap: Coverage from which a region holds a property, in (0, 1].
     """
     if not 0.0 < min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must lie in (0, 1], got {min_overlap}")
+        raise MixmagValueError(f"min_overlap must lie in (0, 1], got {min_overlap}")
     sid = slide_id or index.slide_id
     rows = table.rows[table.rows["slide_id"] == sid]
     if rows.empty:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.checkpoints import load_checkpoint_tensors, resolve_checkpoint
 from mixmag.region.diagnostics import load_pretrainer, sample_regions
 from mixmag.region.masking import make_batch_views
@@ -86,8 +87,8 @@ def pretraining_diagnostics(checkpoint: str | os.PathLike[str],
     """
     names = load_checkpoint_tensors(checkpoint).keys()
     if "stats.target_mean" not in names or not any(k.startswith("head.decoder.") for k in names):
-        raise ValueError(f"{resolve_checkpoint(checkpoint)} has no MEM decoder/target statistics (an untrained "
-                         "`random` or a fine-tuned encoder): reconstruction cannot be evaluated")
+        raise MixmagValueError(f"{resolve_checkpoint(checkpoint)} has no MEM decoder/target statistics (an untrained "
+                               "`random` or a fine-tuned encoder): reconstruction cannot be evaluated")
     model, info = load_pretrainer(checkpoint)
     settings = info["config"].get("settings", {})
     if settings.get("loss", "mse") != "mse":

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mixmag.diagnose.ceiling import CEILING_COLUMNS, run_ceiling
 from mixmag.diagnose.labels import BOX_COLUMNS, LabelTable, box_coverage, label_regions
+from mixmag.errors import MixmagValueError
 from mixmag.io.features import FeatureFile
 from mixmag.io.regions import RegionIndex
 from mixmag.region.data import feature_paths
@@ -109,7 +110,7 @@ def collect_tile_data(
         spec = index.spec
         hit = [i for i, m in enumerate(spec.mpps) if np.isclose(m, mpp)]
         if not hit:
-            raise ValueError(f"{path}: the region layout has no tiles at {mpp:g} µm/px (it has {spec.mpps})")
+            raise MixmagValueError(f"{path}: the region layout has no tiles at {mpp:g} µm/px (it has {spec.mpps})")
         tokens = np.flatnonzero(spec.layout().mag_index == hit[0])
         sid = index.slide_id or path.stem
         holds = _tile_labels(table, index, sid, tokens, min_overlap)
@@ -123,7 +124,7 @@ def collect_tile_data(
         found.append((ff, sid, r, tokens[j], holds[r, j]))
         total += len(r)
     if not total:
-        raise ValueError(f"no labelled tile in {len(paths)} feature files; check slide ids and coordinates")
+        raise MixmagValueError(f"no labelled tile in {len(paths)} feature files; check slide ids and coordinates")
     rate = min(1.0, max_tiles / total)
     rng = np.random.default_rng([seed, 0x711E])
     xs, hs, ids = [], [], []

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.jobs import SlideJob, existing_encoder, expected_provenance, is_done
 from mixmag.embed.workqueue import SlideWorkQueue
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.regions import RegionIndex, read_region_index
 from mixmag.utils.hashing import sha256_file
 
@@ -56,7 +57,7 @@ def open_region_tiles(index: RegionIndex) -> TileSource:
 
     slide_path = index.attrs.get("slide_path")
     if not slide_path:
-        raise FileNotFoundError("the region index records no slide_path; re-run `mixmag tile`")
+        raise MixmagFileNotFoundError("the region index records no slide_path; re-run `mixmag tile`")
     reader = open_slide(slide_path, reader=index.attrs.get("reader") or None)
 
     class _Source:

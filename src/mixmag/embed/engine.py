@@ -40,6 +40,7 @@ from mixmag.embed.claims import DEFAULT_STALE_AFTER_S, ClaimBoard, ClaimOwner
 from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
 from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
 from mixmag.encoders import TileEncoder, build_encoder
+from mixmag.errors import MixmagRuntimeError, MixmagValueError
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
 from mixmag.utils.atomic import remove_stale_temp_files
@@ -96,14 +97,14 @@ def plan_decoding(workers: int | str, device: torch.device, threads: int | None 
         except (TypeError, ValueError):
             n = -1
         if n < 0:
-            raise ValueError(f"workers must be 'auto' or a number >= 0, got {workers!r}")
+            raise MixmagValueError(f"workers must be 'auto' or a number >= 0, got {workers!r}")
     if threads is not None and threads < 1:
-        raise ValueError(f"decode threads must be >= 1, got {threads}")
+        raise MixmagValueError(f"decode threads must be >= 1, got {threads}")
     default_threads = torch.get_num_threads() if n == 0 else 1
     return DecodePlan(workers=n, threads=threads or default_threads)
 
 
-class SlideEmbeddingError(RuntimeError):
+class SlideEmbeddingError(MixmagRuntimeError):
     """A slide failed and ``fail_fast`` was requested."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import Manifest, Status
@@ -110,7 +111,7 @@ def export_features(
     mpp = float(mag) if isinstance(mag, (int, float)) else parse_magnification(mag)
     files = list(iter_feature_files(feature_dir))
     if not files:
-        raise FileNotFoundError(f"no feature files (*.h5) in {feature_dir}; run `mixmag embed` first")
+        raise MixmagFileNotFoundError(f"no feature files (*.h5) in {feature_dir}; run `mixmag embed` first")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out / "manifest.csv")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.io.features import is_complete_feature_file
 from mixmag.io.h5common import read_attrs
 from mixmag.io.manifest import Status, read_manifest
@@ -34,7 +35,7 @@ _TILED = (Status.OK.value, Status.SKIPPED.value)
 RegionSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
-class EmbedConfigError(ValueError):
+class EmbedConfigError(MixmagValueError):
     """The run's settings conflict with what an output folder already holds."""
 
 
@@ -61,9 +62,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         i_s, n_s = str(text).split("/")
         i, n = int(i_s), int(n_s)
     except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+        raise MixmagValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0, like SLURM_ARRAY_TASK_ID)")
+        raise MixmagValueError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0, like SLURM_ARRAY_TASK_ID)")
     return i, n
 
 
@@ -84,8 +85,8 @@ def _region_paths(source: RegionSource) -> list[Path]:
                     for ln in lines if ln and not ln.startswith("#") and ln != "path"]
         if p.suffix == ".h5":
             return [p]
-        raise FileNotFoundError(f"region input {p} is not a folder, a .h5 region file or a list of paths; "
-                                "pass the output folder of `mixmag tile`")
+        raise MixmagFileNotFoundError(f"region input {p} is not a folder, a .h5 region file or a list of paths; "
+                                      "pass the output folder of `mixmag tile`")
     return [Path(x) for x in source]
 
 
@@ -99,13 +100,13 @@ def discover_jobs(source: RegionSource, out_dir: str | os.PathLike[str],
     """
     paths = _region_paths(source)
     if not paths:
-        raise FileNotFoundError(f"no region files (*.h5) found in {source}; run `mixmag tile` first")
+        raise MixmagFileNotFoundError(f"no region files (*.h5) found in {source}; run `mixmag tile` first")
     out = Path(out_dir)
     jobs: dict[str, SlideJob] = {}
     for p in paths:
         slide_id = p.stem
         if slide_id in jobs:
-            raise ValueError(f"two region files for slide {slide_id!r}: {jobs[slide_id].region_path} and {p}")
+            raise MixmagValueError(f"two region files for slide {slide_id!r}: {jobs[slide_id].region_path} and {p}")
         jobs[slide_id] = SlideJob(slide_id=slide_id, region_path=p, out_path=out / f"{slide_id}.h5")
     ordered = [jobs[k] for k in sorted(jobs)]
     if shard is not None:

@@ -10,6 +10,7 @@ import torch
 
 from mixmag.encoders.base import ENCODERS, EncoderMeta, TileEncoder
 from mixmag.encoders.weights import fit_state_dict, load_state_dict_file, resolve_weights
+from mixmag.errors import MixmagValueError
 from mixmag.utils.device import autocast_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def build_encoder(
     meta: EncoderMeta = entry.meta
     recipe = entry.obj
     if arch_overrides and not random_weights:
-        raise ValueError("arch_overrides change the architecture; combine them with random_weights=True")
+        raise MixmagValueError("arch_overrides change the architecture; combine them with random_weights=True")
     resolved = resolve_weights(meta, recipe, weights, random_weights=random_weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)

@@ -28,6 +28,7 @@ from mixmag.encoders.base import (
     EncoderRecipe,
     StateDict,
 )
+from mixmag.errors import MixmagRuntimeError
 from mixmag.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ FOLDER_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pt
 KNOWN_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "trunk.", "visual.trunk.", "teacher.backbone.")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(MixmagRuntimeError):
     """Weights cannot be found, downloaded or fitted; the message says how to fix it."""
 
 

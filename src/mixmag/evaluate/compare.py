@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.evaluate.bootstrap import paired_bootstrap
 from mixmag.evaluate.delong import delong_test
 from mixmag.utils.atomic import atomic_write_text
@@ -42,18 +43,19 @@ def find_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for d in run_dirs:
         p = Path(d).resolve()  # one run reached through two spellings is still one run
         if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
+            raise MixmagFileNotFoundError(f"{p} does not exist")
         hits = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
         if not hits:
-            raise FileNotFoundError(f"no finished runs (metrics.json) under {p}; run `mixmag train` first")
+            raise MixmagFileNotFoundError(f"no finished runs (metrics.json) under {p}; run `mixmag train` first")
         found += hits
     return list(dict.fromkeys(found))
 
 
 def _read_run(run: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    with reading_user_file(run / "metrics.json"):
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     if metrics.get("artifact") != "mil_metrics":
-        raise ValueError(f"{run / 'metrics.json'} is not a mixmag MIL metrics file")
+        raise MixmagValueError(f"{run / 'metrics.json'} is not a mixmag MIL metrics file")
     preds = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str, "patient_id": str})
     return metrics, preds
 
@@ -72,7 +74,7 @@ def _paired(ref: pd.DataFrame, other: pd.DataFrame, *, n_boot: int, seed: int, l
         logger.warning("%s: the runs share %d of %d/%d bags; comparing on the shared ones", label, len(merged),
                        len(ref), len(other))
     if (merged["label_a"] != merged["label_b"]).any():
-        raise ValueError(f"{label}: the two runs disagree on bag labels; they were trained on different label tables")
+        raise MixmagValueError(f"{label}: the two runs disagree on bag labels; they were trained on different label tables")
     same_folds = bool((merged["fold_a"] == merged["fold_b"]).all())
     if not same_folds:
         logger.warning("%s: the runs used different splits; paired test on pooled predictions instead of "
@@ -113,7 +115,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
         metrics, preds = _read_run(run)
         key = (metrics["target"], metrics["method"])
         if key in loaded:
-            raise ValueError(f"two runs of {key[1]} on {key[0]}: {loaded[key][2]} and {run}; pass only one")
+            raise MixmagValueError(f"two runs of {key[1]} on {key[0]}: {loaded[key][2]} and {run}; pass only one")
         loaded[key] = (metrics, preds, run)
     rows = []
     for (target, method), (m, preds, run) in loaded.items():

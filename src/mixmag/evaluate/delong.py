@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from mixmag.errors import MixmagValueError
+
 
 @dataclass(frozen=True)
 class DeLongResult:
@@ -48,7 +50,7 @@ def placements(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray
     pos, neg = score[y], score[~y]
     m, n = len(pos), len(neg)
     if m == 0 or n == 0:
-        raise ValueError("DeLong's test needs both positive and negative patients")
+        raise MixmagValueError("DeLong's test needs both positive and negative patients")
     # rank among all, minus rank among own class = number of the other class below (ties 1/2)
     r_all = rankdata(score)
     v10 = (r_all[y] - rankdata(pos)) / n

@@ -22,6 +22,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from mixmag.errors import MixmagValueError
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def auroc(y: np.ndarray, prob: np.ndarray, *, on_single_class: str = "raise") ->
     if len(present) < 2:
         if on_single_class == "nan":
             return float("nan")
-        raise ValueError(f"AUROC is undefined: only class {present.tolist()} is present among {len(y)} labels")
+        raise MixmagValueError(f"AUROC is undefined: only class {present.tolist()} is present among {len(y)} labels")
     p = as_prob_matrix(prob, n_classes)
     if n_classes == 2:
         return float(roc_auc_score(y, p[:, 1]))

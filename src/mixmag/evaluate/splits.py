@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
     labels = patient_labels.astype(str)
     if labels.index.has_duplicates:
         dup = labels.index[labels.index.duplicated()].unique().tolist()
-        raise ValueError(f"patient ids must be unique for splitting; duplicated: {dup[:5]}")
+        raise MixmagValueError(f"patient ids must be unique for splitting; duplicated: {dup[:5]}")
     counts = labels.value_counts()
     if len(counts) < 2:
-        raise ValueError(f"cannot split: every patient has label {counts.index[0]!r}")
+        raise MixmagValueError(f"cannot split: every patient has label {counts.index[0]!r}")
     smallest = int(counts.min())
     if smallest < 2:
-        raise ValueError(
+        raise MixmagValueError(
             f"cannot make a stratified split: class {counts.idxmin()!r} has only {smallest} patient; "
             "every class needs at least 2 patients (one per test fold for 2 folds)"
         )
@@ -82,8 +83,8 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
         # at least one validation patient per class, and at least one training patient per class
         n_val = min(max(round(val_frac * len(rest_idx)), n_classes), len(rest_idx) - n_classes)
         if n_val < 1:
-            raise ValueError(f"fold {fold}: only {len(rest_idx)} non-test patients, too few for a "
-                             "training and a validation set; use fewer folds or more patients")
+            raise MixmagValueError(f"fold {fold}: only {len(rest_idx)} non-test patients, too few for a "
+                                   "training and a validation set; use fewer folds or more patients")
         stratify = rest_y if rest_counts.min() >= 2 else None
         if stratify is None:
             logger.warning("fold %d: a class has fewer than 2 training patients, so the validation split "
@@ -106,28 +107,29 @@ def validate_splits(splits: pd.DataFrame, *, source: str = "splits") -> pd.DataF
     """
     missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; a split file has columns "
-                         f"{', '.join(SPLIT_COLUMNS)}")
+        raise MixmagValueError(f"{source}: missing column(s) {missing}; a split file has columns "
+                               f"{', '.join(SPLIT_COLUMNS)}")
     df = splits.copy()
     df["patient_id"] = df["patient_id"].astype(str)
-    df["fold"] = df["fold"].astype(int)
+    with reading_user_file(source):  # a fold that is not a whole number
+        df["fold"] = df["fold"].astype(int)
     df["role"] = df["role"].astype(str).str.strip().str.lower()
     bad_roles = sorted(set(df["role"]) - set(ROLES))
     if bad_roles:
-        raise ValueError(f"{source}: unknown role(s) {bad_roles}; use train, val or test")
+        raise MixmagValueError(f"{source}: unknown role(s) {bad_roles}; use train, val or test")
     dup = df.duplicated(["patient_id", "fold"], keep=False)
     if dup.any():
-        raise ValueError(f"{source}: {int(dup.sum())} rows give a patient two roles in one fold, e.g. "
-                         f"{df.loc[dup, 'patient_id'].iloc[0]!r}")
+        raise MixmagValueError(f"{source}: {int(dup.sum())} rows give a patient two roles in one fold, e.g. "
+                               f"{df.loc[dup, 'patient_id'].iloc[0]!r}")
     test_counts = df[df["role"] == "test"].groupby("patient_id").size()
     all_pids = df["patient_id"].unique()
     not_once = [p for p in all_pids if test_counts.get(p, 0) != 1]
     if not_once:
-        raise ValueError(f"{source}: {len(not_once)} patients are not test in exactly one fold "
-                         f"(e.g. {not_once[:3]}); every patient must be tested once")
+        raise MixmagValueError(f"{source}: {len(not_once)} patients are not test in exactly one fold "
+                               f"(e.g. {not_once[:3]}); every patient must be tested once")
     for fold, part in df.groupby("fold"):
         if not (part["role"] == "train").any():
-            raise ValueError(f"{source}: fold {fold} has no training patients")
+            raise MixmagValueError(f"{source}: fold {fold} has no training patients")
     return df
 
 
@@ -135,14 +137,15 @@ def read_splits(path: str | os.PathLike[str], *, target: str | None = None) -> p
     """Read and validate a split file; with a ``target`` column, keep that target's rows."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"split file {p} does not exist")
-    df = pd.read_csv(p, dtype={"patient_id": str})
+        raise MixmagFileNotFoundError(f"split file {p} does not exist")
+    with reading_user_file(p):
+        df = pd.read_csv(p, dtype={"patient_id": str})
     if "target" in df.columns:
         if target is None:
-            raise ValueError(f"{p} holds splits for several targets; say which target to use")
+            raise MixmagValueError(f"{p} holds splits for several targets; say which target to use")
         df = df[df["target"].astype(str) == target].drop(columns="target")
         if df.empty:
-            raise ValueError(f"{p} has no splits for target {target!r}")
+            raise MixmagValueError(f"{p} has no splits for target {target!r}")
     return validate_splits(df, source=str(p))
 
 
@@ -157,8 +160,8 @@ def restrict_splits(splits: pd.DataFrame, patients: list[str] | np.ndarray, *,
     have = pd.Index(splits["patient_id"].unique())
     missing = wanted.difference(have)
     if len(missing):
-        raise ValueError(f"{source}: {len(missing)} labelled patients have no split (e.g. "
-                         f"{missing[:5].tolist()}); regenerate the split file or pass the matching one")
+        raise MixmagValueError(f"{source}: {len(missing)} labelled patients have no split (e.g. "
+                               f"{missing[:5].tolist()}); regenerate the split file or pass the matching one")
     extra = have.difference(wanted)
     if len(extra):
         logger.info("%s: %d patients in the split file have no usable label here and are ignored",

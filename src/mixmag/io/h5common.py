@@ -9,8 +9,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mixmag.errors import MixmagValueError
 
-class FormatError(ValueError):
+
+class FormatError(MixmagValueError):
     """An artifact is missing, of another format/version, or internally inconsistent."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.h5common import FormatError, check_format, read_attrs, write_attrs
 from mixmag.io.regions import RegionIndex, trident_coords_attrs, write_index_datasets
 from mixmag.tiling.spec import RegionSpec
@@ -68,7 +69,7 @@ class RegionEmbeddingWriter(AbstractContextManager["RegionEmbeddingWriter"]):
     def __init__(self, path: str | os.PathLike[str], index: RegionIndex, *, mode: str, width: int,
                  attrs: dict[str, Any]) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown region-embedding mode {mode!r}; use one of {MODES}")
+            raise MixmagValueError(f"unknown region-embedding mode {mode!r}; use one of {MODES}")
         self.path, self.index, self.mode, self.width = Path(path), index, mode, int(width)
         self.attrs = dict(attrs)
         self._written = np.zeros(index.n_regions, dtype=bool)

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import torch
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.io.h5common import FormatError, check_format, write_attrs
 from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions, FeatureStore
@@ -76,7 +77,7 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
     """Rebuild a fitted :class:`MILClassifier` (on CPU) and its region spec from ``model.pt``."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"model file {p} does not exist")
+        raise MixmagFileNotFoundError(f"model file {p} does not exist")
     payload = torch.load(p, map_location="cpu", weights_only=True)
     if payload.get("artifact") != MODEL_ARTIFACT or payload.get("format_version") != MODEL_VERSION:
         raise FormatError(f"{p}: not a mixmag {MODEL_ARTIFACT} v{MODEL_VERSION} file")
@@ -178,7 +179,7 @@ def predict_bag(model: str | os.PathLike[str] | MILClassifier, features: str | o
     paths = [Path(features)] if isinstance(features, (str, os.PathLike)) else [Path(p) for p in features]
     folder = paths[0].parent
     if any(p.parent != folder for p in paths):
-        raise ValueError("the feature files of one bag must be in one folder")
+        raise MixmagValueError("the feature files of one bag must be in one folder")
     store = FeatureStore(folder, cache_bytes=0)
     problems = store.check([p.stem for p in paths])
     if problems:

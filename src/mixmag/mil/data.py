@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.mil.labels import Bag
@@ -75,10 +76,10 @@ class FeatureStore:
     def __init__(self, folder: str | os.PathLike[str], *, cache_bytes: int = 4 << 30) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"features folder {self.folder} does not exist")
+            raise MixmagFileNotFoundError(f"features folder {self.folder} does not exist")
         self.paths: dict[str, Path] = {p.stem: p for p in iter_feature_files(self.folder)}
         if not self.paths:
-            raise FileNotFoundError(f"no feature files (*.h5) in {self.folder}; run `mixmag embed` first")
+            raise MixmagFileNotFoundError(f"no feature files (*.h5) in {self.folder}; run `mixmag embed` first")
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._cached = 0
@@ -116,7 +117,7 @@ class FeatureStore:
             if self.spec is None:
                 self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
             elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
-                raise ValueError(
+                raise MixmagValueError(
                     f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
                     f"the other slides ({self.encoder!r}, dim {self.tile_dim}, {self.spec}); keep one "
                     "encoder and one region geometry per features folder"

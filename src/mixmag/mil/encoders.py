@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixmag.errors import MixmagError, MixmagFileNotFoundError
 from mixmag.mil.methods import MethodSpec
 from mixmag.tiling.spec import RegionSpec
 
 logger = logging.getLogger(__name__)
 
 
-class MissingCheckpointError(LookupError):
+class MissingCheckpointError(MixmagError, LookupError):
     """A method needs a checkpoint role that was not provided (the method is skipped)."""
 
 
@@ -126,7 +127,7 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
     path = checkpoints.get(role)
     if path is not None:
         if not Path(path).exists():
-            raise FileNotFoundError(f"the {role} checkpoint {path} does not exist")
+            raise MixmagFileNotFoundError(f"the {role} checkpoint {path} does not exist")
         _, info = load_fn(path, map_location="cpu")
         check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
         logger.info("%s encoder: checkpoint %s (objective %s, step %s)", role, info["path"],

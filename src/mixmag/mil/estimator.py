@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixmag.errors import MixmagRuntimeError, MixmagValueError
 from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions
 from mixmag.mil.methods import METHODS, MethodSpec
@@ -118,7 +119,7 @@ class MILClassifier:
         """Set constructor parameters (sklearn protocol)."""
         for k, v in params.items():
             if k not in self._PARAMS:
-                raise ValueError(f"unknown parameter {k!r} for MILClassifier")
+                raise MixmagValueError(f"unknown parameter {k!r} for MILClassifier")
             setattr(self, k, v)
         return self
 
@@ -141,7 +142,7 @@ class MILClassifier:
         spec = self.spec_
         source = spec.build_source()
         if source.needs_encoder and self.encoder is None:
-            raise ValueError(f"method {self.method!r} needs a region encoder: pass encoder=...")
+            raise MixmagValueError(f"method {self.method!r} needs a region encoder: pass encoder=...")
         encoder = copy.deepcopy(self.encoder) if source.needs_encoder else None
         torch.manual_seed(self.seed)
         head = HEADS.get(spec.head)(source.instance_dim(tile_dim, encoder), n_classes=n_classes,
@@ -153,7 +154,7 @@ class MILClassifier:
         lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
         unknown = sorted({v for v in np.asarray(y).tolist() if v not in lookup}, key=str)
         if unknown:
-            raise ValueError(f"labels {unknown} are not among the classes {self.classes_.tolist()}")
+            raise MixmagValueError(f"labels {unknown} are not among the classes {self.classes_.tolist()}")
         return np.asarray([lookup[v] for v in np.asarray(y).tolist()], dtype=np.int64)
 
     def fit(self, bags: Sequence[BagLike], y: Labels, *, val_bags: Sequence[BagLike] | None = None,
@@ -165,10 +166,10 @@ class MILClassifier:
         """
         bags = as_bags(bags)
         if len(bags) != len(y):
-            raise ValueError(f"{len(bags)} bags but {len(y)} labels")
+            raise MixmagValueError(f"{len(bags)} bags but {len(y)} labels")
         self.classes_ = np.asarray(sorted(set(np.asarray(y).tolist())) if self.classes is None else list(self.classes))
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least two classes to train, got {self.classes_.tolist()}")
+            raise MixmagValueError(f"need at least two classes to train, got {self.classes_.tolist()}")
         y_idx = self._encode_y(y)
         first = bags[0]
         self.n_features_in_ = int(first.feats.shape[-1])
@@ -189,7 +190,7 @@ class MILClassifier:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise RuntimeError("this MILClassifier is not fitted yet; call fit() first")
+            raise MixmagRuntimeError("this MILClassifier is not fitted yet; call fit() first")
 
     def predict_bags(self, bags: Sequence[BagLike], *, attention: bool = True) -> list[BagPrediction]:
         """Per-bag class probabilities and (optionally) per-instance attention."""

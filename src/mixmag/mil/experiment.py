@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixmag.errors import MixmagValueError, reading_user_file
 from mixmag.evaluate.plots import plot_learning_curve
 from mixmag.evaluate.splits import (
     fold_roles,
@@ -96,7 +97,10 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
                     val_frac: float, seed: int) -> pd.DataFrame:
     patients = tb.patient_labels
     if splits is not None:
-        table = read_splits(splits, target=tb.target if "target" in pd.read_csv(splits, nrows=0).columns else None)
+        with reading_user_file(splits):
+            columns = pd.read_csv(splits, nrows=0).columns if Path(splits).is_file() else ()
+        # a missing file is reported by read_splits, with the message that names it
+        table = read_splits(splits, target=tb.target if "target" in columns else None)
         table = restrict_splits(table, patients.index.to_numpy(), source=str(splits))
         logger.info("target %r: reusing splits from %s (%d folds)", tb.target, splits, table["fold"].nunique())
     else:
@@ -128,8 +132,8 @@ def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, split
         old = json.loads(cfg_path.read_text(encoding="utf-8")).get("config_hash")
         if old != config_hash:
             if not settings["overwrite"]:
-                raise ValueError(f"{run_dir} holds a run with other settings; pass overwrite=True (--overwrite) "
-                                 "to replace it, or choose another output folder")
+                raise MixmagValueError(f"{run_dir} holds a run with other settings; pass overwrite=True (--overwrite) "
+                                       "to replace it, or choose another output folder")
             for sub in ("folds", "attention"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
     atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": settings["labels"]})

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
+
 logger = logging.getLogger(__name__)
 
 ID_COLUMNS = ("patient_id", "slide_id")
@@ -92,34 +94,36 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"labels file {p} does not exist")
-    text = p.read_text(encoding="utf-8-sig")
+        raise MixmagFileNotFoundError(f"labels file {p} does not exist")
+    with reading_user_file(p):
+        text = p.read_text(encoding="utf-8-sig")
     try:
         sep = csv.Sniffer().sniff(text.splitlines()[0] if text else "", delimiters=",\t;").delimiter
     except csv.Error:
         sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
-    df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=True, skipinitialspace=True)
+    with reading_user_file(p):
+        df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=True, skipinitialspace=True)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ID_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; a labels table needs patient_id, slide_id "
-                         f"and label columns (found: {list(df.columns)})")
+        raise MixmagValueError(f"{p}: missing column(s) {missing}; a labels table needs patient_id, slide_id "
+                               f"and label columns (found: {list(df.columns)})")
     for col in ID_COLUMNS:
         df[col] = df[col].str.strip()
         empty = df[col].isna() | (df[col] == "")
         if empty.any():
-            raise ValueError(f"{p}: {int(empty.sum())} rows have an empty {col} (first at line "
-                             f"{int(empty.to_numpy().nonzero()[0][0]) + 2})")
+            raise MixmagValueError(f"{p}: {int(empty.sum())} rows have an empty {col} (first at line "
+                                   f"{int(empty.to_numpy().nonzero()[0][0]) + 2})")
     patients_per_slide = df.groupby("slide_id")["patient_id"].nunique()
     multi = patients_per_slide[patients_per_slide > 1].index
     if len(multi):
-        raise ValueError(f"{p}: slides listed under more than one patient: {_few(multi)}")
+        raise MixmagValueError(f"{p}: slides listed under more than one patient: {_few(multi)}")
     label_cols = [c for c in df.columns if c not in ID_COLUMNS]
     dup = df.duplicated("slide_id", keep=False)
     if dup.any():
         conflicting = [s for s, g in df[dup].groupby("slide_id") if len(g[label_cols].drop_duplicates()) > 1]
         if conflicting:
-            raise ValueError(f"{p}: slides listed twice with different labels: {_few(conflicting)}")
+            raise MixmagValueError(f"{p}: slides listed twice with different labels: {_few(conflicting)}")
         logger.info("%s: %d repeated identical rows ignored", p, int(df.duplicated().sum()))
         df = df.drop_duplicates("slide_id")
     return df.reset_index(drop=True)
@@ -131,10 +135,10 @@ def label_columns(df: pd.DataFrame, targets: list[str] | None = None) -> list[st
     if targets:
         unknown = [t for t in targets if t not in available]
         if unknown:
-            raise ValueError(f"label column(s) {unknown} not in the labels table; available: {available}")
+            raise MixmagValueError(f"label column(s) {unknown} not in the labels table; available: {available}")
         return list(targets)
     if not available:
-        raise ValueError("the labels table has no label column besides patient_id and slide_id")
+        raise MixmagValueError("the labels table has no label column besides patient_id and slide_id")
     return available
 
 
@@ -163,7 +167,7 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
         reported is that of ``classes[1]``) and the exclusions.
     """
     if bag_level not in BAG_LEVELS:
-        raise ValueError(f"bag_level must be one of {BAG_LEVELS}, got {bag_level!r}")
+        raise MixmagValueError(f"bag_level must be one of {BAG_LEVELS}, got {bag_level!r}")
     available = set(available_slides)
     exclusions: list[Exclusion] = []
     part = df[["patient_id", "slide_id", target]].copy()
@@ -179,7 +183,7 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
                f"{_few(part.loc[no_feat, 'slide_id'])}. Check the slide_id column against the feature "
                "file names (<slide_id>.h5), run `mixmag embed` for them, or pass --allow-missing-slides")
         if not allow_missing_slides:
-            raise ValueError(msg)
+            raise MixmagValueError(msg)
         logger.warning("%s; excluded", msg.split(". Check")[0])
         exclusions += [Exclusion(target, r.patient_id, r.slide_id, "no feature file")
                        for r in part[no_feat].itertuples()]
@@ -188,14 +192,14 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
     conflicting = per_patient[per_patient > 1].index
     if len(conflicting):
         if bag_level == "patient":
-            raise ValueError(f"target {target!r}: patients whose slides have different labels: {_few(conflicting)}. "
-                             "Fix the table, or use slide-level bags (--bag-level slide)")
+            raise MixmagValueError(f"target {target!r}: patients whose slides have different labels: {_few(conflicting)}. "
+                                   "Fix the table, or use slide-level bags (--bag-level slide)")
         logger.warning("target %r: %d patients have slides with different labels; their split stratum is "
                        "the most frequent label", target, len(conflicting))
     classes = _class_order(part[target])
     if len(classes) < 2:
-        raise ValueError(f"target {target!r} has a single class ({classes[0] if classes else 'none'}) among "
-                         f"{len(part)} usable slides; AUROC needs two. Choose other --targets")
+        raise MixmagValueError(f"target {target!r} has a single class ({classes[0] if classes else 'none'}) among "
+                               f"{len(part)} usable slides; AUROC needs two. Choose other --targets")
     index = {c: i for i, c in enumerate(classes)}
     bags: list[Bag] = []
     if bag_level == "patient":

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixmag.errors import MixmagValueError
 from mixmag.evaluate.bootstrap import bootstrap_auroc_ci
 from mixmag.evaluate.metrics import auroc, fold_aurocs, summarize_folds
 from mixmag.evaluate.plots import plot_roc
@@ -111,5 +112,5 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a ``metrics.json``."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("artifact") != METRICS_ARTIFACT:
-        raise ValueError(f"{path} is not a mixmag MIL metrics file")
+        raise MixmagValueError(f"{path} is not a mixmag MIL metrics file")
     return data

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ def check_region_labels(region_labels: Path | None) -> None:
         FileNotFoundError: The file does not exist.
     """
     if region_labels is not None and not Path(region_labels).is_file():
-        raise FileNotFoundError(f"evaluate.region_labels: {region_labels} does not exist (a CSV of region "
-                                "annotations, see docs/concepts/diagnostics.md; or remove the key)")
+        raise MixmagFileNotFoundError(f"evaluate.region_labels: {region_labels} does not exist (a CSV of region "
+                                      "annotations, see docs/concepts/diagnostics.md; or remove the key)")
 
 
 def plan_diagnostics(run_dir: Path, objectives: Iterable[str], *, region_labels: Path | None,

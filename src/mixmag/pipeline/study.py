@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mixmag.config import PipelineConfig, dump_config
+from mixmag.errors import MixmagRuntimeError, MixmagValueError
 from mixmag.pipeline.diagnostics_stage import DIAGNOSTICS_KEYS, check_region_labels
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
 from mixmag.tiling.spec import RegionSpec, parse_magnification
@@ -130,8 +131,8 @@ class Study:
             mode = "unlabeled" if unlabeled else "all"
         if mode == "unlabeled":
             if not unlabeled:
-                raise ValueError("region.pretrain_on is 'unlabeled' but slides.pretrain_inputs is empty; "
-                                 "add unlabeled slides or set region.pretrain_on: all")
+                raise MixmagValueError("region.pretrain_on is 'unlabeled' but slides.pretrain_inputs is empty; "
+                                       "add unlabeled slides or set region.pretrain_on: all")
             chosen = [p for p in files if p.stem in unlabeled]
             note = (f"Region encoders were pretrained on {len(chosen)} unlabeled slides only: no slide "
                     "of an evaluated patient was seen during pretraining.")
@@ -140,7 +141,7 @@ class Study:
             note = (f"Region encoders were pretrained (self-supervised, labels unused) on all {len(chosen)} "
                     "slides, including the slides of the patients later used as test folds.")
         if not chosen:
-            raise ValueError(f"no feature files to pretrain on in {self.features_dir}")
+            raise MixmagValueError(f"no feature files to pretrain on in {self.features_dir}")
         return chosen, note
 
     # ------------------------------------------------------------------ stages
@@ -151,7 +152,7 @@ class Study:
         s, t = self.config.slides, self.config.tiling
         inputs = [*s.inputs, *s.pretrain_inputs]
         if not inputs:
-            raise ValueError("slides.inputs is empty: list slide files or folders in the config")
+            raise MixmagValueError("slides.inputs is empty: list slide files or folders in the config")
         fp = self._fp("tile", {"slides": _section(self.config, "slides"), **self._settings("tiling")}, [])
 
         def run() -> dict[str, Any]:
@@ -161,7 +162,7 @@ class Study:
                 thumbnail_px=t.thumbnail_px, workers=t.workers, progress=self.progress,
             )
             if summary.all_failed:
-                raise RuntimeError(f"every slide failed to tile; see {summary.manifest_path}")
+                raise MixmagRuntimeError(f"every slide failed to tile; see {summary.manifest_path}")
             return {"regions": str(self.regions_dir), "manifest": str(summary.manifest_path),
                     "n_regions": summary.n_regions}
 
@@ -182,7 +183,7 @@ class Study:
             )
             done = sorted(self.features_dir.glob("*.h5"))
             if not done:
-                raise RuntimeError(f"no slide was embedded; see {self.features_dir / 'manifest.csv'}")
+                raise MixmagRuntimeError(f"no slide was embedded; see {self.features_dir / 'manifest.csv'}")
             logger.info("embedded %d slides (%s)", len(done), summary)
             return {"features": str(self.features_dir), "n_slides": len(done)}
 
@@ -236,7 +237,7 @@ class Study:
         m, ev = self.config.mil, self.config.evaluate
         labels = m.labels
         if labels is None:
-            raise ValueError("mil.labels is not set: the train stage needs a labels CSV")
+            raise MixmagValueError("mil.labels is not set: the train stage needs a labels CSV")
         evaluate = _section(self.config, "evaluate", exclude=(*self.RUNTIME_KEYS, *DIAGNOSTICS_KEYS))
         fp = self._fp("train", {**self._settings("mil"), **evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
@@ -257,7 +258,7 @@ class Study:
             for skipped in summary.skipped:
                 logger.warning("method %s skipped: %s", skipped.method, skipped.reason)
             if not summary.runs:
-                raise RuntimeError("no MIL method could be trained; see the warnings above")
+                raise MixmagRuntimeError("no MIL method could be trained; see the warnings above")
             return {"mil": str(self.out / "mil"), "targets": summary.targets,
                     "skipped": {s.method: s.reason for s in summary.skipped}}
 

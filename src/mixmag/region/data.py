@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.region.masking import make_batch_views
@@ -93,10 +94,10 @@ def feature_paths(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[s
         if folder.is_file():
             return [folder]
         if not folder.is_dir():
-            raise FileNotFoundError(f"feature folder {folder} does not exist; run `mixmag embed` first")
+            raise MixmagFileNotFoundError(f"feature folder {folder} does not exist; run `mixmag embed` first")
         paths = list(iter_feature_files(folder))
         if not paths:
-            raise FileNotFoundError(f"no *.h5 feature files in {folder}; run `mixmag embed` first")
+            raise MixmagFileNotFoundError(f"no *.h5 feature files in {folder}; run `mixmag embed` first")
         return paths
     return sorted(Path(p) for p in sources)
 
@@ -151,8 +152,8 @@ def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.Path
         logger.warning("feature files come from several tile encoders %s with the same dimension",
                        sorted(encoders))
     if not slides:
-        raise ValueError(f"no usable regions in {len(skipped)} feature file(s): every slide is empty or "
-                         "unreadable (see the warnings); check the tiling/tissue settings")
+        raise MixmagValueError(f"no usable regions in {len(skipped)} feature file(s): every slide is empty or "
+                               "unreadable (see the warnings); check the tiling/tissue settings")
     assert spec is not None
     return FeatureCohort(slides=tuple(slides), tile_dim=next(iter(dims)), spec=spec,
                          encoder=sorted(encoders)[0], skipped=tuple(skipped))
@@ -185,7 +186,7 @@ class TargetMoments:
     def finalize(self, *, min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
         """(mean (D,), std (D,)) float32; constant dimensions get std 1 (they carry no signal)."""
         if self.count < 2:
-            raise ValueError("fewer than two embeddings: cannot compute standardisation statistics")
+            raise MixmagValueError("fewer than two embeddings: cannot compute standardisation statistics")
         mean = self.total / self.count
         var = np.maximum(self.total_sq / self.count - mean**2, 0.0)
         std = np.sqrt(var)
@@ -336,7 +337,7 @@ class RegionStream(IterableDataset):
                  shuffle_buffer: int, open_files: int | None = None) -> None:
         super().__init__()
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+            raise MixmagValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
         self.cohort = cohort
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.local_batch = batch_size // world_size

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.checkpoints import check_layout, load_checkpoint_tensors, load_region_encoder
 from mixmag.io.features import FeatureFile
 from mixmag.region.data import scan_feature_cohort
@@ -35,7 +36,7 @@ def load_pretrainer(path: str | os.PathLike[str], *, map_location: str = "cpu") 
     heads = {k.removeprefix("head."): v for k, v in load_checkpoint_tensors(path).items() if k.startswith("head.")}
     missing, unexpected = model.load_state_dict(heads, strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
-        raise ValueError(f"{info['path']}: pretraining heads do not match objective {info['objective']!r}")
+        raise MixmagValueError(f"{info['path']}: pretraining heads do not match objective {info['objective']!r}")
     return model.to(map_location).eval(), info
 
 
@@ -92,7 +93,7 @@ def evaluate_reconstruction(checkpoint: str | os.PathLike[str], features: str | 
     """
     model, info = load_pretrainer(checkpoint)
     if info["target_mean"] is None:
-        raise ValueError(f"{info['path']} ({info['objective']}) has no MEM head/statistics to evaluate")
+        raise MixmagValueError(f"{info['path']} ({info['objective']}) has no MEM head/statistics to evaluate")
     x_np, valid = sample_regions(features, n_regions, seed, info)
     keep, mask = _views(valid, info, seed, 1, {"mask_ratio": mask_ratio, "mag_mask_prob": mag_mask_prob,
                                                "token_drop_max": token_drop_max})

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.checkpoints import LayoutMismatchError, check_layout, load_region_encoder
 from mixmag.io.features import FeatureFile
 from mixmag.io.h5common import FormatError
@@ -122,9 +123,9 @@ def encode_regions(
         FormatError: The features do not fit the checkpoint (tile dim or region layout).
     """
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        raise MixmagValueError(f"unknown mode {mode!r}; use one of {MODES}")
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise MixmagValueError("batch_size must be >= 1")
     dev = resolve_device(device)
     encoder, info = load_region_encoder(checkpoint, map_location=str(dev))
     dtype = autocast_dtype(dev, precision)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixmag.errors import MixmagValueError
 from mixmag.registry import Registry
 from mixmag.tiling.spec import RegionSpec
 
@@ -45,7 +46,7 @@ def sincos_position_embedding(centres: Tensor, width: int, *, max_log2_freq: flo
         (T, W) float32 embedding.
     """
     if width % 4:
-        raise ValueError(f"position='sincos' needs a width divisible by 4, got {width}")
+        raise MixmagValueError(f"position='sincos' needs a width divisible by 4, got {width}")
     n_freq = width // 4
     freqs = math.pi * torch.pow(2.0, torch.linspace(0.0, max_log2_freq, n_freq))  # (W/4,)
     parts = []
@@ -76,7 +77,7 @@ class Attention(nn.Module):
     def __init__(self, *, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:
-            raise ValueError(f"width {width} must be divisible by heads {heads}")
+            raise MixmagValueError(f"width {width} must be divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -152,7 +153,7 @@ class RegionEncoder(nn.Module):
         if int(mag_index.min()) < 0 or int(mag_index.max()) >= n_mags:
             raise ValueError(f"token_mag_index values must lie in [0, {n_mags - 1}]")
         if position not in POSITIONS:
-            raise ValueError(f"unknown position {position!r}; use one of {POSITIONS}")
+            raise MixmagValueError(f"unknown position {position!r}; use one of {POSITIONS}")
         centres = None if token_centres is None else [[float(c) for c in xy] for xy in token_centres]
         if position == "sincos" and centres is None:
             raise ValueError("position='sincos' needs token_centres (T, 2); use RegionSpec.layout().centres_unit()")
@@ -232,7 +233,7 @@ class RegionEncoder(nn.Module):
 
     def _check_inputs(self, x: Tensor, valid: Tensor) -> None:
         if x.ndim != 3 or x.shape[1:] != (self.n_tokens, self.tile_dim):
-            raise ValueError(
+            raise MixmagValueError(
                 f"expected tile features of shape (B, {self.n_tokens}, {self.tile_dim}), got "
                 f"{tuple(x.shape)}; the encoder was built for another region layout or tile encoder"
             )

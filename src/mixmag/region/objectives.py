@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixmag.errors import MixmagValueError
 from mixmag.region.distributed import DistContext
 from mixmag.region.model import RegionEncoder
 from mixmag.registry import Registry
@@ -69,7 +70,7 @@ def masked_reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, *, ki
         tokens do not influence either value (their targets are never read into the sum).
     """
     if kind not in RECONSTRUCTION_LOSSES:
-        raise ValueError(f"unknown reconstruction loss {kind!r}; use one of {RECONSTRUCTION_LOSSES}")
+        raise MixmagValueError(f"unknown reconstruction loss {kind!r}; use one of {RECONSTRUCTION_LOSSES}")
     sel = mask.bool()
     p, t = pred[sel].float(), target[sel].float()  # (N, D) masked tokens only
     per_token = (p - t).pow(2).mean(dim=-1) if kind == "mse" else 1.0 - F.cosine_similarity(p, t, dim=-1)
@@ -115,7 +116,7 @@ class RegionPretrainer(nn.Module):
                  proj_dim: int = 256, temperature: float = 0.1, contrastive_weight: float = 1.0) -> None:
         super().__init__()
         if loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"unknown reconstruction loss {loss!r}; use one of {RECONSTRUCTION_LOSSES}")
+            raise MixmagValueError(f"unknown reconstruction loss {loss!r}; use one of {RECONSTRUCTION_LOSSES}")
         self.encoder = encoder
         self.objective = objective
         self.ctx = ctx

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.checkpoints import (
     CONFIG_FILE,
     STATE_FILE,
@@ -189,8 +190,8 @@ class _Run:
             _, info = load_region_encoder(latest)
             check_layout(info, tile_dim=c.tile_dim, spec=c.spec, source=f"the feature cohort {self.features}")
             if meta.get("config", {}).get("run") != self.run_id:
-                raise ValueError(f"{out} holds a pretraining run with other settings or another cohort; "
-                                 "resume it with the same options, or pass --no-resume / a new --out")
+                raise MixmagValueError(f"{out} holds a pretraining run with other settings or another cohort; "
+                                       "resume it with the same options, or pass --no-resume / a new --out")
         if self.ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(out)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from mixmag.errors import MixmagValueError
 from mixmag.region.model import REGION_ENCODERS
 from mixmag.region.objectives import OBJECTIVES, RECONSTRUCTION_LOSSES
 
@@ -107,7 +108,7 @@ class PretrainSettings:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"invalid pretraining setting: {message}")
+                raise MixmagValueError(f"invalid pretraining setting: {message}")
 
     @classmethod
     def from_options(cls, **options: Any) -> PretrainSettings:
@@ -117,7 +118,7 @@ class PretrainSettings:
             if key not in names:
                 close = difflib.get_close_matches(key, sorted(names), n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ValueError(f"unknown pretraining option {key!r}{hint}")
+                raise MixmagValueError(f"unknown pretraining option {key!r}{hint}")
         if "betas" in options:
             options["betas"] = tuple(options["betas"])
         return cls(**options)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixmag.errors import MixmagRuntimeError
 from mixmag.region.distributed import DistContext
 from mixmag.region.model import RegionEncoder, build_region_encoder
 from mixmag.region.objectives import OBJECTIVES, RegionPretrainer
@@ -142,6 +143,6 @@ class Trainer:
         values = self.ctx.all_reduce_sum(torch.stack([parts[k].detach().float() for k in names])).tolist()
         record = dict(zip(names, values, strict=True))
         if not math.isfinite(record["loss"]):
-            raise RuntimeError(f"pretraining loss became {record['loss']}; lower --lr or use --precision fp32")
+            raise MixmagRuntimeError(f"pretraining loss became {record['loss']}; lower --lr or use --precision fp32")
         record.update(lr=lr, grad_norm=float(grad_norm))
         return record

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 import pandas as pd
 import yaml
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.report.diagnostics_section import add_diagnostics_section
 from mixmag.report.html import ImageLike, Report, flatten
 from mixmag.report.plots import (
@@ -56,7 +57,10 @@ def _config_dict(config: Any) -> dict[str, Any]:
     if hasattr(config, "model_dump"):
         return config.model_dump(mode="json")
     if isinstance(config, (str, os.PathLike)):
-        return yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        try:
+            return yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:  # a file the user listed; not a mixmag bug
+            raise MixmagValueError(f"{config}: invalid YAML ({exc})") from exc
     return dict(config)
 
 
@@ -217,7 +221,7 @@ def _read_predictions(path: Path) -> Any:
     df = pd.read_csv(path)
     missing = {"y_true", "y_score"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: predictions need columns y_true and y_score (missing {sorted(missing)})")
+        raise MixmagValueError(f"{path}: predictions need columns y_true and y_score (missing {sorted(missing)})")
     if "fold" in df.columns:
         return [(g["y_true"].to_numpy(), g["y_score"].to_numpy()) for _, g in df.groupby("fold", sort=True)]
     return (df["y_true"].to_numpy(), df["y_score"].to_numpy())
@@ -237,7 +241,8 @@ def build_report_from_inputs(inputs: Mapping[str, Any] | str | os.PathLike[str],
     base = Path.cwd()
     if isinstance(inputs, (str, os.PathLike)):
         base = Path(inputs).resolve().parent
-        spec: dict[str, Any] = json.loads(Path(inputs).read_text(encoding="utf-8"))
+        with reading_user_file(inputs):
+            spec: dict[str, Any] = json.loads(Path(inputs).read_text(encoding="utf-8"))
     else:
         spec = dict(inputs)
 
@@ -253,13 +258,15 @@ def build_report_from_inputs(inputs: Mapping[str, Any] | str | os.PathLike[str],
 
     timings = spec.get("timings")
     if isinstance(timings, (str, os.PathLike)):
-        timings = json.loads(p(timings).read_text(encoding="utf-8"))
+        with reading_user_file(p(timings)):
+            timings = json.loads(p(timings).read_text(encoding="utf-8"))
     env = spec.get("environment")
     if isinstance(env, (str, os.PathLike)):
-        env = json.loads(p(env).read_text(encoding="utf-8"))
+        with reading_user_file(p(env)):
+            env = json.loads(p(env).read_text(encoding="utf-8"))
     out = out_html or spec.get("out")
     if out is None:
-        raise ValueError("no output path: pass out_html or set 'out' in the inputs")
+        raise MixmagValueError("no output path: pass out_html or set 'out' in the inputs")
     return build_report(
         p(out) if out_html is None else out,
         title=spec.get("title", "mixmag study report"),
@@ -282,7 +289,7 @@ def discover_inputs(run_dir: str | os.PathLike[str], *, max_images: int = 12) ->
     """The report inputs found at their conventional places in a run folder (docs/report.md)."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
+        raise MixmagFileNotFoundError(f"run folder {run} does not exist")
     found: dict[str, Any] = {"title": f"mixmag report: {run.resolve().name}", "out": str(run / "report.html")}
 
     def first(*names: str) -> Path | None:

@@ -27,6 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from mixmag.errors import MixmagValueError
 from mixmag.report.figures import DEFAULT_DPI, new_figure, save_png
 from mixmag.tiling.spec import RegionSpec, magnification_label
 
@@ -43,7 +44,7 @@ def scale_scores(scores: np.ndarray, scale: str = "minmax") -> tuple[np.ndarray,
     """
     s = np.asarray(scores, dtype=np.float64)
     if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+        raise MixmagValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
     if s.size == 0:
         return s, "attention"
     if scale == "rank":
@@ -101,7 +102,7 @@ def attention_overlay(
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     att = np.asarray(attention, dtype=np.float64).reshape(-1)
     if len(att) != len(coords):
-        raise ValueError(f"attention has {len(att)} values but there are {len(coords)} regions")
+        raise MixmagValueError(f"attention has {len(att)} values but there are {len(coords)} regions")
     h, w = thumb.shape[:2]
     sx, sy = w / level0_size[0], h / level0_size[1]
     values, label = scale_scores(att, scale)
@@ -187,7 +188,7 @@ def region_token_view(
     layout = spec.layout()
     scores = np.asarray(token_scores, dtype=np.float64).reshape(-1)
     if len(scores) != layout.n_tokens:
-        raise ValueError(f"expected {layout.n_tokens} token scores for this spec, got {len(scores)}")
+        raise MixmagValueError(f"expected {layout.n_tokens} token scores for this spec, got {len(scores)}")
     signed = bool((scores < 0).any())
     vmax = float(np.abs(scores).max()) or 1.0
     norm = Normalize(-vmax, vmax) if signed else Normalize(0.0, vmax)

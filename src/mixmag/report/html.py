@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mixmag._version import __version__
+from mixmag.errors import MixmagValueError
 from mixmag.report.figures import png_bytes
 from mixmag.utils.atomic import atomic_write_text
 
@@ -95,7 +96,7 @@ def image_data_uri(image: ImageLike, dpi: int = 100) -> str:
     else:
         path = Path(image)
         if path.suffix.lower() not in _MIME:
-            raise ValueError(f"cannot embed {path}: unsupported image type {path.suffix!r}")
+            raise MixmagValueError(f"cannot embed {path}: unsupported image type {path.suffix!r}")
         data, mime = path.read_bytes(), _MIME[path.suffix.lower()]
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 

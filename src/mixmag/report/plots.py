@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.report.figures import new_figure
 
 MetricsSource: TypeAlias = pd.DataFrame | str | os.PathLike
@@ -35,7 +36,7 @@ def read_metrics(source: MetricsSource) -> pd.DataFrame:
         return source
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"metrics file {path} does not exist")
+        raise MixmagFileNotFoundError(f"metrics file {path} does not exist")
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         records = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -81,7 +82,7 @@ def loss_curves(
     for name, source in named.items():
         df = read_metrics(source)
         if x not in df.columns:
-            raise ValueError(f"metrics of {name!r} have no {x!r} column (columns: {', '.join(map(str, df.columns))})")
+            raise MixmagValueError(f"metrics of {name!r} have no {x!r} column (columns: {', '.join(map(str, df.columns))})")
         for col in columns:
             if col not in df.columns:
                 continue
@@ -95,7 +96,7 @@ def loss_curves(
                 ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(xs, _smooth(ys, window), color=colour, linewidth=1.6, label=label)
     if k == 0:
-        raise ValueError(f"none of the columns {list(columns)} found in the metrics")
+        raise MixmagValueError(f"none of the columns {list(columns)} found in the metrics")
     ax.set_xlabel(x)
     ax.set_ylabel(columns[0] if len(columns) == 1 else "value")
     if log_y:
@@ -186,7 +187,7 @@ def comparison_plot(
     """
     missing = [c for c in (method, mean, low, high) if c not in table.columns]
     if missing:
-        raise ValueError(f"comparison table lacks columns {missing}; it has {list(table.columns)}")
+        raise MixmagValueError(f"comparison table lacks columns {missing}; it has {list(table.columns)}")
     df = table.sort_values(mean).reset_index(drop=True)
     fig = new_figure(6.0, 0.9 + 0.38 * len(df))
     ax = fig.add_subplot()

@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixmag.errors import MixmagRuntimeError
 from mixmag.registry import Registry
 
 
-class SlideError(RuntimeError):
+class SlideError(MixmagRuntimeError):
     """A slide cannot be opened or read; the message says what is wrong and what to do."""
 
 

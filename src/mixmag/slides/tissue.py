@@ -22,6 +22,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from mixmag.errors import MixmagValueError
+
 logger = logging.getLogger(__name__)
 
 BACKGROUNDS = ("auto", "bright", "dark")
@@ -53,11 +55,11 @@ class TissueParams:
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+            raise MixmagValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
         if not 0 <= self.min_saturation <= self.max_saturation <= 1:
-            raise ValueError("need 0 <= min_saturation <= max_saturation <= 1")
+            raise MixmagValueError("need 0 <= min_saturation <= max_saturation <= 1")
         if self.mask_mpp <= 0:
-            raise ValueError("mask_mpp must be positive")
+            raise MixmagValueError("mask_mpp must be positive")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serialisable form (stored as the ``tissue_params`` attr of region indices)."""

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest, Status
 from mixmag.synth.layout import (
     RING,
@@ -135,7 +136,7 @@ def _patient_sizes(rng: np.random.Generator, n_slides: int, per_patient: int | t
     """Number of slides per patient, summing to ``n_slides``."""
     lo, hi = (per_patient, per_patient) if isinstance(per_patient, int) else per_patient
     if lo < 1 or hi < lo:
-        raise ValueError(f"slides_per_patient must be >= 1 (or a range lo<=hi), got {per_patient}")
+        raise MixmagValueError(f"slides_per_patient must be >= 1 (or a range lo<=hi), got {per_patient}")
     sizes: list[int] = []
     while sum(sizes) < n_slides:
         sizes.append(int(rng.integers(lo, hi + 1)))
@@ -162,13 +163,13 @@ def grid_for(n_regions: int, cell_regions: int = 1) -> tuple[int, int]:
     partial regions and filler tissue.
     """
     if cell_regions < 1:
-        raise ValueError(f"cell_regions must be >= 1, got {cell_regions}")
+        raise MixmagValueError(f"cell_regions must be >= 1, got {cell_regions}")
     side = math.ceil(math.sqrt(n_regions))
     cols = max(1, int((side - 1) / cell_regions + 0.5))
     rows = max(1, int((math.ceil(n_regions / (cols * cell_regions + 1)) - 1) / cell_regions + 0.5))
     if rows * cols < 2:
         least = 6 if cell_regions == 1 else (2 * cell_regions + 1) * (cell_regions + 1)
-        raise ValueError(f"regions={n_regions} leaves fewer than 2 structure cells of {cell_regions}x"
+        raise MixmagValueError(f"regions={n_regions} leaves fewer than 2 structure cells of {cell_regions}x"
                          f"{cell_regions} regions; use regions >= {least}")
     return rows, cols
 
@@ -180,7 +181,7 @@ def aligned_slide_px(n_regions: int, mpp: float, region_um: float = 448.0) -> tu
     square root (8 -> 2 x 4, 9 -> 3 x 3, 12 -> 3 x 4), each cell ``region_um`` at ``mpp``.
     """
     if n_regions < 2:
-        raise ValueError(f"an aligned slide needs at least 2 regions, got {n_regions}")
+        raise MixmagValueError(f"an aligned slide needs at least 2 regions, got {n_regions}")
     rows = max(d for d in range(1, math.isqrt(n_regions) + 1) if n_regions % d == 0)
     side_px = round(region_um / mpp)
     return n_regions // rows * side_px, rows * side_px
@@ -309,31 +310,31 @@ def _validate(n_slides: int, prevalence: float, difficulty: float, slide_px: tup
               mpp: float | Sequence[float], n_unlabeled: int, n_levels: int, regions: int | None,
               stain_jitter: float | None, structure: str | None = None, cell_regions: int = 1) -> None:
     if n_slides < 1:
-        raise ValueError(f"n_slides must be >= 1, got {n_slides}")
+        raise MixmagValueError(f"n_slides must be >= 1, got {n_slides}")
     if not 0.0 <= prevalence <= 1.0:
-        raise ValueError(f"prevalence must be in [0, 1], got {prevalence}")
+        raise MixmagValueError(f"prevalence must be in [0, 1], got {prevalence}")
     if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+        raise MixmagValueError(f"difficulty must be in [0, 1], got {difficulty}")
     if len(slide_px) != 2 or min(slide_px) < 256:
-        raise ValueError(f"slide_px must be (width, height) with both >= 256 px, got {slide_px}")
+        raise MixmagValueError(f"slide_px must be (width, height) with both >= 256 px, got {slide_px}")
     mpps = [mpp] if isinstance(mpp, (int, float)) else list(mpp)
     if not mpps or any(m <= 0 for m in mpps):
-        raise ValueError(f"mpp must be positive (or a non-empty list of positive values), got {mpp}")
+        raise MixmagValueError(f"mpp must be positive (or a non-empty list of positive values), got {mpp}")
     if len(mpps) > 1 and regions is None:
-        raise ValueError("a list of mpp values needs `regions` (the slide size then follows each slide's mpp)")
+        raise MixmagValueError("a list of mpp values needs `regions` (the slide size then follows each slide's mpp)")
     if regions is not None:
         grid_for(regions, cell_regions)  # raises for too few regions
     elif cell_regions != 1:
-        raise ValueError("cell_regions needs the realistic layout (`regions`)")
+        raise MixmagValueError("cell_regions needs the realistic layout (`regions`)")
     if structure is not None:
         structure_spec(structure)  # raises for an unknown name
         if structure != "rosette" and regions is None:
-            raise ValueError(f"structure {structure!r} needs the realistic layout (`regions`); the aligned "
+            raise MixmagValueError(f"structure {structure!r} needs the realistic layout (`regions`); the aligned "
                              "layout keeps the demo's rosettes")
     if stain_jitter is not None and not 0.0 <= stain_jitter <= 0.5:
-        raise ValueError(f"stain_jitter must lie in [0, 0.5], got {stain_jitter}")
+        raise MixmagValueError(f"stain_jitter must lie in [0, 0.5], got {stain_jitter}")
     if n_unlabeled < 0 or n_levels < 1:
-        raise ValueError("n_unlabeled must be >= 0 and n_levels >= 1")
+        raise MixmagValueError("n_unlabeled must be >= 0 and n_levels >= 1")
 
 
 def make_synthetic_cohort(
@@ -435,7 +436,7 @@ def make_synthetic_cohort(
     all_jobs = labeled + unlabeled
     existing = _existing_params(cohort_json)
     if existing is not None and existing != params and not overwrite:
-        raise ValueError(f"{out} already holds a synthetic cohort made with other parameters; "
+        raise MixmagValueError(f"{out} already holds a synthetic cohort made with other parameters; "
                          "choose another folder or pass overwrite=True (--overwrite)")
 
     if existing is not None and existing != params:

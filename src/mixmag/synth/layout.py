@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from mixmag.errors import MixmagRuntimeError, MixmagValueError
+
 RING = "ring"
 CORDS = "cords"
 SCATTERED = "scattered"
@@ -83,7 +85,7 @@ def knobs_from_difficulty(difficulty: float) -> Knobs:
     regular rings and more stain variation between slides.
     """
     if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+        raise MixmagValueError(f"difficulty must be in [0, 1], got {difficulty}")
 
     def lerp(easy: float, hard: float) -> float:
         return easy + (hard - easy) * difficulty
@@ -122,9 +124,9 @@ class Composition:
         for name in ("informative_fraction", "distractor_fraction"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 0.5:
-                raise ValueError(f"{name} must lie in [0, 0.5], got {value}")
+                raise MixmagValueError(f"{name} must lie in [0, 0.5], got {value}")
         if self.informative_fraction is None and self.distractor_fraction is not None:
-            raise ValueError("distractor_fraction needs informative_fraction")
+            raise MixmagValueError("distractor_fraction needs informative_fraction")
 
     def counts(self, rng: np.random.Generator, n_cells: int) -> tuple[int, int]:
         """(k informative cells of a positive slide, j distractor pairs) for one slide."""
@@ -265,7 +267,7 @@ def _poisson_disc(
                 placed.append((x, y, float(r)))
                 break
         else:
-            raise RuntimeError("could not place all nests; the cell is too small for the unit")
+            raise MixmagRuntimeError("could not place all nests; the cell is too small for the unit")
     return np.asarray(placed, dtype=np.float64).reshape(-1, 3)
 
 
@@ -307,7 +309,7 @@ def _plan_unit(
         placed = _broken_ring(sub, local, nest_r, lo, hi, lumen_r)
         if placed is not None:
             return (cx, cy), radius, placed[1], placed[0]
-    raise RuntimeError(f"could not lay out a broken ring of {n} nests in a {region_um:g}-µm cell")
+    raise MixmagRuntimeError(f"could not lay out a broken ring of {n} nests in a {region_um:g}-µm cell")
 
 
 def _broken_ring(
@@ -416,7 +418,7 @@ def _plan_cords_unit(
             placed += new
         else:
             return (cx, cy), reach, lumen, np.asarray(placed, np.float64).reshape(-1, 3)
-    raise RuntimeError(f"could not scatter {len(runs)} runs of nests in a {region_um:g}-µm cell")
+    raise MixmagRuntimeError(f"could not scatter {len(runs)} runs of nests in a {region_um:g}-µm cell")
 
 
 UnitPlanner = Callable[[np.random.Generator, tuple[float, float], float, str, Knobs],
@@ -437,7 +439,7 @@ def structure_spec(structure: str) -> tuple[str, UnitPlanner]:
         ValueError: Unknown structure (the message lists the known ones).
     """
     if structure not in STRUCTURES:
-        raise ValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
+        raise MixmagValueError(f"unknown structure {structure!r}; choose one of {sorted(STRUCTURES)}")
     return STRUCTURES[structure]
 
 
@@ -532,7 +534,7 @@ def plan_slide(
     rows, cols = grid_shape(width_px - ox, height_px - oy, mpp, region_um)
     n_cells = rows * cols
     if n_cells < 2:
-        raise ValueError(
+        raise MixmagValueError(
             f"a {width_px}x{height_px} px slide at {mpp} µm/px holds {n_cells} full "
             f"{region_um:g}-µm regions; use at least 2 (e.g. --size {round(2 * region_um / mpp)}x"
             f"{round(region_um / mpp)})"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mixmag.errors import MixmagValueError
 from mixmag.utils.atomic import atomic_path
 
 
@@ -60,7 +61,7 @@ def write_pyramidal_tiff(
         "none": (None, None),
     }
     if compression not in codecs:
-        raise ValueError(f"unknown compression {compression!r}; use one of {sorted(codecs)}")
+        raise MixmagValueError(f"unknown compression {compression!r}; use one of {sorted(codecs)}")
     comp, comp_args = codecs[compression]
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         for i, level in enumerate(levels):

@@ -21,6 +21,7 @@ from dataclasses import KW_ONLY, dataclass
 import numpy as np
 from PIL import Image
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.regions import RegionIndex
 from mixmag.slides.base import SlideReader
 from mixmag.tiling.spec import RegionSpec
@@ -116,7 +117,7 @@ def plan_region_read(
         resample: Filter name in :data:`RESAMPLE_FILTERS`.
     """
     if resample not in RESAMPLE_FILTERS:
-        raise ValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
+        raise MixmagValueError(f"unknown resample filter {resample!r}; choose one of {sorted(RESAMPLE_FILTERS)}")
     finest = spec.finest_mpp
     levels = reader.levels
     fine_enough = [

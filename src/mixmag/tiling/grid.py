@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mixmag.errors import MixmagValueError
 from mixmag.io.regions import RegionIndex
 from mixmag.slides.tissue import TissueMask
 from mixmag.tiling.spec import RegionSpec
@@ -117,7 +118,7 @@ def build_region_index(
         The index of kept regions (possibly empty), tissue fractions for every token.
     """
     if not (0 <= min_tissue <= 1 and 0 <= valid_min_tissue <= 1):
-        raise ValueError("min_tissue and valid_min_tissue must lie in [0, 1]")
+        raise MixmagValueError("min_tissue and valid_min_tissue must lie in [0, 1]")
     size = spec.region_size_level0(mpp_level0)
     box = tissue_bounding_box(tissue)
     coords = grid_coords(tissue.level0_size, size, box) if box is not None else np.zeros((0, 2), np.int64)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.slides.opener import known_extensions, slide_stem
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ def _parse_mpp(value: str, where: str) -> float | None:
     try:
         mpp = float(text)
     except ValueError:
-        raise ValueError(f"{where}: mpp {text!r} is not a number (give µm per pixel, e.g. 0.25)") from None
+        raise MixmagValueError(f"{where}: mpp {text!r} is not a number (give µm per pixel, e.g. 0.25)") from None
     if not math.isfinite(mpp) or mpp <= 0:
-        raise ValueError(f"{where}: mpp must be a positive number of µm per pixel, got {text!r}")
+        raise MixmagValueError(f"{where}: mpp must be a positive number of µm per pixel, got {text!r}")
     return mpp
 
 
@@ -61,12 +62,12 @@ def read_mpp_csv(path: str | os.PathLike[str]) -> dict[str, float]:
     """Read a ``slide,mpp`` table; keys are as written (file name, stem or slide id)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"mpp table {p} not found")
+        raise MixmagFileNotFoundError(f"mpp table {p} not found")
     with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in reader.fieldnames or []]
         if "slide" not in fields or "mpp" not in fields:
-            raise ValueError(f"{p}: the mpp table needs columns 'slide' and 'mpp' (found {fields})")
+            raise MixmagValueError(f"{p}: the mpp table needs columns 'slide' and 'mpp' (found {fields})")
         table: dict[str, float] = {}
         for i, row in enumerate(reader, start=2):
             row = {k.strip().lower(): (v or "") for k, v in row.items() if k}
@@ -82,7 +83,7 @@ def _read_input_csv(path: Path) -> list[tuple[Path, float | None, str | None]]:
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
         column = fields.get("path") or fields.get("slide_path")
         if column is None:
-            raise ValueError(f"{path}: a slide list CSV needs a 'path' column (found {list(fields)})")
+            raise MixmagValueError(f"{path}: a slide list CSV needs a 'path' column (found {list(fields)})")
         rows = []
         for i, row in enumerate(reader, start=2):
             raw = (row.get(column) or "").strip()
@@ -158,7 +159,7 @@ def collect_slides(
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
-            raise FileNotFoundError(f"input {p} does not exist")
+            raise MixmagFileNotFoundError(f"input {p} does not exist")
         if p.is_dir():
             entries += [(f, None, None) for f in _scan_folder(p.resolve(), excluded)]
         elif p.suffix.lower() == ".csv":

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mixmag.errors import MixmagValueError
+
 # The conventional equivalence "1 µm/px ~ 10x" used only for naming and TRIDENT-style attrs.
 MPP_AT_10X = 10.0
 
@@ -36,12 +38,15 @@ def magnification_label(mpp: float) -> str:
 def parse_magnification(text: str) -> float:
     """Parse ``"20x"``, ``"20"`` or ``"0.5um"``/``"0.5mpp"`` into an mpp value (µm/px)."""
     t = text.strip().lower()
-    for suffix in ("mpp", "um", "µm"):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)])
-    mag = float(t.rstrip("x"))
+    try:
+        for suffix in ("mpp", "um", "µm"):
+            if t.endswith(suffix):
+                return float(t[: -len(suffix)])
+        mag = float(t.rstrip("x"))
+    except ValueError:  # float()'s own message does not say what a magnification looks like
+        raise MixmagValueError(f"magnification {text!r} is not a number; write e.g. 20x, 20 or 0.5mpp") from None
     if mag <= 0:
-        raise ValueError(f"magnification must be positive, got {text!r}")
+        raise MixmagValueError(f"magnification must be positive, got {text!r}")
     return MPP_AT_10X / mag
 
 
@@ -90,17 +95,17 @@ class RegionSpec:
 
     def __post_init__(self) -> None:
         if self.region_um <= 0 or self.tile_px <= 0:
-            raise ValueError("region_um and tile_px must be positive")
+            raise MixmagValueError("region_um and tile_px must be positive")
         if not self.mpps:
-            raise ValueError("at least one target mpp is required")
+            raise MixmagValueError("at least one target mpp is required")
         ordered = tuple(sorted((float(m) for m in self.mpps), reverse=True))
         if len(set(ordered)) != len(ordered):
-            raise ValueError(f"duplicate target mpps: {self.mpps}")
+            raise MixmagValueError(f"duplicate target mpps: {self.mpps}")
         object.__setattr__(self, "mpps", ordered)
         for mpp in ordered:
             n = self.region_um / (mpp * self.tile_px)
             if n < 1 or not math.isclose(n, round(n), rel_tol=0, abs_tol=1e-6):
-                raise ValueError(
+                raise MixmagValueError(
                     f"region of {self.region_um:g} µm is not a whole number of {self.tile_px}-px tiles "
                     f"at {mpp:g} µm/px ({n:.3f}); choose region_um as a multiple of "
                     f"{mpp * self.tile_px:g} µm"
@@ -110,7 +115,7 @@ class RegionSpec:
             ratio = mpp / finest
             if not math.isclose(ratio, round(ratio), abs_tol=1e-6):
                 # derived magnifications are made by integer area-downsampling of the finest mosaic
-                raise ValueError(f"each mpp must be a whole multiple of the finest ({finest:g}); got {mpp:g}")
+                raise MixmagValueError(f"each mpp must be a whole multiple of the finest ({finest:g}); got {mpp:g}")
 
     @property
     def finest_mpp(self) -> float:

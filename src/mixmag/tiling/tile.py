@@ -34,6 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mixmag._version import __version__
+from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest, Status, read_manifest
 from mixmag.io.regions import RegionIndex, write_region_index
 from mixmag.slides.base import MppInfo, SlideError, SlideReader
@@ -330,9 +331,9 @@ def tile_slides(
     out = Path(out_dir)
     spec = spec or RegionSpec()
     if workers < 1:
-        raise ValueError("workers must be >= 1")
+        raise MixmagValueError("workers must be >= 1")
     if thumbnail_px < 64:
-        raise ValueError("thumbnail_px must be >= 64")
+        raise MixmagValueError("thumbnail_px must be >= 64")
     options = TileOptions(
         spec=spec, min_tissue=min_tissue, valid_min_tissue=valid_min_tissue, reader=reader,
         thumbnail_px=thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
@@ -344,7 +345,7 @@ def tile_slides(
     table = read_mpp_csv(mpp_csv) if mpp_csv is not None else None
     jobs = collect_slides(list(inputs), mpp_override=mpp_override, mpp_table=table, exclude=out)
     if not jobs:
-        raise ValueError(f"no slides found in {', '.join(map(str, inputs))}")
+        raise MixmagValueError(f"no slides found in {', '.join(map(str, inputs))}")
     for sub in ("regions", "qc", "tissue"):
         (out / sub).mkdir(parents=True, exist_ok=True)
         if n := remove_stale_temp_files(out / sub):

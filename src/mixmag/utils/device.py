@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mixmag.errors import MixmagValueError
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA if available, else CPU; otherwise ``torch.device(device)``."""
@@ -38,4 +40,4 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else None
-    raise ValueError(f"unknown precision {precision!r}; use one of fp32, fp16, bf16, auto")
+    raise MixmagValueError(f"unknown precision {precision!r}; use one of fp32, fp16, bf16, auto")
