@@ -50,12 +50,12 @@ def _bag(regions: int, tile_dim: int, seed: int = 0) -> BagRegions:
 
 def _one(cfg: dict) -> dict:
     """Run one configuration in this (child) process and return its timings and peak memory."""
+    from mixmag.geometry import RegionSpec
     from mixmag.mil.abmil import GatedABMIL
     from mixmag.mil.methods import METHODS
     from mixmag.mil.model import MILModel
     from mixmag.mil.train import TrainParams, make_optimizer, train_one_epoch
     from mixmag.region.model import build_region_encoder
-    from mixmag.tiling.spec import RegionSpec
 
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])

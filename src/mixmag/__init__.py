@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mixmag._version import __version__
 from mixmag.errors import MixmagError
-from mixmag.tiling.spec import RegionSpec
+from mixmag.geometry import RegionSpec
 from mixmag.utils.lazy import lazy_getattr
 
 # public name -> module that defines it (imported on first attribute access)
@@ -30,7 +30,7 @@ _LAZY: dict[str, str] = {
     "open_slide": "mixmag.slides",
     "pretrain_region_encoder": "mixmag.region.pretrain",
     "encode_regions": "mixmag.region.encode",
-    "load_region_encoder": "mixmag.io.checkpoints",
+    "load_region_encoder": "mixmag.region.checkpoints",
     "train_methods": "mixmag.mil.experiment",
     "MILClassifier": "mixmag.mil.estimator",
     "compare_runs": "mixmag.evaluate.compare",

@@ -47,7 +47,7 @@ class SlidesConfig(_Section):
 
 
 class TilingConfig(_Section):
-    """Region geometry and tissue rules (docs/concepts/resolution.md)."""
+    """Region geometry and tissue rules (docs/concepts/resolution.md#regions-tiles-and-tokens)."""
 
     region_um: float = Field(default=448.0, gt=0)
     """Side of a square region in µm."""
@@ -77,7 +77,7 @@ class EmbedConfig(_Section):
     batch_size: int = Field(default=32, ge=1)
     """Tiles per forward pass."""
     precision: Precision = Precision.AUTO
-    """auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32."""
+    """auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32 (docs/concepts/precision.md)."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
@@ -116,6 +116,8 @@ class RegionConfig(_Section):
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_frac: float = Field(default=0.05, ge=0, lt=1)
     precision: Precision = Precision.AUTO
+    """auto = bf16 on GPUs with native bf16, else fp16 with a gradient scaler; fp32 on CPU
+    (docs/concepts/precision.md)."""
     device: str = "auto"
     seed: int = 0
     grad_clip: float = Field(default=1.0, ge=0)
@@ -162,6 +164,8 @@ class MilConfig(_Section):
     allow_missing_slides: bool = False
     """Exclude (and record) labelled slides without features instead of failing."""
     precision: Precision = Precision.AUTO
+    """Training and its validation/test predictions: auto = bf16 on GPUs with native bf16, else fp16
+    with a gradient scaler; fp32 on CPU (docs/concepts/precision.md)."""
     cache_gb: float = Field(default=4.0, ge=0)
     """In-memory feature cache shared by all methods of a run."""
     hidden_dim: int = Field(default=512, ge=8)

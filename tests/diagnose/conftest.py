@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureWriter
 from mixmag.io.regions import RegionIndex
-from mixmag.tiling.spec import RegionSpec
 
 MPP0 = 0.25
 D = 8

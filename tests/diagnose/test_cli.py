@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from mixmag.cli import app as app_module
 from mixmag.cli import diagnose_cmd
-from mixmag.io.checkpoints import save_region_checkpoint
+from mixmag.geometry import RegionSpec
+from mixmag.region.checkpoints import save_region_checkpoint
 from mixmag.region.model import build_region_encoder
-from mixmag.tiling.spec import RegionSpec
 
 
 @pytest.fixture(scope="module")

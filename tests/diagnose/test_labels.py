@@ -16,9 +16,9 @@ from mixmag.diagnose.labels import (
     label_table_from_frame,
     read_label_table,
 )
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureFile
 from mixmag.io.regions import RegionIndex
-from mixmag.tiling.spec import RegionSpec
 
 
 def _index(coords: list[tuple[int, int]], mpp: float = 0.25, slide_id: str = "a") -> RegionIndex:

@@ -16,11 +16,11 @@ from mixmag.diagnose.pretraining import (
     find_metrics_log,
     pretraining_diagnostics,
 )
-from mixmag.io.checkpoints import save_region_checkpoint
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureFile
+from mixmag.region.checkpoints import save_region_checkpoint
 from mixmag.region.diagnostics import evaluate_reconstruction, load_pretrainer
 from mixmag.region.model import build_region_encoder
-from mixmag.tiling.spec import RegionSpec
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from mixmag.diagnose.dataset import collect_probe_data
 from mixmag.diagnose.featuresets import FEATURE_SETS, available_feature_sets, magnification_mean
 from mixmag.diagnose.labels import read_label_table
 from mixmag.diagnose.probes import PROBE_COLUMNS, probe_auroc, run_probes
-from mixmag.tiling.spec import RegionSpec
+from mixmag.geometry import RegionSpec
 
 
 @pytest.fixture(scope="module")

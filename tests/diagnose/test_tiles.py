@@ -18,8 +18,8 @@ from mixmag.diagnose.tiles import (
     run_tile_ceiling,
     single_tile_feature_set,
 )
+from mixmag.geometry import RegionSpec
 from mixmag.io.regions import RegionIndex
-from mixmag.tiling.spec import RegionSpec
 
 
 def _index(mpp0: float = 0.25) -> RegionIndex:

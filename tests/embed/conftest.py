@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.regions import RegionIndex, write_region_index
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 

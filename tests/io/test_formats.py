@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureFile, FeatureWriter, is_complete_feature_file
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import Manifest, Status
 from mixmag.io.regions import RegionIndex, read_region_index, write_region_index
-from mixmag.tiling.spec import RegionSpec
 
 
 def _index(n: int = 3) -> RegionIndex:

@@ -40,9 +40,9 @@ def _save_tiny_checkpoint(path: Path, *, tile_dim: int, objective: str = "mem", 
     Its weights are a seeded *initialisation*, not the result of pretraining: these tests check the
     MIL side (loading, fine-tuning, provenance); pretraining quality is the region package's business.
     """
-    from mixmag.io.checkpoints import save_region_checkpoint
+    from mixmag.geometry import RegionSpec
+    from mixmag.region.checkpoints import save_region_checkpoint
     from mixmag.region.model import build_region_encoder
-    from mixmag.tiling.spec import RegionSpec
 
     torch.manual_seed(seed)
     encoder = build_region_encoder(tile_dim=tile_dim, spec=RegionSpec(), preset="tiny")

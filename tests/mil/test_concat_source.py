@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mixmag.geometry import RegionSpec
 from mixmag.mil.artifacts import predict_bag, read_attention
 from mixmag.mil.data import BagRegions
 from mixmag.mil.estimator import MILClassifier
@@ -16,7 +17,6 @@ from mixmag.mil.experiment import train_methods
 from mixmag.mil.instances import INSTANCE_SOURCES, ScaleConcatSource
 from mixmag.mil.methods import METHODS
 from mixmag.mil.synthetic import SyntheticCohort
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 

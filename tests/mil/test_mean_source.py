@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mixmag.geometry import RegionSpec
 from mixmag.mil.artifacts import predict_bag, read_attention
 from mixmag.mil.data import BagRegions
 from mixmag.mil.estimator import MILClassifier
@@ -18,7 +19,6 @@ from mixmag.mil.instances import INSTANCE_SOURCES, TokenMeanSource
 from mixmag.mil.methods import METHODS
 from mixmag.mil.synthetic import SyntheticCohort
 from mixmag.region.model import RegionEncoder, build_region_encoder
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 

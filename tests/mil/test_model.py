@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from mixmag.geometry import RegionSpec
 from mixmag.mil.data import BagRegions
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.methods import METHODS, PAPER_METHODS
 from mixmag.region.model import build_region_encoder
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixmag.io.checkpoints import load_region_encoder
+from mixmag.region.checkpoints import load_region_encoder
 from mixmag.region.pretrain import pretrain_region_encoder
 
 OPTS = {"objective": "cmem", "preset": "tiny", "steps": 4, "batch_size": 8, "lr": 1e-3, "num_workers": 0,

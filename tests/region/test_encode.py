@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from mixmag.io.checkpoints import (
+from mixmag.geometry import RegionSpec
+from mixmag.io.features import FeatureFile
+from mixmag.io.h5common import FormatError
+from mixmag.io.manifest import read_manifest
+from mixmag.io.region_embeddings import RegionEmbeddingFile
+from mixmag.region.checkpoints import (
     LayoutMismatchError,
     load_region_encoder,
     resolve_checkpoint,
     save_region_checkpoint,
 )
-from mixmag.io.features import FeatureFile
-from mixmag.io.h5common import FormatError
-from mixmag.io.manifest import read_manifest
-from mixmag.io.region_embeddings import RegionEmbeddingFile
 from mixmag.region.encode import encode_regions
 from mixmag.region.model import build_region_encoder
 from mixmag.region.pretrain import pretrain_region_encoder
 from mixmag.region.synthetic import write_synthetic_feature_cohort
-from mixmag.tiling.spec import RegionSpec
 
 TRIDENT_COORDS_ATTRS = {"patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
                         "overlap", "level0_width", "level0_height", "name", "savetodir"}

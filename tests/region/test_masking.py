@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mixmag.geometry import RegionSpec
 from mixmag.region.masking import (
     drop_tokens,
     magnification_mask,
@@ -11,7 +12,6 @@ from mixmag.region.masking import (
     n_masked,
     random_mask,
 )
-from mixmag.tiling.spec import RegionSpec
 
 MAG = RegionSpec().layout().mag_index  # [0, 1 x4, 2 x16]
 

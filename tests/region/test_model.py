@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mixmag.geometry import RegionSpec
 from mixmag.region.model import REGION_ENCODERS, RegionEncoder, build_region_encoder
-from mixmag.tiling.spec import RegionSpec
 
 LAYOUTS = {
     "5x/10x/20x (21)": RegionSpec(),

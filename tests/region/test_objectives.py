@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixmag.geometry import RegionSpec
 from mixmag.region.distributed import DistContext
 from mixmag.region.model import build_region_encoder
 from mixmag.region.objectives import (
@@ -12,7 +13,6 @@ from mixmag.region.objectives import (
     info_nce_local,
     masked_reconstruction_loss,
 )
-from mixmag.tiling.spec import RegionSpec
 
 
 @pytest.mark.parametrize("kind", ["mse", "cosine"])

@@ -9,15 +9,15 @@ import h5py
 import numpy as np
 import pytest
 
-from mixmag.io.checkpoints import LayoutMismatchError, load_region_encoder
+from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import read_manifest
+from mixmag.region.checkpoints import LayoutMismatchError, load_region_encoder
 from mixmag.region.data import RegionStream, scan_feature_cohort
 from mixmag.region.diagnostics import evaluate_reconstruction, evaluate_view_retrieval
 from mixmag.region.pretrain import pretrain_region_encoder
 from mixmag.region.settings import PretrainSettings
 from mixmag.region.synthetic import write_synthetic_feature_cohort
-from mixmag.tiling.spec import RegionSpec
 
 FAST = {"preset": "tiny", "num_workers": 0, "progress": False, "device": "cpu", "checkpoint_every": 0}
 # small but not minimal: the learning tests need some capacity to beat the baselines clearly

@@ -9,6 +9,7 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
+from mixmag.geometry import RegionSpec
 from mixmag.report.figures import figure_pixels, save_png
 from mixmag.report.heatmap import (
     attention_overlay,
@@ -20,7 +21,6 @@ from mixmag.report.heatmap import (
     top_regions_figure,
     write_slide_heatmaps,
 )
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 DPI = 100

@@ -10,12 +10,12 @@ import openslide
 import pytest
 from PIL import Image
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.regions import RegionIndex
 from mixmag.slides import open_slide, resolve_mpp
 from mixmag.slides.tissue import detect_tissue
 from mixmag.tiling.extract import RegionTileReader, cut_tiles, plan_region_read
 from mixmag.tiling.grid import build_region_index
-from mixmag.tiling.spec import RegionSpec
 
 SPEC = RegionSpec()
 SlideFactory = Callable[..., Path]

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mixmag.geometry import RegionSpec
 from mixmag.slides import open_slide, resolve_mpp
 from mixmag.slides.tissue import TissueMask, detect_tissue
 from mixmag.tiling.grid import build_region_index, grid_coords, grid_positions, token_boxes_level0
-from mixmag.tiling.spec import RegionSpec
 
 
 def test_grid_positions_do_not_drift_and_stay_inside() -> None:

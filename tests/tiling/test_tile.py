@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.manifest import Status, read_manifest
 from mixmag.io.regions import read_region_index
-from mixmag.tiling.spec import RegionSpec
 from mixmag.tiling.tile import tile_slides
 
 SlideFactory = Callable[..., Path]

@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Tile slides into regions over tissue, each linked to its tiles at every magnification."""
         from mixmag.cli.common import EXIT_FAILED, friendly_errors
+        from mixmag.geometry import RegionSpec, parse_magnification
         from mixmag.io.manifest import Status
-        from mixmag.tiling.spec import RegionSpec, parse_magnification
         from mixmag.tiling.tile import tile_slides
 
         with friendly_errors():

@@ -32,6 +32,14 @@ from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostic
 from mixmag.diagnose.probes import PROBES, run_probes
 from mixmag.diagnose.tiles import DEFAULT_MAX_TILES, run_tile_ceiling
 from mixmag.io.h5common import FormatError
+from mixmag.region.runlog import MetricsLog, plot_loss_curve
+from mixmag.report.diagnostics_plots import (
+    attention_share_plot,
+    ceiling_heatmap,
+    probe_heatmap,
+    reconstruction_bars,
+)
+from mixmag.report.figures import save_png
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -72,15 +80,11 @@ def _write_csv(result: DiagnosticsResult, name: str, df: pd.DataFrame) -> None:
 
 
 def _write_png(result: DiagnosticsResult, name: str, fig: Any) -> None:
-    from mixmag.report.figures import save_png
-
     result.files[f"{name}.png"] = save_png(fig, result.out_dir / f"{name}.png", dpi=110)
 
 
 def _probes(result: DiagnosticsResult, features: Path, table: LabelTable, checkpoints: Mapping[str, Path], *,
             probes: Sequence[str], min_overlap: float, max_regions: int, seed: int) -> ProbeData:
-    from mixmag.report.diagnostics_plots import probe_heatmap
-
     data = collect_probe_data(features, table, checkpoints=checkpoints, min_overlap=min_overlap,
                               max_regions=max_regions, seed=seed)
     result.skipped.update({f"feature set {k}": v for k, v in data.skipped.items()})
@@ -104,16 +108,11 @@ def _ceiling(result: DiagnosticsResult, data: ProbeData, slide_labels: Mapping[s
     result.ceiling = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     _write_csv(result, "ceiling", result.ceiling)
     if result.ceiling["slide_auroc_max"].notna().any():
-        from mixmag.report.diagnostics_plots import ceiling_heatmap
-
         _write_png(result, "ceiling", ceiling_heatmap(result.ceiling))
 
 
 def _pretraining(result: DiagnosticsResult, features: Path, checkpoints: Mapping[str, Path], *, n_regions: int,
                  seed: int) -> None:
-    from mixmag.region.runlog import MetricsLog, plot_loss_curve
-    from mixmag.report.diagnostics_plots import reconstruction_bars
-
     tables = []
     for role, ckpt in checkpoints.items():
         try:
@@ -135,8 +134,6 @@ def _pretraining(result: DiagnosticsResult, features: Path, checkpoints: Mapping
 
 def _attention(result: DiagnosticsResult, features: Path, table: LabelTable, mil_dir: Path, *,
                min_overlap: float) -> None:
-    from mixmag.report.diagnostics_plots import attention_share_plot
-
     result.attention = attention_diagnostics(mil_dir, features, table, min_overlap=min_overlap)
     result.attention_summary = summarize_attention(result.attention)
     _write_csv(result, "attention", result.attention)

@@ -38,6 +38,7 @@ from sklearn.model_selection import GroupKFold
 
 from mixmag.diagnose.probes import DEFAULT_FOLDS, MIN_CLASS, PROBES, fit_probe
 from mixmag.errors import MixmagValueError
+from mixmag.mil.labels import build_bags, label_columns, read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +210,6 @@ def read_slide_labels(path: str | os.PathLike[str], column: str | None = None) -
     Raises:
         ValueError: No or several label columns without ``column``, or not exactly two classes.
     """
-    from mixmag.mil.labels import build_bags, label_columns, read_labels
-
     df = read_labels(path)
     columns = label_columns(df, [column] if column else None)
     if len(columns) != 1:

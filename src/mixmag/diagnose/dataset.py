@@ -22,8 +22,8 @@ import numpy as np
 from mixmag.diagnose.featuresets import FEATURE_SETS, available_feature_sets
 from mixmag.diagnose.labels import LabelTable, label_regions, log_unlabelled_slides
 from mixmag.errors import MixmagValueError
-from mixmag.io.checkpoints import check_layout, load_region_encoder
 from mixmag.io.features import FeatureFile
+from mixmag.region.checkpoints import check_layout, load_region_encoder
 from mixmag.region.data import feature_paths
 from mixmag.region.model import RegionEncoder
 

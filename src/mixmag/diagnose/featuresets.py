@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from mixmag.errors import MixmagKeyError, MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.region.model import RegionEncoder
 from mixmag.registry import Registry
-from mixmag.tiling.spec import RegionSpec
 
 FeatureFn = Callable[[np.ndarray, np.ndarray, RegionSpec, "RegionEncoder | None"], np.ndarray]
 

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from mixmag.errors import MixmagValueError
-from mixmag.io.checkpoints import load_checkpoint_tensors, resolve_checkpoint
+from mixmag.region.checkpoints import load_checkpoint_tensors, resolve_checkpoint
 from mixmag.region.diagnostics import load_pretrainer, sample_regions
 from mixmag.region.masking import make_batch_views
 

@@ -26,10 +26,10 @@ import pandas as pd
 from mixmag.diagnose.ceiling import CEILING_COLUMNS, run_ceiling
 from mixmag.diagnose.labels import BOX_COLUMNS, LabelTable, box_coverage, label_regions
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec, magnification_label
 from mixmag.io.features import FeatureFile
 from mixmag.io.regions import RegionIndex
 from mixmag.region.data import feature_paths
-from mixmag.tiling.spec import RegionSpec, magnification_label
 
 logger = logging.getLogger(__name__)
 

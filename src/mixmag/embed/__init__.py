@@ -9,9 +9,10 @@ Public API::
 
 from __future__ import annotations
 
-from mixmag.embed.engine import EmbedSummary, SlideEmbeddingError, embed_slides
+from mixmag.embed.engine import EmbedSummary, embed_slides
+from mixmag.embed.errors import EmbedConfigError, SlideEmbeddingError
 from mixmag.embed.export import ExportSummary, export_features
-from mixmag.embed.jobs import EmbedConfigError, SlideJob, discover_jobs, parse_shard
+from mixmag.embed.jobs import SlideJob, discover_jobs, parse_shard
 
 __all__ = [
     "EmbedConfigError",

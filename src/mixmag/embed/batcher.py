@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mixmag._version import __version__
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.dataset import Message, SlideFailed, SlideSkip, SlideStart, TileChunk
+from mixmag.embed.errors import SlideEmbeddingError
 from mixmag.embed.jobs import SlideJob
 from mixmag.encoders import TileEncoder
 from mixmag.io.features import FeatureWriter
@@ -64,7 +65,7 @@ class TileBatcher:
         claims: Claim board (claims are refreshed while writing and released when done).
         jobs: The run's slides (messages refer to them by position).
         summary: :class:`~mixmag.embed.engine.EmbedSummary` updated in place.
-        fail_fast: Raise :class:`~mixmag.embed.engine.SlideEmbeddingError` on the first failure.
+        fail_fast: Raise :class:`~mixmag.embed.errors.SlideEmbeddingError` on the first failure.
         progress: Show a tqdm bar (tiles, tiles/s).
         first_batch_hook: Embeds the first batch instead of :meth:`TileEncoder.encode`, called
             once with (encoder, uint8 tiles) and returning (B, D) embeddings (the "auto" precision
@@ -148,8 +149,6 @@ class TileBatcher:
 
     def fail_slide(self, job: int, error: str, *, claimed: bool = True) -> None:
         """Abort ``job``: remove its temp file, release its claim, record the error."""
-        from mixmag.embed.engine import SlideEmbeddingError
-
         if job in self._failed:
             return
         self._failed.add(job)

@@ -33,6 +33,8 @@ from mixmag.embed.jobs import SlideJob, existing_encoder, expected_provenance, i
 from mixmag.embed.workqueue import SlideWorkQueue
 from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.regions import RegionIndex, read_region_index
+from mixmag.slides import open_slide
+from mixmag.tiling.extract import RegionTileReader
 from mixmag.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ class TileSource(Protocol):
 
 def open_region_tiles(index: RegionIndex) -> TileSource:
     """Default :class:`TileSource`: open the slide recorded in the index with its recorded reader."""
-    from mixmag.slides import open_slide
-    from mixmag.tiling.extract import RegionTileReader
-
     slide_path = index.attrs.get("slide_path")
     if not slide_path:
         raise MixmagFileNotFoundError("the region index records no slide_path; re-run `mixmag tile`")

@@ -40,7 +40,7 @@ from mixmag.embed.claims import DEFAULT_STALE_AFTER_S, ClaimBoard, ClaimOwner
 from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
 from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
 from mixmag.encoders import TileEncoder, build_encoder
-from mixmag.errors import MixmagRuntimeError, MixmagValueError
+from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
 from mixmag.utils.atomic import remove_stale_temp_files
@@ -102,10 +102,6 @@ def plan_decoding(workers: int | str, device: torch.device, threads: int | None 
         raise MixmagValueError(f"decode threads must be >= 1, got {threads}")
     default_threads = torch.get_num_threads() if n == 0 else 1
     return DecodePlan(workers=n, threads=threads or default_threads)
-
-
-class SlideEmbeddingError(MixmagRuntimeError):
-    """A slide failed and ``fail_fast`` was requested."""
 
 
 @dataclass

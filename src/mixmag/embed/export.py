@@ -17,12 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixmag.errors import MixmagFileNotFoundError
+from mixmag.geometry import magnification_label, parse_magnification
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import Manifest, Status
 from mixmag.io.regions import trident_coords_attrs
 from mixmag.io.trident import EXPORT_FORMATS, PatchFeatures
-from mixmag.tiling.spec import magnification_label, parse_magnification
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixmag.embed.errors import EmbedConfigError
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.io.features import is_complete_feature_file
 from mixmag.io.h5common import read_attrs
@@ -33,10 +34,6 @@ FOLDER_KEYS = ("encoder", "embed_dim", "weights_hash", "pooling")
 _TILED = (Status.OK.value, Status.SKIPPED.value)
 
 RegionSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-
-class EmbedConfigError(MixmagValueError):
-    """The run's settings conflict with what an output folder already holds."""
 
 
 @dataclass(frozen=True)

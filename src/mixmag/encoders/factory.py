@@ -11,7 +11,7 @@ import torch
 from mixmag.encoders.base import ENCODERS, EncoderMeta, TileEncoder
 from mixmag.encoders.weights import fit_state_dict, load_state_dict_file, resolve_weights
 from mixmag.errors import MixmagValueError
-from mixmag.utils.device import autocast_dtype, resolve_device
+from mixmag.utils.device import resolve_amp, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def build_encoder(
         random_weights: Random initialisation under a fixed seed (testing/benchmarks; stamped "random").
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` ...
         precision: ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on GPU, bf16 on CPUs with native
-            bf16, else fp32); used as autocast dtype by :meth:`TileEncoder.encode`.
+            bf16, else fp32; :func:`~mixmag.utils.device.resolve_amp` for inference); used as
+            autocast dtype by :meth:`TileEncoder.encode`.
         arch_overrides: Keyword overrides for the backbone builder (e.g. ``{"depth": 2}`` for
             depth-reduced smoke tests of a large architecture). Published weights will not fit a
             modified architecture, so this requires random weights.
@@ -69,7 +70,7 @@ def build_encoder(
         logger.info("%s: random weights (seed %d); embeddings are meaningless except for tests/benchmarks",
                     key, RANDOM_INIT_SEED)
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    encoder = TileEncoder(backbone=backbone, meta=meta, autocast_dtype=autocast_dtype(dev, precision),
+    encoder = TileEncoder(backbone=backbone, meta=meta, autocast_dtype=resolve_amp(precision, dev, training=False).dtype,
                           weights_source=resolved.source, weights_hash=resolved.sha256)
     encoder.cpu_max_batch = recipe.cpu_max_batch
     encoder.eval().requires_grad_(False)

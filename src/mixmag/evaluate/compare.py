@@ -185,7 +185,7 @@ def _markdown(df: pd.DataFrame, corner: str) -> str:
 
 def write_comparison(table: pd.DataFrame, out: str | os.PathLike[str], *, reference: str = "abmil-20x") -> Path:
     """Write ``comparison.csv`` (long), ``comparison.md`` (two wide tables) and ``comparison.png``."""
-    from mixmag.evaluate.plots import plot_forest
+    from mixmag.evaluate.plots import plot_forest  # pyplot: only when writing the files
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,9 @@ import h5py
 import numpy as np
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError, check_format, read_attrs, write_attrs
 from mixmag.io.regions import RegionIndex, trident_coords_attrs, write_index_datasets
-from mixmag.tiling.spec import RegionSpec
 from mixmag.utils.atomic import atomic_path
 
 REGION_EMBEDDINGS_ARTIFACT = "region_embeddings"

@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from mixmag._version import __version__
+from mixmag.geometry import MPP_AT_10X, RegionSpec
 from mixmag.io.h5common import FormatError, check_format, read_attrs, write_attrs
-from mixmag.tiling.spec import MPP_AT_10X, RegionSpec
 from mixmag.utils.atomic import atomic_path
 
 REGION_INDEX_ARTIFACT = "region_index"

@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError, check_format, write_attrs
 from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions, FeatureStore
-from mixmag.mil.encoders import EncoderRecipe, encoder_class
+from mixmag.mil.encoders import EncoderRecipe
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import Bag
 from mixmag.mil.methods import METHODS
 from mixmag.mil.model import MILModel
 from mixmag.mil.train import BagPrediction
-from mixmag.tiling.spec import RegionSpec
+from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import atomic_path
 
 MODEL_ARTIFACT = "mil_model"
@@ -84,7 +85,7 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
     spec = RegionSpec.from_dict(payload["spec"])
     encoder = None
     if payload["encoder_kwargs"] is not None:
-        encoder = encoder_class()(**payload["encoder_kwargs"])
+        encoder = RegionEncoder(**payload["encoder_kwargs"])
     elif payload["encoder_recipe"] is not None:
         encoder = EncoderRecipe(**payload["encoder_recipe"]).build()
     clf = MILClassifier(payload["method"], encoder=encoder, classes=payload["classes"], **payload["params"])

@@ -1,8 +1,9 @@
 """Bags of regions read from a feature store, with a byte-bounded in-memory cache.
 
 Every MIL method starts from the same thing: the regions of a bag's slides, ``(R, T, D)`` tile
-embeddings plus the ``(R, T)`` validity mask (docs/formats/region-index.md). The method's instance source
-(:mod:`mixmag.mil.instances`) then picks what becomes an instance. Caching whole slides once (as
+embeddings plus the ``(R, T)`` validity mask
+(docs/concepts/resolution.md#which-regions-are-kept-which-tokens-are-valid). The method's
+instance source (:mod:`mixmag.mil.instances`) then picks what becomes an instance. Caching whole slides once (as
 float16, the storage precision, so no information is lost) lets all methods of a comparison share
 one read of each file.
 """
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.mil.labels import Bag
-from mixmag.tiling.spec import RegionSpec
 
 logger = logging.getLogger(__name__)
 

@@ -21,32 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from mixmag.errors import MixmagError, MixmagFileNotFoundError
+from mixmag.geometry import RegionSpec
 from mixmag.mil.methods import MethodSpec
-from mixmag.tiling.spec import RegionSpec
+from mixmag.region.checkpoints import check_layout, load_region_encoder
+from mixmag.region.model import RegionEncoder, build_region_encoder
 
 logger = logging.getLogger(__name__)
 
 
 class MissingCheckpointError(MixmagError, LookupError):
     """A method needs a checkpoint role that was not provided (the method is skipped)."""
-
-
-def _api() -> tuple[Any, Any, Any]:
-    """``(build_region_encoder, load_region_encoder, check_layout)`` imported on first use."""
-    from mixmag.io.checkpoints import check_layout, load_region_encoder
-    from mixmag.region.model import build_region_encoder
-
-    return build_region_encoder, load_region_encoder, check_layout
-
-
-def encoder_class() -> type[nn.Module]:
-    """The :class:`~mixmag.region.model.RegionEncoder` class (imported lazily)."""
-    from mixmag.region.model import RegionEncoder
-
-    return RegionEncoder
 
 
 @dataclass(frozen=True)
@@ -79,22 +65,22 @@ class EncoderRecipe:
     architecture: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
 
-    def build(self) -> nn.Module:
+    def build(self) -> RegionEncoder:
         """A new encoder: loaded from the checkpoint, or freshly initialised under :attr:`seed`."""
-        build_fn, load_fn, _ = _api()
         if self.checkpoint is not None:
-            encoder, _ = load_fn(self.checkpoint, map_location="cpu")
+            encoder, _ = load_region_encoder(self.checkpoint, map_location="cpu")
             return encoder
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # seed the init without disturbing the caller's RNG
             torch.manual_seed(self.seed)
             if self.architecture:
-                encoder = encoder_class()(**self.architecture)
+                encoder = RegionEncoder(**self.architecture)
             else:
-                encoder = build_fn(tile_dim=self.tile_dim, spec=RegionSpec.from_dict(self.spec), preset=self.preset)
+                encoder = build_region_encoder(tile_dim=self.tile_dim, spec=RegionSpec.from_dict(self.spec),
+                                               preset=self.preset)
         if self.template is not None:
             # same input standardisation as the pretrained encoders: only the weights differ
-            pretrained, _ = load_fn(self.template, map_location="cpu")
+            pretrained, _ = load_region_encoder(self.template, map_location="cpu")
             encoder.set_input_stats(pretrained.input_mean, pretrained.input_std)
         return encoder
 
@@ -121,14 +107,13 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
         mixmag.io.h5common.FormatError: the checkpoint does not fit the features.
     """
     assert method.encoder is not None, "resolve_encoder() is for methods with a region encoder"
-    _, load_fn, check_layout = _api()
     role = method.encoder
     base: dict[str, Any] = {"role": role, "preset": preset, "seed": seed, "tile_dim": int(tile_dim), "spec": spec.to_dict()}
     path = checkpoints.get(role)
     if path is not None:
         if not Path(path).exists():
             raise MixmagFileNotFoundError(f"the {role} checkpoint {path} does not exist")
-        _, info = load_fn(path, map_location="cpu")
+        _, info = load_region_encoder(path, map_location="cpu")
         check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
         logger.info("%s encoder: checkpoint %s (objective %s, step %s)", role, info["path"],
                     info.get("objective"), info.get("step"))
@@ -140,7 +125,7 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
     for template_role in sorted(checkpoints):
         template = checkpoints[template_role]
         if Path(template).exists():
-            _, info = load_fn(template, map_location="cpu")
+            _, info = load_region_encoder(template, map_location="cpu")
             check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
             logger.info("%s encoder: fresh initialisation (seed %d) with the architecture and input statistics "
                         "of the %s checkpoint",

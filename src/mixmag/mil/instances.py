@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec, magnification_label, parse_magnification
 from mixmag.mil.data import BagRegions
 from mixmag.registry import Registry
-from mixmag.tiling.spec import RegionSpec, magnification_label, parse_magnification
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class TileSource(InstanceSource):
         sl = self._slice(bag.spec)
         valid = bag.valid[:, sl]
         if not valid.any():
-            # Invalid tiles are still embedded (docs/formats/region-index.md), so the bag is not empty; say so.
+            # Invalid tiles are still embedded, so the bag is not empty; say so
+            # (docs/concepts/resolution.md#which-regions-are-kept-which-tokens-are-valid).
             logger.warning("bag of slides %s has no valid %s tile; using all its %s tiles",
                            ",".join(bag.slide_ids), self.magnification, self.magnification)
             valid = np.ones_like(valid)
@@ -261,9 +262,9 @@ class ScaleConcatSource(InstanceSource):
                 rng: np.random.Generator | None = None) -> ModelInput:
         """(R, M * D) regions with a valid tile, each magnification averaged over its valid tiles.
 
-        A magnification with no valid tile in a kept region is averaged over all its tiles
-        (invalid tiles are still embedded, docs/formats/region-index.md), so every kept region has
-        all M parts.
+        A magnification with no valid tile in a kept region is averaged over all its tiles (invalid
+        tiles are still embedded: docs/concepts/resolution.md#which-regions-are-kept-which-tokens-are-valid),
+        so every kept region has all M parts.
         """
         slices = [part._slice(bag.spec) for part in self.parts]
         rows = np.flatnonzero(np.any([bag.valid[:, sl].any(axis=1) for sl in slices], axis=0))

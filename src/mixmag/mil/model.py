@@ -16,6 +16,7 @@ from torch import nn
 
 from mixmag.mil.data import BagRegions
 from mixmag.mil.instances import InstanceSource, ModelInput
+from mixmag.region.data import TargetMoments
 
 
 class MILOutput(NamedTuple):
@@ -74,8 +75,6 @@ class InstanceStandardizer(nn.Module):
     def fit_(self, batches: Iterable[torch.Tensor]) -> InstanceStandardizer:
         """Set mean/std from (N_i, D) instance batches, with the same statistics as pretraining
         (:class:`~mixmag.region.data.TargetMoments`: float64 sums, constant dimensions keep std 1)."""
-        from mixmag.region.data import TargetMoments
-
         moments = TargetMoments.empty(self.mean.shape[0])
         for x in batches:
             moments.add(x.detach().cpu().numpy())

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureWriter
 from mixmag.io.regions import RegionIndex
 from mixmag.registry import Registry
-from mixmag.tiling.spec import RegionSpec
 from mixmag.utils.atomic import atomic_write_text
 
 #: (rng, n_regions, label, spec, directions (K, D), signal) -> (feats (R, T, D), valid (R, T))
@@ -38,7 +38,7 @@ def _base(rng: np.random.Generator, n_regions: int, spec: RegionSpec, directions
     """Unit-variance Gaussian embeddings and ~10 % invalid tokens (the 5x token always valid)."""
     feats = rng.standard_normal((n_regions, spec.n_tokens, directions.shape[1])).astype(np.float32)
     valid = rng.random((n_regions, spec.n_tokens)) >= invalid_frac
-    valid[:, 0] = True  # the coarsest tile decides whether a region is kept at all (docs/formats/region-index.md)
+    valid[:, 0] = True  # the coarsest tile decides whether a region is kept at all (docs/concepts/resolution.md#which-regions-are-kept-which-tokens-are-valid)
     return feats, valid
 
 

@@ -4,8 +4,9 @@ Plain functions (``train_one_epoch``, ``evaluate``, ``fit``), CPU-runnable, no f
 different lengths, so by default each step sees one bag, which needs no padding and keeps memory
 per step bounded by the instance/region subsampling; ``batch_size`` > 1 pads several bags into one
 forward pass (much faster for small bags) and ``grad_accum`` sums several passes per update.
-Evaluation always uses every instance. On CUDA, autocast runs in bf16 where supported (fp16 with a
-gradient scaler otherwise); on the CPU training runs in fp32.
+Evaluation always uses every instance. Precision follows :func:`mixmag.utils.device.resolve_amp`
+for training (``auto``: bf16 on GPUs with native bf16, fp16 with a gradient scaler on other GPUs,
+fp32 on the CPU); the predictions of a model being fitted use the same numerics.
 
 Model selection (documented in ``docs/concepts/evaluation.md``): the epoch with the best
 validation AUROC (ties broken by lower validation loss) is kept; when the validation bags hold a
@@ -19,7 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +31,14 @@ from tqdm.auto import tqdm
 from mixmag.evaluate.metrics import auroc
 from mixmag.mil.data import BagRegions
 from mixmag.mil.model import MILModel
+from mixmag.utils.device import resolve_amp
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Optimisation settings of one model (defaults: docs/concepts/evaluation.md and common AB-MIL practice).
+    """Optimisation settings of one model (defaults: docs/concepts/evaluation.md#training-defaults).
 
     Attributes:
         epochs: Maximum epochs (one pass over the training bags each).
@@ -52,7 +53,8 @@ class TrainParams:
             their regions). 1 = one bag per step, the classic AB-MIL recipe.
         grad_accum: Forward passes per optimiser update.
         balanced: Weight the loss by inverse class frequency of the training bags.
-        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``;
+            resolved by :func:`~mixmag.utils.device.resolve_amp` with ``training=True``.
     """
 
     epochs: int = 30
@@ -88,21 +90,6 @@ class BagPrediction:
     token: np.ndarray
 
 
-def amp_settings(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
-    """Autocast dtype (None = fp32) and whether a gradient scaler is needed."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None, False
-    if precision == "auto":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return dtype, dtype == torch.float16 and device.type == "cuda"
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 def _limit(model: MILModel, params: TrainParams) -> int:
     return params.max_regions if model.source.needs_encoder else params.max_instances
 
@@ -133,7 +120,7 @@ def train_one_epoch(model: MILModel, bags: Sequence[BagRegions], labels: np.ndar
                     scaler: torch.amp.GradScaler | None = None) -> float:
     """One pass over the training bags in random order; returns the mean training loss."""
     _set_train_mode(model, params)
-    amp_dtype, _ = amp_settings(device, params.precision)
+    amp = resolve_amp(params.precision, device, training=True)
     limit = _limit(model, params)
     order = rng.permutation(len(bags))
     total, optimizer_steps = 0.0, 0
@@ -142,7 +129,7 @@ def train_one_epoch(model: MILModel, bags: Sequence[BagRegions], labels: np.ndar
     for i, batch in enumerate(batches):
         inputs = [model.source.prepare(bags[int(b)], limit=limit, rng=rng).to(device) for b in batch]
         target = torch.as_tensor([int(labels[b]) for b in batch], device=device)
-        with _autocast(device, amp_dtype):
+        with amp.autocast(device):
             logits = model(inputs[0]).logits[None] if len(inputs) == 1 else model.forward_batch(inputs)
         per_bag = F.cross_entropy(logits.float(), target, reduction="none")
         if class_weight is not None:
@@ -173,11 +160,12 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
         model: Trained model (moved to ``device`` by the caller).
         bags: Bags to predict.
         device: Device to run on.
-        precision: See :class:`TrainParams`.
+        precision: See :class:`TrainParams`; resolved as for training, so a model is scored in the
+            numerics it was trained in (``auto`` is fp32 on the CPU).
         attention: Also return per-instance attention, region rows and token slots.
     """
     model.eval()
-    amp_dtype, _ = amp_settings(device, precision)
+    amp = resolve_amp(precision, device, training=True)
     empty = np.zeros(0)
     out: list[BagPrediction] = []
     # Without attention, small bags are predicted together (padded, one encoder call) as long as
@@ -185,13 +173,13 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
     for group in ([[b] for b in bags] if attention else _group_bags(bags, model.eval_chunk)):
         if len(group) > 1:
             inputs = [model.source.prepare(bag).to(device) for bag in group]
-            with _autocast(device, amp_dtype):
+            with amp.autocast(device):
                 logits = model.forward_batch(inputs)
             for prob in torch.softmax(logits.float(), dim=1).cpu().numpy():
                 out.append(BagPrediction(prob, empty, empty, empty))
             continue
         inp = model.source.prepare(group[0]).to(device)
-        with _autocast(device, amp_dtype):
+        with amp.autocast(device):
             res = model(inp)
         prob = torch.softmax(res.logits.float(), dim=0).cpu().numpy()
         if attention:
@@ -250,8 +238,8 @@ def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, 
     rng = np.random.default_rng(seed)
     model.to(device)
     optimizer = make_optimizer(model, params)
-    _, needs_scaler = amp_settings(device, params.precision)
-    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    amp = resolve_amp(params.precision, device, training=True)
+    scaler = torch.amp.GradScaler(device.type) if amp.grad_scaler else None
     train_y = np.asarray(train_y, dtype=np.int64)
     class_weight = None
     if params.balanced:

@@ -107,6 +107,7 @@ def plan_diagnostics(run_dir: Path, objectives: Iterable[str], *, region_labels:
     target = targets[0] if targets else None
     if region_labels is None or comparison is None or target is None:
         return DiagnosticsPlan(checkpoints, region_labels=region_labels)
+    # imported here: the heatmaps module loads torch (MIL artifacts), this module is imported eagerly
     from mixmag.pipeline.heatmaps import pick_method
 
     picked = pick_method(comparison[comparison["target"].astype(str) == str(target)])
@@ -121,6 +122,7 @@ def run_plan(plan: DiagnosticsPlan, features_dir: Path, out_dir: Path, *, seed: 
         ``{"diagnostics": folder, "summary": diagnostics.json, "files": {name: path},
         "skipped": {diagnostic: reason}}`` (paths as absolute strings, as the ledger expects).
     """
+    # imported here: torch + scikit-learn, loaded only when the stage runs
     from mixmag.diagnose.api import run_diagnostics
 
     if out_dir.exists():

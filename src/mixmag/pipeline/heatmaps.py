@@ -16,6 +16,7 @@ import pandas as pd
 from mixmag.io.features import FeatureFile
 from mixmag.mil.artifacts import read_attention
 from mixmag.report.heatmap import read_region_tiles, top_k_regions, write_slide_heatmaps
+from mixmag.slides import open_slide
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path,
             if not slide_path.exists():
                 logger.warning("slide %s not found at %s: no heatmap", slide_id, slide_path)
                 continue
-            from mixmag.slides import open_slide
-
             with open_slide(slide_path, reader=index.attrs.get("reader")) as slide:
                 thumb = slide.thumbnail(THUMBNAIL_PX)
                 level0 = slide.dimensions

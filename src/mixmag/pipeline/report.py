@@ -1,20 +1,25 @@
-"""Collect a finished (or partial) study's outputs into the self-contained ``report.html``."""
+"""Collect a finished (or partial) study's outputs into the self-contained ``report.html``.
+
+Takes plain values (the run folder, the config, the ledger records, the comparison table), not the
+:class:`~mixmag.pipeline.study.Study`: the study calls the report, never the other way round.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mixmag.config import PipelineConfig
 from mixmag.io.manifest import read_manifest
+from mixmag.mil.labels import read_labels
+from mixmag.pipeline.ledger import StageRecord
 from mixmag.report.build import build_report
 from mixmag.utils.atomic import atomic_write_json
-
-if TYPE_CHECKING:
-    from mixmag.pipeline.study import Study, StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +36,6 @@ def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | 
                        for k, r in rows.items()])
     df["regions"] = pd.to_numeric(df["regions"], errors="coerce").astype("Int64")  # the manifest holds text
     if labels is not None and Path(labels).exists():
-        from mixmag.mil.labels import read_labels
-
         lab = read_labels(labels).astype({"slide_id": str})
         for col in lab.columns.drop(["patient_id", "slide_id"], errors="ignore"):
             # numeric labels stay numeric so the report can count positives
@@ -75,44 +78,51 @@ def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def write_study_report(study: Study, result: StudyResult) -> Path:
-    """Write ``<run>/report.html`` (and ``timings.json``) from the stage outputs of ``result``."""
-    out = study.out
-    timings = {name: rec.seconds for name, rec in result.stages.items()}
+def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, StageRecord],
+                       comparison: pd.DataFrame | None) -> Path:
+    """Write ``<out>/report.html`` (and ``timings.json``) from a study's stage outputs.
+
+    Args:
+        out: The study's run folder.
+        config: The study config.
+        stages: Ledger record per stage that ran (or was reused) in this run, in run order.
+        comparison: The compare stage's methods x tasks table (None without labels).
+    """
+    timings = {name: rec.seconds for name, rec in stages.items()}
     atomic_write_json(out / "timings.json", timings)
     notes: list[str] = []
-    encoder = study.config.embed.encoder
+    encoder = config.embed.encoder
     if encoder in IMAGENET_BASELINES:
         notes.append(f"Tile embeddings come from {encoder}, an ImageNet model used as an offline "
                      "baseline, not a pathology foundation model.")
-    if study.config.embed.random_weights:
+    if config.embed.random_weights:
         notes.append("Tile embeddings come from an encoder with RANDOM weights (testing only).")
-    pretrain_notes = {rec.outputs.get("corpus_note") for k, rec in result.stages.items() if k.startswith("pretrain-")}
+    pretrain_notes = {rec.outputs.get("corpus_note") for k, rec in stages.items() if k.startswith("pretrain-")}
     notes.extend(sorted(n for n in pretrain_notes if n))
-    train = result.stages.get("train")
+    train = stages.get("train")
     if train is not None:
         for method, reason in (train.outputs.get("skipped") or {}).items():
             notes.append(f"Method {method} was not run: {reason}")
-    if result.stages.get("tile") is not None:
-        skipped = result.skipped
+    if stages.get("tile") is not None:
+        skipped = [k for k, r in stages.items() if r.skipped]
         if skipped:
             notes.append("Stages reused from an earlier run: " + ", ".join(skipped) + ".")
 
     qc = sorted((out / "tiles" / "qc").glob("*.png"))[:MAX_QC_IMAGES]
     heatmaps: list[Any] = []
-    if "heatmaps" in result.stages:
-        heatmaps = [Path(p) for p in result.stages["heatmaps"].outputs.get("files", [])]
-    loss = {name.removeprefix("pretrain-"): rec.outputs["metrics"] for name, rec in result.stages.items()
+    if "heatmaps" in stages:
+        heatmaps = [Path(p) for p in stages["heatmaps"].outputs.get("files", [])]
+    loss = {name.removeprefix("pretrain-"): rec.outputs["metrics"] for name, rec in stages.items()
             if name.startswith("pretrain-") and rec.outputs.get("final_loss") is not None}
-    table = result.comparison
+    table = comparison
     # only a diagnose stage of this run: a folder left by an earlier run may describe other inputs
-    diagnostics = result.stages.get("diagnose")
+    diagnostics = stages.get("diagnose")
     return build_report(
         out / "report.html",
         title="mixmag study report",
         subtitle=str(out),
-        config=study.config,
-        cohort=cohort_table(out / "tiles" / "regions" / "manifest.csv", study.config.mil.labels),
+        config=config,
+        cohort=cohort_table(out / "tiles" / "regions" / "manifest.csv", config.mil.labels),
         qc_images=[(p, p.stem) for p in qc],
         comparison=None if table is None else comparison_rows(table),
         roc=None if table is None else roc_inputs(table),

@@ -13,6 +13,10 @@ Stages and their folders below ``config.out``::
 
 Every stage is fingerprinted in ``stages.json`` (:mod:`mixmag.pipeline.ledger`); the stage functions
 are themselves resumable per slide/step, so an interrupted run continues where it stopped.
+
+Each stage method imports its engine (torch, timm, scikit-learn) when it runs, not at module
+import: ``mixmag run`` starts fast and a resumed run whose stages are all done loads none of them.
+These imports all point down the layers (see ``[tool.importlinter]`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ import pandas as pd
 
 from mixmag.config import PipelineConfig, dump_config
 from mixmag.errors import MixmagRuntimeError, MixmagValueError
-from mixmag.pipeline.diagnostics_stage import DIAGNOSTICS_KEYS, check_region_labels
+from mixmag.geometry import RegionSpec, parse_magnification
+from mixmag.pipeline.diagnostics_stage import (
+    DIAGNOSTICS_KEYS,
+    check_region_labels,
+    plan_diagnostics,
+    run_plan,
+)
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
-from mixmag.tiling.spec import RegionSpec, parse_magnification
+from mixmag.pipeline.report import write_study_report
+from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
 from mixmag.utils.logging import add_file_handler
@@ -113,8 +124,6 @@ class Study:
         return self.out / "features" / self.config.embed.encoder
 
     def _unlabeled_ids(self) -> set[str]:
-        from mixmag.tiling.inputs import collect_slides
-
         pool = self.config.slides.pretrain_inputs
         if not pool:
             return set()
@@ -298,8 +307,6 @@ class Study:
         Returns None when ``evaluate.diagnostics`` is off or nothing can be diagnosed (no pretrained
         encoder and no region labels); :mod:`mixmag.pipeline.diagnostics_stage` says what runs.
         """
-        from mixmag.pipeline.diagnostics_stage import plan_diagnostics, run_plan
-
         ev = self.config.evaluate
         if not ev.diagnostics:
             logger.info("evaluate.diagnostics is false: no diagnose stage")
@@ -343,9 +350,7 @@ class Study:
             diagnose = self.diagnose(list(checkpoints), result)
             if diagnose is not None:
                 result.stages["diagnose"] = diagnose
-            from mixmag.pipeline.report import write_study_report
-
-            result.report = write_study_report(self, result)
+            result.report = write_study_report(self.out, self.config, result.stages, result.comparison)
             return result
         finally:
             logging.getLogger("mixmag").removeHandler(handler)

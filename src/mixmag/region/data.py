@@ -31,10 +31,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
 from mixmag.region.masking import make_batch_views
-from mixmag.tiling.spec import RegionSpec
 from mixmag.utils.hashing import sha256_text
 
 logger = logging.getLogger(__name__)

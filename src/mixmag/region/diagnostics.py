@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from mixmag.errors import MixmagValueError
-from mixmag.io.checkpoints import check_layout, load_checkpoint_tensors, load_region_encoder
 from mixmag.io.features import FeatureFile
+from mixmag.region.checkpoints import check_layout, load_checkpoint_tensors, load_region_encoder
 from mixmag.region.data import scan_feature_cohort
 from mixmag.region.distributed import DistContext
 from mixmag.region.masking import make_batch_views

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 from mixmag.errors import MixmagValueError
-from mixmag.io.checkpoints import LayoutMismatchError, check_layout, load_region_encoder
 from mixmag.io.features import FeatureFile
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import Manifest, Status
 from mixmag.io.region_embeddings import MODES, RegionEmbeddingWriter, is_complete_region_embeddings
 from mixmag.io.regions import RegionIndex
+from mixmag.region.checkpoints import LayoutMismatchError, check_layout, load_region_encoder
 from mixmag.region.data import check_finite, feature_paths
 from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import remove_stale_temp_files
-from mixmag.utils.device import autocast_dtype, resolve_device
+from mixmag.utils.device import resolve_amp, resolve_device
 from mixmag.utils.hashing import quick_file_hash
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def encode_regions(
         raise MixmagValueError("batch_size must be >= 1")
     dev = resolve_device(device)
     encoder, info = load_region_encoder(checkpoint, map_location=str(dev))
-    dtype = autocast_dtype(dev, precision)
+    dtype = resolve_amp(precision, dev, training=False).dtype
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)

@@ -1,7 +1,7 @@
 """The region-level mixing encoder: a small pre-LN transformer over a region's multi-magnification tiles.
 
 Input is one row of FM tile embeddings per token of the region layout (21 for 5x/10x/20x: the 5x tile,
-its 4 10x children and 16 20x grandchildren, see :class:`mixmag.tiling.spec.RegionSpec`) plus a
+its 4 10x children and 16 20x grandchildren, see :class:`mixmag.geometry.RegionSpec`) plus a
 validity mask. Each token is normalised and projected to the model width, tagged with a learned
 magnification embedding and a position embedding (learned per slot, or a fixed 2D sin-cos code of the
 tile centre inside the region so that any layout works), a CLS token is prepended, and a pre-LN
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.registry import Registry
-from mixmag.tiling.spec import RegionSpec
 
 POSITIONS = ("slot", "sincos")
 
@@ -109,7 +109,7 @@ class Block(nn.Module):
 
 
 class RegionEncoder(nn.Module):
-    """Mixed-magnification region encoder (docs/concepts/region-encoder.md).
+    """Mixed-magnification region encoder (docs/concepts/region-encoder.md#architecture-regionencoder).
 
     Args:
         tile_dim: FM tile embedding dimension D_tile (2560 for Virchow2 CLS+mean).

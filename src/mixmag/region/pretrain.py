@@ -7,7 +7,7 @@ Run folder written by rank 0::
     <out>/manifest.csv           slides used / skipped (and why)
     <out>/metrics.jsonl          one record per optimizer step (loss terms, lr, grad norm, regions/s)
     <out>/loss_curve.png         updated at every checkpoint and at the end
-    <out>/checkpoints/step_NNNNNNN/   resumable checkpoints (see mixmag.io.checkpoints)
+    <out>/checkpoints/step_NNNNNNN/   resumable checkpoints (see mixmag.region.checkpoints)
     <out>/final/                 the trained encoder (what `mixmag encode` and MIL load)
 
 Resuming is exact: the data order and masks are functions of the seed and the global step (see
@@ -34,7 +34,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixmag.errors import MixmagValueError
-from mixmag.io.checkpoints import (
+from mixmag.io.manifest import BASE_COLUMNS
+from mixmag.region.checkpoints import (
     CONFIG_FILE,
     STATE_FILE,
     check_layout,
@@ -46,7 +47,6 @@ from mixmag.io.checkpoints import (
     save_region_checkpoint,
     set_rng_state,
 )
-from mixmag.io.manifest import BASE_COLUMNS
 from mixmag.region.data import (
     FeatureCohort,
     RegionStream,

@@ -1,4 +1,6 @@
-"""Hyper-parameters of a pretraining run (one frozen dataclass; defaults: docs/concepts/region-encoder.md).
+"""Hyper-parameters of a pretraining run (one frozen dataclass).
+
+The defaults and why: docs/concepts/region-encoder.md#our-choices-where-the-paper-is-silent.
 
 Kept apart from the engine so the CLI, the pipeline config and tests share one definition of every
 default, and so a run folder can be checked against the settings it was started with.
@@ -15,6 +17,7 @@ from typing import Any
 from mixmag.errors import MixmagValueError
 from mixmag.region.model import REGION_ENCODERS
 from mixmag.region.objectives import OBJECTIVES, RECONSTRUCTION_LOSSES
+from mixmag.utils.device import PRECISIONS
 
 # Settings that change *how fast* or *where* a run executes, never its result; a run may be
 # resumed with different values of these.
@@ -49,7 +52,8 @@ class PretrainSettings:
         stats_regions_per_slide: Regions per slide sampled for target statistics (None = all).
         seed: Seeds initialisation, data order, masks and drop-path.
         device: ``auto``, ``cpu``, ``cuda`` ... (DDP ranks use cuda:LOCAL_RANK).
-        precision: ``auto`` (bf16 on GPUs that support it, else fp16; fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+        precision: ``auto`` (bf16 on GPUs with native bf16, else fp16 with a gradient scaler; fp32 on
+            CPU), ``fp32``, ``bf16``, ``fp16``; see :func:`mixmag.utils.device.resolve_amp`.
         num_workers: DataLoader worker processes reading feature files.
         checkpoint_every: Save a resumable checkpoint every N steps (0 = only the final one).
         keep_checkpoints: Number of intermediate checkpoints kept.
@@ -103,7 +107,7 @@ class PretrainSettings:
             (self.regions_per_slide >= 1, "regions_per_slide must be >= 1"),
             (self.temperature > 0, "temperature must be positive"),
             (self.loss in RECONSTRUCTION_LOSSES, f"loss must be one of {RECONSTRUCTION_LOSSES}"),
-            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.num_workers >= 0 and self.checkpoint_every >= 0, "num_workers/checkpoint_every must be >= 0"),
         ]
         for ok, message in checks:

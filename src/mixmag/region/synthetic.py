@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mixmag.geometry import RegionSpec
 from mixmag.io.features import FeatureWriter
 from mixmag.io.regions import RegionIndex
-from mixmag.tiling.spec import RegionSpec
 
 MPP_LEVEL0 = 0.25  # a 40x-scanned slide: a 448 µm region is 1792 level-0 pixels
 

@@ -16,24 +16,12 @@ import torch
 from torch import nn
 
 from mixmag.errors import MixmagRuntimeError
+from mixmag.geometry import RegionSpec
 from mixmag.region.distributed import DistContext
 from mixmag.region.model import RegionEncoder, build_region_encoder
 from mixmag.region.objectives import OBJECTIVES, RegionPretrainer
 from mixmag.region.settings import PretrainSettings, lr_factor
-from mixmag.tiling.spec import RegionSpec
-from mixmag.utils.device import autocast_dtype
-
-
-def train_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype for training: ``auto`` = bf16 (or fp16) on CUDA, fp32 (None) on CPU.
-
-    CPU training stays fp32 under ``auto``: emulated low precision is slower and noisier there.
-    """
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return autocast_dtype(device, precision)
+from mixmag.utils.device import resolve_amp
 
 
 def param_groups(model: RegionPretrainer, weight_decay: float) -> list[dict[str, Any]]:
@@ -70,8 +58,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, s.weight_decay), lr=s.lr, betas=s.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(lr_factor, total=s.steps, warmup=s.warmup_steps))
-        self.dtype = train_dtype(ctx.device, s.precision)
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.dtype == torch.float16)
+        amp = resolve_amp(s.precision, ctx.device, training=True)  # one meaning of "auto" (docs/concepts/precision.md)
+        self.dtype = amp.dtype
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp.grad_scaler)
         self._wrapped: nn.Module | None = None
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None

@@ -30,6 +30,7 @@ from mixmag.report.plots import (
     roc_curves,
     timings_plot,
 )
+from mixmag.utils.env import environment_info
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +208,6 @@ def build_report(
         sec.figure(timings_plot(timings), width="60%")
 
     if environment is None:
-        from mixmag.utils.env import environment_info
-
         environment = environment_info()
     report.section("Environment").key_values(environment, caption="Versions, platform and device.")
     path = report.write(out_html)

@@ -28,8 +28,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec, magnification_label
+from mixmag.io.regions import RegionIndex
 from mixmag.report.figures import DEFAULT_DPI, new_figure, save_png
-from mixmag.tiling.spec import RegionSpec, magnification_label
+from mixmag.slides import open_slide
+from mixmag.tiling.extract import RegionTileReader
 
 logger = logging.getLogger(__name__)
 
@@ -327,17 +330,14 @@ def top_regions_figure(
     return fig
 
 
-def read_region_tiles(slide_path: str | os.PathLike[str], index: object, regions: Sequence[int] | np.ndarray,
+def read_region_tiles(slide_path: str | os.PathLike[str], index: RegionIndex, regions: Sequence[int] | np.ndarray,
                       reader: str | None = None) -> np.ndarray:
     """uint8 (k, T, tile_px, tile_px, 3) tiles of ``regions`` of a region index, read from the slide.
 
     The only pixel reading the heatmaps need besides the thumbnail (for the top-k crops).
     """
-    from mixmag.slides import open_slide
-    from mixmag.tiling.extract import RegionTileReader
-
     with open_slide(slide_path, reader=reader) as slide:
-        tile_reader = RegionTileReader(slide, index)  # type: ignore[arg-type]
+        tile_reader = RegionTileReader(slide, index)
         return np.stack([tile_reader.read_region_tiles(int(r)) for r in regions])
 
 

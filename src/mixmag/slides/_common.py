@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mixmag.slides.base import LevelInfo, SlideProperties, SlideReader
+from mixmag.slides.thumbnail import streamed_thumbnail
 
 # (level0_x, level0_y, level, width, height) -> uint8 (height, width, 3 or 4)
 RawRead = Callable[[int, int, int, int, int], np.ndarray]
@@ -121,6 +122,4 @@ class WindowedPyramidReader(SlideReader):
 
     def thumbnail(self, max_px: int) -> np.ndarray:
         """Band-streamed thumbnail (bounded memory), longer side ``max_px``."""
-        from mixmag.slides.thumbnail import streamed_thumbnail
-
         return streamed_thumbnail(self, max_px)

@@ -1,12 +1,12 @@
-"""Linked multi-magnification region tiling: region spec, grid over tissue, pixel extraction.
+"""Linked multi-magnification region tiling: grid over tissue, pixel extraction, the tiling run.
 
-``RegionSpec`` is imported eagerly (it is light); the rest loads on first access so that
-``import mixmag`` stays cheap.
+``RegionSpec`` and ``parse_magnification`` live in :mod:`mixmag.geometry` (re-exported here, they
+are light); the rest loads on first access so that ``import mixmag.tiling`` stays cheap.
 """
 
 from __future__ import annotations
 
-from mixmag.tiling.spec import RegionSpec, parse_magnification
+from mixmag.geometry import RegionSpec, parse_magnification
 from mixmag.utils.lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {

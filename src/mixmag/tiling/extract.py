@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.regions import RegionIndex
 from mixmag.slides.base import SlideReader
-from mixmag.tiling.spec import RegionSpec
 
 logger = logging.getLogger(__name__)
 

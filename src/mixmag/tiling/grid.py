@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec
 from mixmag.io.regions import RegionIndex
 from mixmag.slides.tissue import TissueMask
-from mixmag.tiling.spec import RegionSpec
 
 
 def grid_positions(

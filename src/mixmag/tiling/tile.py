@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 
 from mixmag._version import __version__
 from mixmag.errors import MixmagValueError
+from mixmag.geometry import RegionSpec, magnification_label
 from mixmag.io.manifest import Manifest, Status, read_manifest
 from mixmag.io.regions import RegionIndex, write_region_index
+from mixmag.slides import READERS  # the package registers every built-in backend
 from mixmag.slides.base import MppInfo, SlideError, SlideReader
 from mixmag.slides.geojson import write_tissue_geojson
 from mixmag.slides.mpp import resolve_mpp
@@ -47,7 +49,6 @@ from mixmag.tiling.grid import build_region_index, grid_coords
 from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
 from mixmag.tiling.qc import write_qc
 from mixmag.tiling.resume import complete_region_count
-from mixmag.tiling.spec import RegionSpec, magnification_label
 from mixmag.utils.atomic import atomic_write_json, remove_stale_temp_files
 from mixmag.utils.env import git_sha
 from mixmag.utils.hashing import quick_file_hash, sha256_text
@@ -339,8 +340,6 @@ def tile_slides(
         thumbnail_px=thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
     )
     if reader is not None:
-        from mixmag.slides import READERS
-
         READERS.entry(reader)  # unknown backend: fail now with close matches, not once per slide
     table = read_mpp_csv(mpp_csv) if mpp_csv is not None else None
     jobs = collect_slides(list(inputs), mpp_override=mpp_override, mpp_table=table, exclude=out)

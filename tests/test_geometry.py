@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mixmag.tiling.spec import RegionSpec, magnification_label, parse_magnification
+from mixmag.geometry import RegionSpec, magnification_label, parse_magnification
 
 
 def test_default_spec_is_21_tokens_in_paper_order() -> None:

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,13 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mixmag._version import __version__
+from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError
-from mixmag.tiling.spec import RegionSpec
+from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import atomic_write_json
 from mixmag.utils.hashing import sha256_file
-
-if TYPE_CHECKING:  # the model module imports torch layers; keep `import mixmag.io` light
-    from mixmag.region.model import RegionEncoder
 
 CHECKPOINT_ARTIFACT = "region_checkpoint"
 CHECKPOINT_VERSION = 1
@@ -59,8 +57,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _split_model(model: nn.Module) -> tuple[RegionEncoder, dict[str, torch.Tensor]]:
     """Return (encoder, extra head tensors) for a RegionEncoder or a pretraining wrapper."""
-    from mixmag.region.model import RegionEncoder
-
     model = _unwrap(model)
     if isinstance(model, RegionEncoder):
         return model, {}
@@ -229,8 +225,6 @@ def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | tor
         ``step``, ``target_mean`` / ``target_std`` ((D,) float32 numpy or None), ``checkpoint_hash``
         (SHA-256 of the weights file), ``path``, ``encoder_kwargs`` and ``extra``.
     """
-    from mixmag.region.model import RegionEncoder
-
     meta = read_checkpoint_config(path)
     folder = Path(meta["path"])
     tensors = load_checkpoint_tensors(folder, map_location=map_location)

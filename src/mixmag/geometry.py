@@ -1,4 +1,8 @@
-"""Region specification: which tiles, at which exact resolutions, make up one region.
+"""Region geometry: which tiles, at which exact resolutions, make up one region.
+
+:class:`RegionSpec`, its :class:`TokenLayout` and the magnification helpers are pure geometry (numpy
+only). They sit below every package that reads or writes regions (``io``, ``tiling``, ``region``,
+``mil`` ...), so that a file format can record a spec without importing the tiler.
 
 A region is a square of ``region_um`` microns. For every target resolution (mpp) it is cut into
 ``n x n`` non-overlapping tiles of ``tile_px`` pixels, where ``n = region_um / (mpp * tile_px)``
