@@ -75,8 +75,10 @@ def check_format(f: h5py.File, path: str | Path, artifact: str, supported_versio
         )
     version = int(f.attrs.get("format_version", -1))
     if version not in supported_versions:
+        hint = ("it was written by a newer mixmag; upgrade mixmag to read it" if version > max(supported_versions)
+                else "re-run the stage that made it with this version")
         raise FormatError(
             f"{path}: {artifact} format_version {version} is not supported by this mixmag "
-            f"(supports {list(supported_versions)}); re-run the stage that made it with this version"
+            f"(supports {list(supported_versions)}); {hint}"
         )
     return version

@@ -1,9 +1,10 @@
 """Region-encoder checkpoints: a folder with safetensors weights, a JSON config and training state.
 
-Format ``region_checkpoint`` v1 (documented in ``docs/formats/checkpoint.md``)::
+Format ``region_checkpoint`` v2 (documented in ``docs/formats/checkpoint.md``)::
 
     <checkpoint>/
-      model.safetensors   encoder.*  RegionEncoder weights (what downstream code loads)
+      model.safetensors   encoder.*  RegionEncoder weights (what downstream code loads), always
+                                     with encoder.input_mean / encoder.input_std (D,) (v2)
                           head.*     pretraining heads (MEM decoder, CMEM projector), for resuming
                           stats.target_mean, stats.target_std  (D,) cohort target statistics
       config.json         artifact, format_version, objective, step, encoder (constructor kwargs),
@@ -13,12 +14,19 @@ Format ``region_checkpoint`` v1 (documented in ``docs/formats/checkpoint.md``)::
 A checkpoint folder is written into a temporary sibling and renamed into place, so it is either
 complete or absent. ``config.json`` never holds weights and ``training_state.pt`` never holds
 code: weights load with safetensors and the training state with ``torch.load(weights_only=True)``.
+
+Older versions are read through :func:`upgrade_checkpoint_tensors` (in memory; the folder on disk
+is never rewritten). v1 -> v2: the encoder's input standardisation (``encoder.input_mean`` /
+``encoder.input_std``) became part of the layout. v1 folders written before it existed lack the two
+tensors; their encoder was trained on raw embeddings, so the identity (mean 0, std 1) reproduces
+it exactly, with a logged warning. v1 folders written after it already hold them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,8 +47,14 @@ from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import atomic_write_json
 from mixmag.utils.hashing import sha256_file
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_ARTIFACT = "region_checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: Versions :func:`read_checkpoint_config` accepts; older ones are upgraded by :func:`upgrade_checkpoint_tensors`.
+SUPPORTED_CHECKPOINT_VERSIONS = (1, 2)
+#: The encoder's input standardisation, always stored since v2 (see :meth:`RegionEncoder.set_input_stats`).
+INPUT_STATS = ("encoder.input_mean", "encoder.input_std")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
@@ -198,17 +212,69 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FormatError(f"{folder / CONFIG_FILE}: not valid JSON ({exc})") from exc
     if meta.get("artifact") != CHECKPOINT_ARTIFACT:
         raise FormatError(f"{folder}: not a mixmag region-encoder checkpoint (artifact={meta.get('artifact')!r})")
-    if int(meta.get("format_version", -1)) != CHECKPOINT_VERSION:
+    version = int(meta.get("format_version", -1))
+    if version not in SUPPORTED_CHECKPOINT_VERSIONS:
+        hint = ("it was written by a newer mixmag; upgrade mixmag" if version > CHECKPOINT_VERSION
+                else "re-run `mixmag pretrain`")
         raise FormatError(f"{folder}: checkpoint format_version {meta.get('format_version')} is not "
-                          f"supported (supports {CHECKPOINT_VERSION}); re-run `mixmag pretrain`")
+                          f"supported (supports {list(SUPPORTED_CHECKPOINT_VERSIONS)}); {hint}")
     meta["path"] = str(folder)
     return meta
 
 
+def upgrade_checkpoint_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Bring the tensors of a checkpoint written as ``meta["format_version"]`` to the current layout.
+
+    The upgrade happens in memory; the folder on disk is left as it is.
+
+    - v1 -> v2: v2 always stores the encoder's input standardisation (:data:`INPUT_STATS`). A v1
+      checkpoint written before input standardisation existed has neither tensor: its encoder was
+      trained on raw tile embeddings, so the identity (mean 0, std 1) reproduces its outputs exactly.
+      It is *not* derived from ``stats.target_*``, which that encoder never applied to its inputs.
+      A warning is logged. v1 checkpoints written later already hold both and are used as they are.
+
+    Args:
+        tensors: Every tensor of ``model.safetensors`` (from ``safetensors.torch.load_file``).
+        meta: The checkpoint's validated ``config.json`` (:func:`read_checkpoint_config`).
+
+    Returns:
+        The tensors in the current (v2) layout (a new dict; ``tensors`` is not modified).
+
+    Raises:
+        FormatError: A current-version checkpoint lacks tensors the version guarantees.
+    """
+    version = int(meta["format_version"])
+    where = meta.get("path", "checkpoint")
+    out = dict(tensors)
+    missing = [k for k in INPUT_STATS if k not in out]
+    if version >= 2:
+        if missing:
+            raise FormatError(f"{where}: region_checkpoint v{version} without {missing}; the file is damaged "
+                              "or was not written by mixmag; re-run `mixmag pretrain`")
+        return out
+    if len(missing) == 1:
+        raise FormatError(f"{where}: holds only one of {list(INPUT_STATS)}; the file is damaged")
+    if missing:
+        tile_dim = int(meta["tile_dim"])
+        ref = out.get("encoder.proj.weight")
+        device = ref.device if ref is not None else torch.device("cpu")
+        out["encoder.input_mean"] = torch.zeros(tile_dim, dtype=torch.float32, device=device)
+        out["encoder.input_std"] = torch.ones(tile_dim, dtype=torch.float32, device=device)
+        logger.warning("%s: region_checkpoint v1 written before input standardisation existed; its encoder "
+                       "was trained on raw tile embeddings and is loaded with identity input statistics "
+                       "(mean 0, std 1). Re-save it (or re-run `mixmag pretrain`) to store v%d.",
+                       where, CHECKPOINT_VERSION)
+    return out
+
+
 def load_checkpoint_tensors(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of ``model.safetensors`` (encoder.*, head.*, stats.*)."""
-    folder = resolve_checkpoint(path)
-    return load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
+    """All tensors of ``model.safetensors`` (encoder.*, head.*, stats.*), upgraded to the current layout.
+
+    Older format versions go through :func:`upgrade_checkpoint_tensors`.
+    """
+    meta = read_checkpoint_config(path)
+    tensors = load_file(str(Path(meta["path"]) / WEIGHTS_FILE), device=str(map_location))
+    return upgrade_checkpoint_tensors(tensors, meta)
 
 
 def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
@@ -223,11 +289,12 @@ def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | tor
         ``(encoder, info)``: the :class:`~mixmag.region.model.RegionEncoder` in eval mode, and a dict
         with ``objective``, ``spec`` (RegionSpec), ``tile_dim``, ``n_tokens``, ``width``, ``config``,
         ``step``, ``target_mean`` / ``target_std`` ((D,) float32 numpy or None), ``checkpoint_hash``
-        (SHA-256 of the weights file), ``path``, ``encoder_kwargs`` and ``extra``.
+        (SHA-256 of the weights file), ``path``, ``encoder_kwargs``, ``extra`` and ``format_version``
+        (as stored: older versions are upgraded on load, see :func:`upgrade_checkpoint_tensors`).
     """
     meta = read_checkpoint_config(path)
     folder = Path(meta["path"])
-    tensors = load_checkpoint_tensors(folder, map_location=map_location)
+    tensors = upgrade_checkpoint_tensors(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)), meta)
     encoder = RegionEncoder(**meta["encoder"])
     state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
@@ -243,6 +310,7 @@ def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | tor
         "config": meta.get("config", {}), "step": int(meta["step"]), **stats,
         "checkpoint_hash": sha256_file(folder / WEIGHTS_FILE), "path": str(folder),
         "encoder_kwargs": meta["encoder"], "extra": meta.get("extra", {}),
+        "format_version": int(meta["format_version"]),
     }
     return encoder, info
 

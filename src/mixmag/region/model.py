@@ -16,6 +16,7 @@ the encoder's input stage; the decoder and losses live in :mod:`mixmag.region.ob
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from torch import Tensor, nn
 from mixmag.errors import MixmagValueError
 from mixmag.geometry import RegionSpec
 from mixmag.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 POSITIONS = ("slot", "sincos")
 
@@ -221,8 +224,16 @@ class RegionEncoder(nn.Module):
         self.input_std.copy_(std_t)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Checkpoints written before input standardisation existed hold no statistics: they were
-        # trained on raw embeddings, so the identity is the faithful default.
+        # State dicts saved before input standardisation existed hold no statistics: those encoders
+        # were trained on raw embeddings, so the identity (the buffers' value at construction) is
+        # the faithful default. Region checkpoints are upgraded explicitly before they get here
+        # (mixmag.region.checkpoints.upgrade_checkpoint_tensors); this covers state dicts that
+        # embed an encoder, such as MIL fold models (`model.pt`, mil_model v1) of that time.
+        absent = [name for name in ("input_mean", "input_std") if prefix + name not in state_dict]
+        if absent and prefix + "proj.weight" in state_dict:  # a whole encoder, not a partial load
+            logger.warning("region-encoder weights without input statistics %s (saved before input "
+                           "standardisation existed): keeping the encoder's own (the identity when "
+                           "newly built)", absent)
         for name, fill in (("input_mean", self.input_mean), ("input_std", self.input_std)):
             state_dict.setdefault(prefix + name, fill.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
