@@ -15,7 +15,7 @@ import enum
 import os
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,22 +136,28 @@ def yaml_line(text: str, keys: Sequence[str | int], *, key_line: bool = False) -
     return line
 
 
+def _covers(key: str, dotted: str) -> bool:
+    return dotted == key or dotted.startswith(key + ".") or dotted.startswith(key + "[")
+
+
 def _override_for(dotted: str, overrides: Sequence[str]) -> str | None:
     """The ``--set`` item that set ``dotted`` (the last one wins, like the loader)."""
     for item in reversed(overrides):
-        key = item.split("=", 1)[0].strip()
-        if dotted == key or dotted.startswith(key + ".") or dotted.startswith(key + "["):
+        if _covers(item.split("=", 1)[0].strip(), dotted):
             return item
     return None
 
 
 def _one(err: dict[str, Any], where_file: str | None, text: str | None, overrides: Sequence[str],
-         root: type[BaseModel]) -> str:
+         root: type[BaseModel], sources: Mapping[str, str]) -> str:
     keys, field = _field_path(err["loc"], root)
     dotted = _dotted(keys)
     unknown = err["type"] == "extra_forbidden"
     override = _override_for(dotted, overrides)
-    if override is not None:
+    source = next((how for key, how in sources.items() if _covers(key, dotted)), None)
+    if source is not None:  # named options are applied last: they win over --set and the file
+        where = f"{source}: "
+    elif override is not None:
         where = f"--set {override}: "
     elif where_file is not None:
         line = yaml_line(text, keys, key_line=unknown) if text is not None else None
@@ -182,6 +188,7 @@ def format_config_error(
     text: str | None = None,
     overrides: Sequence[str] = (),
     root: type[BaseModel] = PipelineConfig,
+    sources: Mapping[str, str] | None = None,
 ) -> str:
     """One line per problem in ``exc``: location, offending key and the fix.
 
@@ -191,6 +198,8 @@ def format_config_error(
         text: That file's text; read from ``path`` when omitted (used for line numbers).
         overrides: The ``--set a.b=c`` items, so a bad value is blamed on the right source.
         root: The model that was validated.
+        sources: Dotted keys set by named command options and how each was given (``{"mil.lr":
+            "--lr"}``), so a bad value is blamed on the option.
 
     Returns:
         e.g. ``study.yaml:12: unknown key 'mil.epoch'; did you mean 'mil.epochs'?``
@@ -201,7 +210,7 @@ def format_config_error(
         except OSError:
             text = None
     where_file = str(path) if path is not None else None
-    lines = [_one(dict(e), where_file, text, overrides, root) for e in exc.errors()]
+    lines = [_one(dict(e), where_file, text, overrides, root, sources or {}) for e in exc.errors()]
     return "\n".join(sorted(lines, key=_line_number))
 
 
@@ -215,8 +224,12 @@ def _line_number(message: str) -> tuple[int, int]:
 
 
 def load_config_checked(path: str | os.PathLike[str] | None = None,
-                        overrides: Sequence[str] | None = None) -> PipelineConfig:
+                        overrides: Sequence[str] | None = None, *, values: Mapping[str, Any] | None = None,
+                        sources: Mapping[str, str] | None = None) -> PipelineConfig:
     """:func:`~mixmag.config.load_config` raising :class:`ConfigError` with a readable message.
+
+    ``values`` (dotted key -> value, applied last) are a command's named options; ``sources`` says
+    how each was given, for the message (see :func:`format_config_error`).
 
     Raises:
         ConfigError: Missing file, YAML syntax error, top level not a mapping, malformed
@@ -224,9 +237,9 @@ def load_config_checked(path: str | os.PathLike[str] | None = None,
     """
     items = list(overrides or [])
     try:
-        return load_config(path, items)
+        return load_config(path, items, values)
     except ValidationError as exc:
-        raise ConfigError(format_config_error(exc, path, overrides=items)) from None
+        raise ConfigError(format_config_error(exc, path, overrides=items, sources=sources)) from None
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,29 @@ def test_bad_labels_give_one_line_error(cli: typer.Typer, small_cohort: Syntheti
     assert res.exit_code == 2
     assert "patients whose slides have different labels: 'A'" in res.output
     assert "Traceback" not in res.output
+
+
+def test_train_takes_a_study_config_and_set_overrides(cli: typer.Typer, small_cohort: SyntheticCohort,
+                                                      tmp_path: Path) -> None:
+    config = tmp_path / "study.yaml"
+    config.write_text(f"mil:\n  labels: {small_cohort.labels_csv}\n  methods: [abmil-20x]\n  epochs: 1\n"
+                      "  device: cpu\nevaluate:\n  folds: 2\n  bootstrap: 20\n", encoding="utf-8")
+    out = tmp_path / "runs"
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--out", str(out), "--config",
+                                   str(config), "--set", "mil.hidden_dim=256", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "label" / "abmil-20x" / "config.json").read_text())
+    assert run["train"]["hidden_dim"] == 256 and run["train"]["epochs"] == 1  # --set > file > defaults
+    assert run["labels"]["path"] == str(small_cohort.labels_csv)
+
+
+def test_train_config_errors_are_one_line(cli: typer.Typer, small_cohort: SyntheticCohort, tmp_path: Path) -> None:
+    config = tmp_path / "study.yaml"
+    config.write_text("mil:\n  epoch: 3\n", encoding="utf-8")
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--out", str(tmp_path / "o"),
+                                   "--config", str(config)])
+    assert res.exit_code == 2
+    assert [ln for ln in res.output.splitlines() if ln.strip()] == [
+        f"error: {config}:2: unknown key 'mil.epoch'; did you mean 'mil.epochs'?"]
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no labels table: pass --labels CSV" in res.output

@@ -6,8 +6,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mixmag.cli.app import build_app
-from mixmag.config import RegionConfig
-from mixmag.region.settings import settings_from_config
+from mixmag.region.settings import RegionSettings
 
 runner = CliRunner()
 
@@ -39,7 +38,30 @@ def test_cli_errors_are_one_line(small_features: Path, tmp_path: Path) -> None:
 
 
 def test_config_architecture_fields_override_the_preset_only_when_set() -> None:
-    s = settings_from_config(RegionConfig(preset="small"), objective="mem")
+    s = RegionSettings(preset="small").run_settings("mem")
     assert (s.preset, s.width, s.depth) == ("small", None, None)  # section defaults do not widen the preset
-    s = settings_from_config(RegionConfig(preset="small", depth=3), objective="mem", steps=5)
+    s = RegionSettings(preset="small", depth=3, steps=5).run_settings("mem")
     assert (s.depth, s.width, s.steps) == (3, None, 5)
+
+
+def test_pretrain_config_typo_names_file_line_and_close_match(small_features: Path, tmp_path: Path) -> None:
+    # the same message as `mixmag run` / `mixmag config show` (tests/test_config.py)
+    path = tmp_path / "study.yaml"
+    path.write_text("region:\n  preset: tiny\n  stepz: 3\n", encoding="utf-8")
+    res = runner.invoke(build_app(), ["pretrain", str(small_features), "--out", str(tmp_path / "r"),
+                                      "--config", str(path)])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines == [f"error: {path}:3: unknown key 'region.stepz'; did you mean 'region.steps'?"]
+
+
+def test_pretrain_set_and_named_options_are_validated_by_the_model(small_features: Path, tmp_path: Path) -> None:
+    app = build_app()
+    args = ["pretrain", str(small_features), "--out", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--set", "region.mask_ratio=1.5"])
+    assert res.exit_code == 2
+    assert "error: --set region.mask_ratio=1.5: 'region.mask_ratio' = 1.5 is invalid" in res.output
+    res = runner.invoke(app, [*args, "--batch-size", "1"])
+    assert res.exit_code == 2
+    assert "error: --batch-size: 'region.batch_size' = 1 is invalid" in res.output
+    assert "(default: 256)" in res.output and "Traceback" not in res.output

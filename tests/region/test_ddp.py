@@ -25,8 +25,10 @@ def _records(path: Path) -> list[dict]:
 def test_two_process_gloo_ddp_equals_single_process(small_features: Path, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mixmag", "pretrain", str(small_features), "--out", str(tmp_path / "ddp"), "--no-progress"]
+    cli += ["--objective", OPTS["objective"]]
     for key, value in OPTS.items():
-        cli += [f"--{key.replace('_', '-')}", str(value)]
+        if key != "objective":
+            cli += ["--set", f"region.{key}={value}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -7,6 +7,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
+
+from mixmag.cli.options import (
+    ConfigFile,
+    SetItems,
+    given_settings,
+    load_study_config,
+    setting_option,
+)
+from mixmag.region.settings import PretrainSettings, RegionSettings
+from mixmag.utils.settings import Precision, field_default
+
+# The `region` section: each named setting option below is one of its fields, with the field's
+# docstring as help and its default (read from this instance) as default.
+R = RegionSettings
+_REGION = RegionSettings()
+_OBJECTIVE = field_default(PretrainSettings, "objective")  # not a section key: chosen per run
+#: The config sections whose fields the named options set (see ``given_settings``).
+SECTIONS: dict[str, type[BaseModel]] = {"region": RegionSettings}
 
 
 def register(app: typer.Typer) -> None:
@@ -14,52 +33,36 @@ def register(app: typer.Typer) -> None:
 
     @app.command("pretrain")
     def pretrain(
+        ctx: typer.Context,
         features: Annotated[Path, typer.Argument(help="Folder of per-slide feature files (`mixmag embed` output).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics, loss curve).")],
-        objective: Annotated[str, typer.Option(help="mem, cmem, or random (untrained encoder baseline).")] = "mem",
-        config: Annotated[Path | None, typer.Option(help="Study YAML; its `region` section gives defaults.")] = None,
-        preset: Annotated[str | None, typer.Option(help="Architecture: base (W768/d6/h12), small, tiny.")] = None,
-        width: Annotated[int | None, typer.Option(help="Model width W (overrides the preset).")] = None,
-        depth: Annotated[int | None, typer.Option(help="Transformer blocks (overrides the preset).")] = None,
-        heads: Annotated[int | None, typer.Option(help="Attention heads (overrides the preset).")] = None,
-        position: Annotated[str | None, typer.Option(help="slot (learned per token) or sincos (tile centre).")] = None,
-        steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-        batch_size: Annotated[int | None, typer.Option(help="Global batch in regions per step.")] = None,
-        lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-        mask_ratio: Annotated[float | None, typer.Option(help="Fraction of valid tokens masked.")] = None,
-        mag_mask_prob: Annotated[float | None, typer.Option(help="Probability of masking one whole magnification.")] = None,
-        token_drop_max: Annotated[float | None, typer.Option(help="Max fraction of valid tokens dropped per view.")] = None,
-        regions_per_slide: Annotated[int | None, typer.Option(help="Regions sampled per slide per epoch.")] = None,
-        contrastive_weight: Annotated[float | None, typer.Option(help="CMEM λ (weight of InfoNCE).")] = None,
-        temperature: Annotated[float | None, typer.Option(help="CMEM InfoNCE temperature τ.")] = None,
-        seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
-        precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16.")] = None,
-        num_workers: Annotated[int | None, typer.Option(help="Data-loader processes.")] = None,
-        checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0 = final only).")] = None,
+        config: ConfigFile = None,
+        overrides: SetItems = None,
+        objective: Annotated[str, setting_option(PretrainSettings, "objective")] = _OBJECTIVE,
+        preset: Annotated[str, setting_option(R, "preset")] = _REGION.preset,
+        steps: Annotated[int, setting_option(R, "steps")] = _REGION.steps,
+        batch_size: Annotated[int, setting_option(R, "batch_size")] = _REGION.batch_size,
+        lr: Annotated[float, setting_option(R, "lr")] = _REGION.lr,
+        seed: Annotated[int, setting_option(R, "seed")] = _REGION.seed,
+        device: Annotated[str, setting_option(R, "device")] = _REGION.device,
+        precision: Annotated[Precision, setting_option(R, "precision")] = _REGION.precision,
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")] = True,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     ) -> None:
         """Pretrain the region-level mixing encoder (MEM / CMEM) on a feature store.
 
+        Every other setting of the `region` section: --set region.KEY=VALUE or --config FILE.
         Multi-GPU: torchrun --nproc_per_node N -m mixmag pretrain ... (--batch-size stays global).
         """
         from mixmag.cli.common import friendly_errors
 
+        values, sources = given_settings(ctx, SECTIONS)
+        cfg = load_study_config(config, overrides, values, sources)
         with friendly_errors():
-            from mixmag.config import RegionConfig
-            from mixmag.config_errors import load_config_checked
             from mixmag.region.pretrain import pretrain_region_encoder
-            from mixmag.region.settings import settings_from_config
             from mixmag.utils.logging import add_file_handler
 
-            region = load_config_checked(config).region if config is not None else RegionConfig()
-            settings = settings_from_config(
-                region, objective=objective, preset=preset, width=width, depth=depth, heads=heads,
-                position=position, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,
-                mag_mask_prob=mag_mask_prob, token_drop_max=token_drop_max, regions_per_slide=regions_per_slide,
-                contrastive_weight=contrastive_weight, temperature=temperature, seed=seed, device=device,
-                precision=precision, num_workers=num_workers, checkpoint_every=checkpoint_every)
+            settings = cfg.region.run_settings(objective)
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes run.log
                 add_file_handler(out / "run.log")
             result = pretrain_region_encoder(features, out, settings=settings, resume=resume, progress=progress)

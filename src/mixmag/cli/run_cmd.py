@@ -55,14 +55,11 @@ def register(app: typer.Typer) -> None:
 
         Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
         """
-        from mixmag.cli.common import fail, friendly_errors
-        from mixmag.config_errors import ConfigError, load_config_checked
+        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.options import load_study_config
         from mixmag.pipeline.study import run_study
 
-        try:
-            cfg = load_config_checked(config, overrides or [])
-        except ConfigError as exc:
-            fail(str(exc))
+        cfg = load_study_config(config, overrides)
         started = time.perf_counter()
         with friendly_errors():
             result = run_study(cfg, progress=progress)

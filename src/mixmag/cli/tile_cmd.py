@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from mixmag.tiling import MIN_THUMBNAIL_PX
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``tile`` command to ``app``."""
@@ -30,7 +32,7 @@ def register(app: typer.Typer) -> None:
             "--valid-min-tissue", min=0.0, max=1.0, help="A token is valid when its tile has this tissue fraction.")] = 0.1,
         reader: Annotated[str | None, typer.Option("--reader", help="Force a backend (mixmag list readers).")] = None,
         thumbnail_px: Annotated[int, typer.Option(
-            "--thumbnail-px", min=64, help="Thumbnail size for tissue detection and QC.")] = 2048,
+            "--thumbnail-px", min=MIN_THUMBNAIL_PX, help="Thumbnail size for tissue detection and QC.")] = 2048,
         workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Slides processed in parallel.")] = 1,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute slides that are already done.")] = False,
         fail_fast: Annotated[bool, typer.Option(

@@ -6,8 +6,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
+
+from mixmag.cli.options import (
+    ConfigFile,
+    SetItems,
+    given_settings,
+    load_study_config,
+    setting_option,
+)
+from mixmag.config import EvaluateConfig
+from mixmag.mil.settings import MilSettings
+from mixmag.utils.settings import Precision
 
 Opt = typer.Option
+# The `mil` and `evaluate` sections: each named setting option below is one of their fields, with
+# the field's docstring as help and its default (read from these instances) as default.
+M, E = MilSettings, EvaluateConfig
+_MIL, _EVALUATE = MilSettings(), EvaluateConfig()
+#: The config sections whose fields the named options set, in priority order (`--seed` is mil.seed).
+SECTIONS: dict[str, type[BaseModel]] = {"mil": MilSettings, "evaluate": EvaluateConfig}
+#: The `evaluate` keys that MIL training reads (the cross-validation protocol).
+EVALUATE_KEYS = ("folds", "val_frac", "bootstrap", "splits")
 
 
 def _split_list(values: list[str] | None) -> list[str] | None:
@@ -43,70 +63,70 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
+        ctx: typer.Context,
         features_dir: Annotated[Path, typer.Argument(help="Folder of <slide_id>.h5 feature files (mixmag embed).")],
-        labels: Annotated[Path, Opt("--labels", help="CSV/TSV with patient_id, slide_id and label columns.")],
         out: Annotated[Path, Opt("--out", help="Output folder: <out>/<target>/<method>/ per run.")],
-        methods: Annotated[list[str] | None, Opt("--methods", help="Comma-separated methods (default: all seven).")]
-        = None,
-        targets: Annotated[list[str] | None, Opt("--targets", help="Label columns (default: all).")] = None,
-        mem_checkpoint: Annotated[Path | None, Opt("--mem-checkpoint", help="MEM-pretrained region encoder.")]
-        = None,
-        cmem_checkpoint: Annotated[Path | None, Opt("--cmem-checkpoint", help="CMEM-pretrained region encoder.")]
-        = None,
+        labels: Annotated[Path | None, setting_option(M, "labels", help="CSV/TSV with patient_id, slide_id and label "
+                                                      "columns (required unless the --config file sets mil.labels).")]
+        = _MIL.labels,
+        config: ConfigFile = None,
+        overrides: SetItems = None,
+        methods: Annotated[list[str], setting_option(M, "methods", help="Comma-separated methods (repeatable).")]
+        = _MIL.methods,
+        targets: Annotated[list[str], setting_option(M, "targets", help="Comma-separated label columns "
+                                                     "(default: all).")] = _MIL.targets,
+        mem_checkpoint: Annotated[Path | None, Opt("--mem-checkpoint", help="MEM-pretrained region encoder "
+                                                   "(mil.checkpoints.mem).")] = None,
+        cmem_checkpoint: Annotated[Path | None, Opt("--cmem-checkpoint", help="CMEM-pretrained region encoder "
+                                                    "(mil.checkpoints.cmem).")] = None,
         random_checkpoint: Annotated[Path | None, Opt(
-            "--random-checkpoint", help="Untrained encoder for mix-random (default: fresh, seeded).")] = None,
-        folds: Annotated[int, Opt("--folds", min=2, help="Outer cross-validation folds.")] = 5,
-        val_frac: Annotated[float, Opt("--val-frac", help="Validation share of each fold's training patients.")]
-        = 0.2,
-        epochs: Annotated[int, Opt("--epochs", min=1, help="Maximum epochs per fold.")] = 30,
-        patience: Annotated[int, Opt("--patience", min=1, help="Early-stopping patience in epochs.")] = 8,
-        lr: Annotated[float, Opt("--lr", help="Learning rate of the AB-MIL head.")] = 2e-4,
-        encoder_lr_scale: Annotated[float, Opt("--encoder-lr-scale", help="Encoder lr = lr x this.")] = 0.1,
-        freeze_encoder: Annotated[bool, Opt("--freeze-encoder", help="Do not fine-tune region encoders.")] = False,
-        max_instances: Annotated[int, Opt("--max-instances", help="Tiles per bag per training step.")] = 4096,
-        max_regions: Annotated[int, Opt("--max-regions", help="Regions per bag per training step (mix-*).")] = 256,
-        batch_size: Annotated[int, Opt("--batch-size", min=1, help="Bags per training step (padded).")] = 1,
-        standardize: Annotated[bool, Opt("--standardize/--no-standardize",
-                                         help="Standardise abmil-* tile features (training-fold statistics).")] = True,
-        region_preset: Annotated[str, Opt("--region-preset",
-                                          help="Architecture of a fresh encoder when no checkpoint is given.")]
-        = "base",
-        bag_level: Annotated[str, Opt("--bag-level", help="patient (pool a patient's slides) or slide.")]
-        = "patient",
-        splits: Annotated[Path | None, Opt("--splits", help="Reuse this splits.csv (identical folds).")] = None,
-        allow_missing_slides: Annotated[bool, Opt(
-            "--allow-missing-slides", help="Exclude labelled slides without features (recorded).")] = False,
-        bootstrap: Annotated[int, Opt("--bootstrap", min=0, help="Bootstrap resamples for CIs.")] = 1000,
-        seed: Annotated[int, Opt("--seed", help="Seed of splits, training and bootstrap.")] = 0,
-        device: Annotated[str, Opt("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-        precision: Annotated[str, Opt("--precision", help="auto, fp32, bf16 or fp16.")] = "auto",
+            "--random-checkpoint", help="Untrained encoder for mix-random (mil.checkpoints.random; default: fresh, "
+                                        "seeded).")] = None,
+        splits: Annotated[Path | None, setting_option(E, "splits")] = _EVALUATE.splits,
+        folds: Annotated[int, setting_option(E, "folds")] = _EVALUATE.folds,
+        bootstrap: Annotated[int, setting_option(E, "bootstrap")] = _EVALUATE.bootstrap,
+        epochs: Annotated[int, setting_option(M, "epochs")] = _MIL.epochs,
+        lr: Annotated[float, setting_option(M, "lr")] = _MIL.lr,
+        batch_size: Annotated[int, setting_option(M, "batch_size")] = _MIL.batch_size,
+        seed: Annotated[int, setting_option(M, "seed")] = _MIL.seed,
+        device: Annotated[str, setting_option(M, "device")] = _MIL.device,
+        precision: Annotated[Precision, setting_option(M, "precision")] = _MIL.precision,
         overwrite: Annotated[bool, Opt("--overwrite", help="Replace runs made with other settings.")] = False,
         progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bars.")] = True,
     ) -> None:
-        """Cross-validate AB-MIL baselines and mixing-encoder methods on every label column."""
+        """Cross-validate AB-MIL baselines and mixing-encoder methods on every label column.
+
+        Settings come from the `mil` section (and evaluate.folds/val_frac/bootstrap/splits) of
+        --config FILE, then --set section.KEY=VALUE, then the options below; e.g.
+        --set mil.hidden_dim=256 --set mil.freeze_encoder=true.
+        """
         import logging
 
         from rich.console import Console
 
-        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.common import fail, friendly_errors
         from mixmag.utils.logging import add_file_handler
 
+        values, sources = given_settings(ctx, SECTIONS)
+        for key in ("mil.methods", "mil.targets"):
+            if key in values:
+                values[key] = _split_list(values[key]) or []
+        for role, path in (("mem", mem_checkpoint), ("cmem", cmem_checkpoint), ("random", random_checkpoint)):
+            if path is not None:
+                values[f"mil.checkpoints.{role}"] = path
+                sources[f"mil.checkpoints.{role}"] = f"--{role}-checkpoint"
+        cfg = load_study_config(config, overrides, values, sources)
+        m, ev = cfg.mil, cfg.evaluate
+        if m.labels is None:
+            fail("no labels table: pass --labels CSV, or set mil.labels in the --config file")
         with friendly_errors():
             from mixmag.mil.experiment import train_methods
 
             out.mkdir(parents=True, exist_ok=True)
             handler = add_file_handler(out / "run.log")
-            checkpoints = {"mem": mem_checkpoint, "cmem": cmem_checkpoint, "random": random_checkpoint}
             try:
-                summary = train_methods(
-                    features_dir, labels, out, methods=_split_list(methods), targets=_split_list(targets),
-                    checkpoints={k: v for k, v in checkpoints.items() if v is not None}, folds=folds,
-                    val_frac=val_frac, seed=seed, epochs=epochs, patience=patience, lr=lr,
-                    encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder, max_instances=max_instances,
-                    max_regions=max_regions, batch_size=batch_size, standardize=standardize,
-                    region_preset=region_preset, bag_level=bag_level,
-                    allow_missing_slides=allow_missing_slides, bootstrap=bootstrap, splits=splits, device=device,
-                    precision=precision, overwrite=overwrite, progress=progress)
+                summary = train_methods(features_dir, m.labels, out, settings=m, overwrite=overwrite,
+                                        progress=progress, **{k: getattr(ev, k) for k in EVALUATE_KEYS})
             finally:
                 logging.getLogger("mixmag").removeHandler(handler)
                 handler.close()

@@ -14,6 +14,7 @@ only stores parameters; everything learned lives in attributes ending in ``_``.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions
 from mixmag.mil.methods import METHODS, MethodSpec
 from mixmag.mil.model import MILModel
+from mixmag.mil.settings import MIL_DEFAULTS as _D
 from mixmag.mil.train import BagPrediction, FitResult, TrainParams, fit, predict
 from mixmag.utils.device import resolve_device
 
@@ -47,23 +49,10 @@ class MILClassifier:
         method: Key of :data:`~mixmag.mil.methods.METHODS` (``abmil-20x``, ``mix-mem`` ...).
         encoder: Region encoder for ``mix-*`` methods (copied at fit, never modified).
         classes: Fixed class labels (default: the sorted unique values of ``y`` at fit).
-        hidden_dim: AB-MIL instance embedding width.
-        attention_dim: AB-MIL attention hidden size.
-        dropout: AB-MIL dropout.
-        epochs: See :class:`~mixmag.mil.train.TrainParams` for this and the following.
-        patience: Early-stopping patience (epochs).
-        lr: Head learning rate.
-        encoder_lr_scale: Encoder learning rate as a fraction of ``lr``.
-        weight_decay: AdamW weight decay.
-        freeze_encoder: Keep the encoder fixed.
-        max_instances: Training subsample size for tile methods.
-        max_regions: Training subsample size for encoder methods.
-        batch_size: Bags per forward pass (padded; 1 = classic one-bag steps).
-        grad_accum: Forward passes per optimiser update.
+        hidden_dim: This and every other parameter from ``attention_dim`` to ``precision`` except
+            ``balanced`` is the field of the same name of :class:`~mixmag.mil.settings.MilSettings`
+            (meaning and default are defined there).
         balanced: Inverse-frequency class weights in the loss.
-        standardize: Standardise tile instances per dimension with statistics of the training bags
-            (tile methods; region encoders standardise with their pretraining statistics).
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: Seed of initialisation, bag order and subsampling.
         progress: Progress bar over epochs.
@@ -77,13 +66,17 @@ class MILClassifier:
         n_features_in_: Tile embedding dimension seen at fit.
     """
 
+    # Explicit keyword parameters (scikit-learn's get_params reads them from the signature); their
+    # defaults come from MilSettings, the one place where they are declared.
     def __init__(self, method: str = "abmil-20x", *, encoder: nn.Module | None = None,
-                 classes: Sequence[Any] | None = None, hidden_dim: int = 512, attention_dim: int = 256,
-                 dropout: float = 0.25, epochs: int = 30, patience: int = 8, lr: float = 2e-4,
-                 encoder_lr_scale: float = 0.1, weight_decay: float = 1e-4, freeze_encoder: bool = False,
-                 max_instances: int = 4096, max_regions: int = 256, batch_size: int = 1, grad_accum: int = 1,
-                 balanced: bool = True, standardize: bool = True, precision: str = "auto", device: str = "auto", seed: int = 0,
-                 progress: bool = False) -> None:
+                 classes: Sequence[Any] | None = None, hidden_dim: int = _D.hidden_dim,
+                 attention_dim: int = _D.attention_dim, dropout: float = _D.dropout, epochs: int = _D.epochs,
+                 patience: int = _D.patience, lr: float = _D.lr, encoder_lr_scale: float = _D.encoder_lr_scale,
+                 weight_decay: float = _D.weight_decay, freeze_encoder: bool = _D.freeze_encoder,
+                 max_instances: int = _D.max_instances, max_regions: int = _D.max_regions,
+                 batch_size: int = _D.batch_size, grad_accum: int = _D.grad_accum, balanced: bool = True,
+                 standardize: bool = _D.standardize, precision: str = _D.precision, device: str = _D.device,
+                 seed: int = _D.seed, progress: bool = False) -> None:
         self.method = method
         self.encoder = encoder
         self.classes = classes
@@ -107,18 +100,19 @@ class MILClassifier:
         self.seed = seed
         self.progress = progress
 
-    _PARAMS = ("method", "encoder", "classes", "hidden_dim", "attention_dim", "dropout", "epochs", "patience",
-               "lr", "encoder_lr_scale", "weight_decay", "freeze_encoder", "max_instances", "max_regions",
-               "batch_size", "grad_accum", "balanced", "standardize", "precision", "device", "seed", "progress")
+    @classmethod
+    def _param_names(cls) -> tuple[str, ...]:
+        return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
 
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         """Constructor parameters (sklearn protocol)."""
-        return {k: getattr(self, k) for k in self._PARAMS}
+        return {k: getattr(self, k) for k in self._param_names()}
 
     def set_params(self, **params: Any) -> MILClassifier:
         """Set constructor parameters (sklearn protocol)."""
+        names = self._param_names()
         for k, v in params.items():
-            if k not in self._PARAMS:
+            if k not in names:
                 raise MixmagValueError(f"unknown parameter {k!r} for MILClassifier")
             setattr(self, k, v)
         return self
@@ -134,8 +128,8 @@ class MILClassifier:
         return TrainParams(
             epochs=self.epochs, patience=self.patience, lr=self.lr, encoder_lr_scale=self.encoder_lr_scale,
             weight_decay=self.weight_decay, freeze_encoder=self.freeze_encoder or spec.freeze_encoder,
-            max_instances=self.max_instances, max_regions=self.max_regions, batch_size=self.batch_size, grad_accum=self.grad_accum,
-            balanced=self.balanced, precision=self.precision)
+            max_instances=self.max_instances, max_regions=self.max_regions, batch_size=self.batch_size,
+            grad_accum=self.grad_accum, balanced=self.balanced, precision=self.precision)
 
     def build_model(self, tile_dim: int, n_classes: int) -> MILModel:
         """A freshly initialised model for this method (encoder deep-copied from ``encoder``)."""

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.encoders import EncoderRecipe, MissingCheckpointError, resolve_encoder
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import TargetBags, build_bags, label_columns, read_labels
-from mixmag.mil.methods import METHODS, PAPER_METHODS
+from mixmag.mil.methods import METHODS
 from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
+from mixmag.mil.settings import PAPER_METHODS, MilSettings
 from mixmag.utils.atomic import atomic_write_json
 from mixmag.utils.device import resolve_device
 from mixmag.utils.env import environment_info
@@ -87,10 +88,16 @@ class TrainSummary:
                 "skipped": [asdict(s) for s in self.skipped]}
 
 
-def _estimator_params(s: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("hidden_dim", "attention_dim", "dropout", "epochs", "patience", "lr", "encoder_lr_scale",
-            "weight_decay", "freeze_encoder", "max_instances", "max_regions", "batch_size", "grad_accum", "standardize", "precision")
-    return {k: s[k] for k in keys}
+@dataclass(frozen=True)
+class _Job:
+    """What every run of one :func:`train_methods` call shares besides the protocol."""
+
+    settings: MilSettings
+    device: str  # resolved: the same device for every fold
+    bootstrap: int
+    overwrite: bool
+    progress: bool
+    labels: dict[str, str]  # path and sha256 of the labels table (written to each run's config)
 
 
 def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLike[str] | None, folds: int,
@@ -109,7 +116,7 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
     return table
 
 
-def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, settings: Mapping[str, Any],
+def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, job: _Job,
                 splits: pd.DataFrame, store: FeatureStore) -> dict[str, Any]:
     bags = [(b.bag_id, b.label, list(b.slide_ids)) for b in tb.bags]
     return {
@@ -118,25 +125,25 @@ def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, setti
         "bags_hash": sha256_text(repr(bags)), "splits_hash": sha256_text(splits.to_csv(index=False)),
         "features_dir": str(store.folder), "feature_encoder": store.encoder, "tile_dim": store.tile_dim,
         "region_spec": None if store.spec is None else store.spec.to_dict(),
-        "encoder": None if recipe is None else recipe.to_dict(), "seed": settings["seed"],
-        "train": _estimator_params(settings), "bootstrap": settings["bootstrap"],
+        "encoder": None if recipe is None else recipe.to_dict(), "seed": job.settings.seed,
+        "train": job.settings.estimator_params(), "bootstrap": job.bootstrap,
     }
 
 
 def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, splits: pd.DataFrame,
-                store: FeatureStore, run_dir: Path, settings: Mapping[str, Any]) -> RunResult:
-    config = _run_config(tb, method, recipe, settings, splits, store)
+                store: FeatureStore, run_dir: Path, job: _Job) -> RunResult:
+    config = _run_config(tb, method, recipe, job, splits, store)
     config_hash = sha256_text(repr(sorted(config.items(), key=lambda kv: kv[0])))
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text(encoding="utf-8")).get("config_hash")
         if old != config_hash:
-            if not settings["overwrite"]:
+            if not job.overwrite:
                 raise MixmagValueError(f"{run_dir} holds a run with other settings; pass overwrite=True (--overwrite) "
                                        "to replace it, or choose another output folder")
             for sub in ("folds", "attention"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
-    atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": settings["labels"]})
+    atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": job.labels})
     atomic_write_json(run_dir / "env.json", environment_info())
     write_splits(splits, run_dir / "splits.csv")
     by_patient: dict[str, list[int]] = {}
@@ -159,8 +166,8 @@ def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, split
         roles = {r: [i for p in pids for i in by_patient[p]] for r, pids in fold_roles(splits, fold).items()}
         parts: dict[str, BagDataset] = {r: BagDataset(store, [tb.bags[i] for i in idx]) for r, idx in roles.items()}
         clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(), classes=list(range(n_classes)),
-                            device=settings["device"], seed=settings["seed"] + fold, progress=settings["progress"],
-                            **_estimator_params(settings))
+                            device=job.device, seed=job.settings.seed + fold, progress=job.progress,
+                            **job.settings.estimator_params())
         clf.fit(parts["train"], y[roles["train"]], val_bags=parts["val"] if roles["val"] else None,
                 val_y=y[roles["val"]] if roles["val"] else None)
         preds = clf.predict_bags(parts["test"], attention=True)
@@ -186,8 +193,8 @@ def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, split
                     clf.best_epoch_, clf.criterion_, len(roles["test"]))
     write_csv(pd.concat(histories, ignore_index=True), run_dir / "learning_curves.csv")
     m = summarize_run(run_dir, pd.concat(oof, ignore_index=True), target=tb.target, method=method,
-                      classes=tb.classes, fold_info=fold_info, n_boot=settings["bootstrap"],
-                      seed=settings["seed"], extra={"config_hash": config_hash})
+                      classes=tb.classes, fold_info=fold_info, n_boot=job.bootstrap,
+                      seed=job.settings.seed, extra={"config_hash": config_hash})
     logger.info("%s/%s: AUROC %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, m["mean_auroc"],
                 m["sd_auroc"], m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
     return RunResult(tb.target, method, str(run_dir), m["n_bags"], m["mean_auroc"], m["sd_auroc"],
@@ -196,67 +203,45 @@ def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, split
 
 def train_methods(
     features_dir: str | os.PathLike[str], labels_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-    methods: Sequence[str] | None = None, targets: Sequence[str] | None = None,
-    checkpoints: Mapping[str, str | os.PathLike[str]] | None = None, folds: int = 5, val_frac: float = 0.2,
-    seed: int = 0, epochs: int = 30, patience: int = 8, lr: float = 2e-4, encoder_lr_scale: float = 0.1,
-    weight_decay: float = 1e-4, freeze_encoder: bool = False, max_instances: int = 4096, max_regions: int = 256,
-    batch_size: int = 1, grad_accum: int = 1, standardize: bool = True, hidden_dim: int = 512, attention_dim: int = 256, dropout: float = 0.25,
-    region_preset: str = "base", bag_level: str = "patient", allow_missing_slides: bool = False,
-    bootstrap: int = 1000, splits: str | os.PathLike[str] | None = None, device: str = "auto",
-    precision: str = "auto", cache_gb: float = 4.0, overwrite: bool = False, progress: bool = True,
+    settings: MilSettings | None = None, pretrained: Mapping[str, str | os.PathLike[str]] | None = None,
+    folds: int = 5, val_frac: float = 0.2, bootstrap: int = 1000, splits: str | os.PathLike[str] | None = None,
+    overwrite: bool = False, progress: bool = True, **options: Any,
 ) -> TrainSummary:
     """Cross-validate every method on every target with identical splits; write run folders.
 
     Args:
         features_dir: Folder of ``<slide_id>.h5`` feature files (one tile encoder).
-        labels_path: CSV/TSV with ``patient_id``, ``slide_id`` and label columns.
+        labels_path: CSV/TSV with ``patient_id``, ``slide_id`` and label columns (the study and
+            ``mixmag train`` pass ``settings.labels``).
         out_dir: Output root; runs go to ``<out>/<target>/<method>/``.
-        methods: Method keys (default: the paper's seven, :data:`~mixmag.mil.methods.PAPER_METHODS`).
-        targets: Label columns (default: all non-id columns).
-        checkpoints: Region-encoder checkpoint per role (``{"mem": ..., "cmem": ..., "random": ...}``);
-            a method whose role is missing is skipped and recorded in the summary.
+        settings: Methods, targets, model and optimisation settings
+            (:class:`~mixmag.mil.settings.MilSettings`; its defaults when None).
+        pretrained: Region-encoder checkpoints made upstream, per role (``{"mem": ..., "cmem": ...,
+            "random": ...}``, the study's pretraining stages); ``settings.checkpoints`` entries win.
+            A method whose role has no checkpoint is skipped and recorded in the summary.
         folds: Outer folds k (reduced with a warning when a class is rarer than k patients).
         val_frac: Fraction of the non-test patients of a fold used for early stopping.
-        seed: Seed of splits, initialisation, bag order and bootstrap.
-        epochs: Maximum epochs per fold; the following arguments are the estimator's settings
-            (:class:`~mixmag.mil.estimator.MILClassifier`).
-        patience: Early-stopping patience.
-        lr: Head learning rate.
-        encoder_lr_scale: Encoder learning rate as a fraction of ``lr``.
-        weight_decay: AdamW weight decay.
-        freeze_encoder: Keep region encoders fixed.
-        max_instances: Training subsample for tile methods.
-        max_regions: Training subsample for encoder methods.
-        batch_size: Bags per forward pass (padded; 1 = one bag per step).
-        grad_accum: Forward passes per optimiser update.
-        standardize: Standardise tile instances with training-fold statistics (tile methods).
-        hidden_dim: AB-MIL width.
-        attention_dim: AB-MIL attention width.
-        dropout: AB-MIL dropout.
-        region_preset: Architecture of a fresh encoder when no pretrained checkpoint is given.
-        bag_level: ``patient`` or ``slide``.
-        allow_missing_slides: Exclude labelled slides without features instead of failing.
         bootstrap: Bootstrap resamples for CIs (0 = none).
         splits: Reuse this split file instead of making one.
-        device: ``auto``, ``cpu``, ``cuda`` ...
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16``.
-        cache_gb: In-memory feature cache shared by all methods.
         overwrite: Replace runs made with other settings (else that is an error).
         progress: Progress bars.
+        **options: Single :class:`~mixmag.mil.settings.MilSettings` fields replacing those of
+            ``settings`` (e.g. ``epochs=2, hidden_dim=8``); unknown names raise with close matches.
 
     Returns:
         The finished runs and the skipped methods (also written to ``<out>/summary.json``).
     """
-    settings = {k: v for k, v in locals().items() if k not in ("features_dir", "labels_path", "out_dir")}
-    settings["device"] = str(resolve_device(device))
+    s = (settings if settings is not None else MilSettings()).updated(**options)
+    methods, targets = s.methods, s.targets
     method_keys = list(methods or PAPER_METHODS)
     for key in method_keys:
         METHODS.get(key)  # unknown keys fail here, with close matches, before any work
-    ckpts = {k: Path(v) for k, v in (checkpoints or {}).items() if v is not None}
+    ckpts = {k: Path(v) for k, v in {**(pretrained or {}), **s.checkpoints}.items() if v is not None}
     out = Path(out_dir)
-    store = FeatureStore(features_dir, cache_bytes=int(cache_gb * (1 << 30)))
+    store = FeatureStore(features_dir, cache_bytes=int(s.cache_gb * (1 << 30)))
     table = read_labels(labels_path)
-    settings["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path)}
+    job = _Job(settings=s, device=str(resolve_device(s.device)), bootstrap=bootstrap, overwrite=overwrite,
+               progress=progress, labels={"path": str(labels_path), "sha256": sha256_file(labels_path)})
     target_list = label_columns(table, list(targets) if targets else None)
     problems = store.check(table["slide_id"])
     for sid, reason in list(problems.items())[:5]:
@@ -265,8 +250,8 @@ def train_methods(
     unlabelled = len(set(store.paths) - set(table["slide_id"]))
     if unlabelled:
         logger.info("%d feature files in %s have no row in the labels table (not used)", unlabelled, store.folder)
-    target_bags = [build_bags(table, t, available_slides=available, bag_level=bag_level,
-                              allow_missing_slides=allow_missing_slides) for t in target_list]
+    target_bags = [build_bags(table, t, available_slides=available, bag_level=s.bag_level,
+                              allow_missing_slides=s.allow_missing_slides) for t in target_list]
     assert store.spec is not None and store.tile_dim is not None
     summary = TrainSummary(out_dir=str(out), targets=target_list)
     recipes: dict[str, EncoderRecipe | None] = {}
@@ -277,7 +262,7 @@ def train_methods(
             continue
         try:
             recipes[key] = resolve_encoder(spec, checkpoints=ckpts, tile_dim=store.tile_dim, spec=store.spec,
-                                           preset=region_preset, seed=seed)
+                                           preset=s.region_preset, seed=s.seed)
         except MissingCheckpointError as exc:
             logger.warning("method %s skipped: %s", key, exc)
             summary.skipped.append(SkippedRun(key, str(exc)))
@@ -286,10 +271,10 @@ def train_methods(
         target_dir.mkdir(parents=True, exist_ok=True)
         if tb.exclusions:
             write_csv(pd.DataFrame([asdict(e) for e in tb.exclusions]), target_dir / "excluded.csv")
-        split_table = _prepare_splits(tb, target_dir, splits=splits, folds=folds, val_frac=val_frac, seed=seed)
+        split_table = _prepare_splits(tb, target_dir, splits=splits, folds=folds, val_frac=val_frac, seed=s.seed)
         for key in method_keys:
             if key not in recipes:
                 continue
-            summary.runs.append(_run_method(tb, key, recipes[key], split_table, store, target_dir / key, settings))
+            summary.runs.append(_run_method(tb, key, recipes[key], split_table, store, target_dir / key, job))
     atomic_write_json(out / "summary.json", summary.to_dict())
     return summary

@@ -181,7 +181,8 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
     if no_feat.any():
         msg = (f"target {target!r}: {int(no_feat.sum())} labelled slides have no feature file: "
                f"{_few(part.loc[no_feat, 'slide_id'])}. Check the slide_id column against the feature "
-               "file names (<slide_id>.h5), run `mixmag embed` for them, or pass --allow-missing-slides")
+               "file names (<slide_id>.h5), run `mixmag embed` for them, or set mil.allow_missing_slides: true "
+               "(--set mil.allow_missing_slides=true) to exclude them")
         if not allow_missing_slides:
             raise MixmagValueError(msg)
         logger.warning("%s; excluded", msg.split(". Check")[0])
@@ -193,7 +194,8 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
     if len(conflicting):
         if bag_level == "patient":
             raise MixmagValueError(f"target {target!r}: patients whose slides have different labels: {_few(conflicting)}. "
-                                   "Fix the table, or use slide-level bags (--bag-level slide)")
+                                   "Fix the table, or use slide-level bags "
+                                   "(mil.bag_level: slide, or --set mil.bag_level=slide)")
         logger.warning("target %r: %d patients have slides with different labels; their split stratum is "
                        "the most frequent label", target, len(conflicting))
     classes = _class_order(part[target])

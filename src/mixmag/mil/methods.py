@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mixmag.mil.instances import INSTANCE_SOURCES, InstanceSource
+from mixmag.mil.settings import PAPER_METHODS
 from mixmag.registry import Registry
+
+__all__ = ["METHODS", "PAPER_METHODS", "MethodSpec"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,6 @@ class MethodSpec:
 
 
 METHODS: Registry[MethodSpec] = Registry("MIL method")
-
-#: The paper's comparison, in its table order.
-PAPER_METHODS: tuple[str, ...] = (
-    "abmil-5x", "abmil-10x", "abmil-20x", "mix-random", "mix-mem", "mix-cmem", "mix-mem-cls")
 
 _TABLE: dict[str, MethodSpec] = {
     "abmil-5x": MethodSpec("tiles", "5x", description="AB-MIL over 5x (2.0 µm/px) tile embeddings"),

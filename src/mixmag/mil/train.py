@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from mixmag.evaluate.metrics import auroc
 from mixmag.mil.data import BagRegions
 from mixmag.mil.model import MILModel
+from mixmag.mil.settings import MIL_DEFAULTS
 from mixmag.utils.device import resolve_amp
 
 logger = logging.getLogger(__name__)
@@ -38,37 +39,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Optimisation settings of one model (defaults: docs/concepts/evaluation.md#training-defaults).
+    """Optimisation settings of one model; defaults and meaning: :class:`~mixmag.mil.settings.MilSettings`.
+
+    The fields are the optimisation fields of ``MilSettings`` (same names, defaults taken from
+    it), plus:
 
     Attributes:
-        epochs: Maximum epochs (one pass over the training bags each).
-        patience: Epochs without validation improvement before stopping.
-        lr: AdamW learning rate of the MIL head.
-        encoder_lr_scale: Encoder learning rate = ``lr * encoder_lr_scale`` (0 freezes it).
-        weight_decay: AdamW weight decay.
-        freeze_encoder: Keep the region encoder fixed (eval mode, no gradients).
-        max_instances: Instances per bag per training step for tile methods (random subset).
-        max_regions: Regions per bag per training step for encoder methods (random subset).
-        batch_size: Bags per forward pass (padded to the longest; the encoder runs once over all
-            their regions). 1 = one bag per step, the classic AB-MIL recipe.
-        grad_accum: Forward passes per optimiser update.
         balanced: Weight the loss by inverse class frequency of the training bags.
-        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``;
-            resolved by :func:`~mixmag.utils.device.resolve_amp` with ``training=True``.
+        precision: Resolved by :func:`~mixmag.utils.device.resolve_amp` with ``training=True``.
     """
 
-    epochs: int = 30
-    patience: int = 8
-    lr: float = 2e-4
-    encoder_lr_scale: float = 0.1
-    weight_decay: float = 1e-4
-    freeze_encoder: bool = False
-    max_instances: int = 4096
-    max_regions: int = 256
-    batch_size: int = 1
-    grad_accum: int = 1
+    epochs: int = MIL_DEFAULTS.epochs
+    patience: int = MIL_DEFAULTS.patience
+    lr: float = MIL_DEFAULTS.lr
+    encoder_lr_scale: float = MIL_DEFAULTS.encoder_lr_scale
+    weight_decay: float = MIL_DEFAULTS.weight_decay
+    freeze_encoder: bool = MIL_DEFAULTS.freeze_encoder
+    max_instances: int = MIL_DEFAULTS.max_instances
+    max_regions: int = MIL_DEFAULTS.max_regions
+    batch_size: int = MIL_DEFAULTS.batch_size
+    grad_accum: int = MIL_DEFAULTS.grad_accum
     balanced: bool = True
-    precision: str = "auto"
+    precision: str = MIL_DEFAULTS.precision
 
 
 @dataclass

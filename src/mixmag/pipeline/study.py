@@ -22,6 +22,7 @@ These imports all point down the layers (see ``[tool.importlinter]`` in pyprojec
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
 from mixmag.utils.logging import add_file_handler
+from mixmag.utils.settings import runtime_fields
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +81,10 @@ def region_spec(config: PipelineConfig) -> RegionSpec:
                       mpps=tuple(parse_magnification(m) for m in t.magnifications))
 
 
-def _section(config: PipelineConfig, name: str, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+def _section(config: PipelineConfig, name: str, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
     data = getattr(config, name).model_dump(mode="json")
-    return {k: v for k, v in data.items() if k not in exclude}
+    skip = set(exclude)
+    return {k: v for k, v in data.items() if k not in skip}
 
 
 class Study:
@@ -91,9 +94,6 @@ class Study:
         config: Validated study config.
         progress: Show progress bars.
     """
-
-    # settings that never change a stage's result (excluded from fingerprints)
-    RUNTIME_KEYS = ("workers", "device", "num_workers", "checkpoint_every", "cache_gb")
 
     def __init__(self, config: PipelineConfig, *, progress: bool = True) -> None:
         self.config = config
@@ -111,7 +111,9 @@ class Study:
         return fp
 
     def _settings(self, section: str, **extra: Any) -> dict[str, Any]:
-        return {**_section(self.config, section, exclude=self.RUNTIME_KEYS), **extra}
+        """A section's settings without its runtime-only fields (they never change a result)."""
+        runtime = runtime_fields(type(getattr(self.config, section)))
+        return {**_section(self.config, section, exclude=runtime), **extra}
 
     @property
     def regions_dir(self) -> Path:
@@ -212,26 +214,16 @@ class Study:
         """Pretrain one region encoder (``random`` saves the seeded initialisation)."""
         from mixmag.region.pretrain import pretrain_region_encoder
 
-        r = self.config.region
         name = f"pretrain-{objective}"
         fp = self._fp(name, self._settings("region", objective=objective,
                                            pretrain_inputs=[str(p) for p in self.config.slides.pretrain_inputs]),
                       ["embed"])
-        arch = {k: getattr(r, k) for k in ("width", "depth", "heads", "mlp_ratio", "drop_path")
-                if k in r.model_fields_set}
 
         def run() -> dict[str, Any]:
             files, note = self.pretrain_corpus()
-            result = pretrain_region_encoder(
-                files, self.out / "pretrain" / objective, objective=objective, preset=r.preset,
-                position=r.position, steps=r.steps, batch_size=r.batch_size, lr=r.lr,
-                weight_decay=r.weight_decay, warmup_frac=r.warmup_frac, grad_clip=r.grad_clip,
-                mask_ratio=r.mask_ratio, mag_mask_prob=r.mag_mask_prob, token_drop_max=r.token_drop_max,
-                regions_per_slide=r.regions_per_slide, shuffle_buffer=r.shuffle_buffer,
-                contrastive_weight=r.contrastive_weight, temperature=r.temperature, seed=r.seed,
-                device=r.device, precision=r.precision.value, num_workers=r.num_workers,
-                checkpoint_every=r.checkpoint_every, progress=self.progress, **arch,
-            )
+            result = pretrain_region_encoder(files, self.out / "pretrain" / objective,
+                                             settings=self.config.region.run_settings(objective),
+                                             progress=self.progress)
             # `random` logs no step, so it may have no metrics file (the ledger checks listed paths exist)
             metrics = str(result.metrics_path) if result.metrics_path.exists() else None
             return {"checkpoint": str(result.checkpoint), "metrics": metrics,
@@ -247,21 +239,15 @@ class Study:
         labels = m.labels
         if labels is None:
             raise MixmagValueError("mil.labels is not set: the train stage needs a labels CSV")
-        evaluate = _section(self.config, "evaluate", exclude=(*self.RUNTIME_KEYS, *DIAGNOSTICS_KEYS))
+        evaluate = _section(self.config, "evaluate",
+                            exclude=(*runtime_fields(type(ev)), *DIAGNOSTICS_KEYS))
         fp = self._fp("train", {**self._settings("mil"), **evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
 
         def run() -> dict[str, Any]:
             summary = train_methods(
-                self.features_dir, labels, self.out / "mil", methods=m.methods, targets=m.targets or None,
-                checkpoints={**checkpoints, **{k: str(v) for k, v in m.checkpoints.items()}},
-                folds=ev.folds, val_frac=ev.val_frac, seed=m.seed, epochs=m.epochs, patience=m.patience,
-                lr=m.lr, encoder_lr_scale=m.encoder_lr_scale, weight_decay=m.weight_decay,
-                freeze_encoder=m.freeze_encoder, max_instances=m.max_instances, max_regions=m.max_regions,
-                batch_size=m.batch_size, grad_accum=m.grad_accum, standardize=m.standardize, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
-                dropout=m.dropout, region_preset=m.region_preset, bag_level=m.bag_level,
-                allow_missing_slides=m.allow_missing_slides, bootstrap=ev.bootstrap, splits=ev.splits,
-                device=m.device, precision=m.precision.value, cache_gb=m.cache_gb, overwrite=True,
+                self.features_dir, labels, self.out / "mil", settings=m, pretrained=checkpoints,
+                folds=ev.folds, val_frac=ev.val_frac, bootstrap=ev.bootstrap, splits=ev.splits, overwrite=True,
                 progress=self.progress,
             )
             for skipped in summary.skipped:

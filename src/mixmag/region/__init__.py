@@ -4,7 +4,7 @@ Public API (heavy modules are imported lazily on first use)::
 
     RegionEncoder, build_region_encoder, REGION_ENCODERS      mixmag.region.model
     pretrain_region_encoder, PretrainResult                   mixmag.region.pretrain
-    PretrainSettings                                          mixmag.region.settings
+    PretrainSettings, RegionSettings                          mixmag.region.settings
     encode_regions, EncodeSummary                             mixmag.region.encode
     OBJECTIVES                                                mixmag.region.objectives
     write_synthetic_feature_cohort, SyntheticFeatureModel     mixmag.region.synthetic
@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "pretrain_region_encoder": "mixmag.region.pretrain",
     "PretrainResult": "mixmag.region.pretrain",
     "PretrainSettings": "mixmag.region.settings",
+    "RegionSettings": "mixmag.region.settings",
     "encode_regions": "mixmag.region.encode",
     "EncodeSummary": "mixmag.region.encode",
     "OBJECTIVES": "mixmag.region.objectives",

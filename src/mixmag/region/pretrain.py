@@ -145,7 +145,8 @@ def pretrain_region_encoder(
     Args:
         features: Folder of per-slide feature files (``mixmag embed`` output) or a list of files.
         out_dir: Run folder (created; see the module docstring for its contents).
-        settings: Full settings; ``options`` override single fields of it.
+        settings: Full settings (default: :class:`~mixmag.region.settings.PretrainSettings` defaults);
+            ``options`` override single fields of it.
         resume: Continue from the newest checkpoint in ``out_dir`` (its settings and cohort must
             match); False starts over and replaces the run's earlier checkpoints and metrics.
         progress: Show a progress bar (rank 0 only).
@@ -159,8 +160,7 @@ def pretrain_region_encoder(
         FormatError: Inconsistent feature files, or a checkpoint of another layout in ``out_dir``.
         ValueError: Bad settings, no usable regions, or ``out_dir`` holds a run with other settings.
     """
-    base = settings.to_dict() if settings is not None else {}
-    s = PretrainSettings.from_options(**{**base, **options})
+    s = (settings if settings is not None else PretrainSettings()).updated(**options)
     ctx = init_distributed(resolve_device(s.device))
     try:
         return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()

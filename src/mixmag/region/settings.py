@@ -1,151 +1,156 @@
-"""Hyper-parameters of a pretraining run (one frozen dataclass).
+"""Settings of region-encoder pretraining: every option declared once (default, constraint, doc).
 
 The defaults and why: docs/concepts/region-encoder.md#our-choices-where-the-paper-is-silent.
 
-Kept apart from the engine so the CLI, the pipeline config and tests share one definition of every
-default, and so a run folder can be checked against the settings it was started with.
+Two thin models share one set of fields (:class:`PretrainOptions`):
+
+* :class:`RegionSettings` is the ``region:`` section of a study config (``mixmag run``,
+  ``mixmag pretrain --config``): the options plus which objectives to pretrain and on which slides;
+* :class:`PretrainSettings` is one run (:func:`~mixmag.region.pretrain.pretrain_region_encoder`):
+  the options plus its objective. It is stored in every checkpoint, and its
+  :meth:`~mixmag.utils.settings.StageSettings.result_defining` part must match to resume a run.
+
+Fields marked :data:`~mixmag.utils.settings.RUNTIME` (device, workers, checkpointing) may differ
+between a run and its resumption. This module imports no torch: the CLI builds its options from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from mixmag.errors import MixmagValueError
-from mixmag.region.model import REGION_ENCODERS
-from mixmag.region.objectives import OBJECTIVES, RECONSTRUCTION_LOSSES
-from mixmag.utils.device import PRECISIONS
+from pydantic import ConfigDict, Field, model_validator
 
-# Settings that change *how fast* or *where* a run executes, never its result; a run may be
-# resumed with different values of these.
-RUNTIME_FIELDS = frozenset({"device", "num_workers", "checkpoint_every", "keep_checkpoints", "open_files"})
+from mixmag.utils.settings import RUNTIME, Precision, StageSettings
+
+_Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-@dataclass(frozen=True)
-class PretrainSettings:
-    """Everything that defines a region-encoder pretraining run.
+class PretrainOptions(StageSettings):
+    """The options of a pretraining run shared by every objective (base of the two models below)."""
 
-    Attributes:
-        objective: ``mem``, ``cmem`` or ``random`` (untrained encoder, saved at initialisation).
-        preset: Architecture preset (``base``, ``small``, ``tiny``); the fields below override it.
-        width, depth, heads, mlp_ratio, drop_path: Architecture overrides (None = preset value).
-        position: ``slot`` or ``sincos`` position embedding.
-        steps: Optimizer steps.
-        batch_size: Global batch in regions per step (split evenly over DDP processes).
-        lr: Peak learning rate (AdamW, after linear warmup, then cosine decay to 0).
-        weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
-        betas: AdamW betas (0.9, 0.95) as in MAE.
-        warmup_frac: Fraction of the steps used for linear warmup.
-        grad_clip: Max global gradient L2 norm (0 disables clipping).
-        mask_ratio: Fraction of valid tokens masked per view.
-        mag_mask_prob: Probability that a view masks one whole magnification instead.
-        token_drop_max: Views drop a uniform 0..token_drop_max fraction of valid tokens.
-        regions_per_slide: Regions sampled per slide per epoch (K).
-        shuffle_buffer: Regions held in the cross-slide shuffle buffer.
-        contrastive_weight: λ of the CMEM InfoNCE term.
-        temperature: InfoNCE temperature τ.
-        proj_dim: CMEM projection size.
-        loss: Reconstruction loss, ``mse`` or ``cosine``.
-        stats_regions_per_slide: Regions per slide sampled for target statistics (None = all).
-        seed: Seeds initialisation, data order, masks and drop-path.
-        device: ``auto``, ``cpu``, ``cuda`` ... (DDP ranks use cuda:LOCAL_RANK).
-        precision: ``auto`` (bf16 on GPUs with native bf16, else fp16 with a gradient scaler; fp32 on
-            CPU), ``fp32``, ``bf16``, ``fp16``; see :func:`mixmag.utils.device.resolve_amp`.
-        num_workers: DataLoader worker processes reading feature files.
-        checkpoint_every: Save a resumable checkpoint every N steps (0 = only the final one).
-        keep_checkpoints: Number of intermediate checkpoints kept.
-        open_files: HDF5 handles each data worker keeps open (None = sized to the shuffle buffer).
-    """
-
-    objective: str = "mem"
     preset: str = "base"
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    mlp_ratio: float | None = None
-    drop_path: float | None = None
+    """Architecture preset: `base` (W768/d6/h12), `small` (W128/d2/h4) or `tiny` (W32/d2/h2);
+    width/depth/heads/mlp_ratio/drop_path override it when set."""
+    width: int | None = Field(default=None, ge=8)
+    """Model width W (null = the preset's)."""
+    depth: int | None = Field(default=None, ge=1)
+    """Transformer blocks (null = the preset's)."""
+    heads: int | None = Field(default=None, ge=1)
+    """Attention heads (null = the preset's)."""
+    mlp_ratio: float | None = Field(default=None, gt=0)
+    """MLP hidden size as a multiple of the width (null = the preset's)."""
+    drop_path: float | None = Field(default=None, ge=0, lt=1)
+    """Stochastic-depth rate of the last block (null = the preset's)."""
     position: str = "slot"
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1.5e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_frac: float = 0.05
-    grad_clip: float = 1.0
-    mask_ratio: float = 0.5
-    mag_mask_prob: float = 0.25
-    token_drop_max: float = 0.5
-    regions_per_slide: int = 64
-    shuffle_buffer: int = 4096
-    contrastive_weight: float = 1.0
-    temperature: float = 0.1
-    proj_dim: int = 256
+    """`slot` (learned per token slot) or `sincos` (2D sin-cos of the tile centre; any layout)."""
+    steps: int = Field(default=2000, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(default=256, ge=2)
+    """Global batch in regions per step, split evenly over DDP processes (InfoNCE needs negatives)."""
+    lr: float = Field(default=1.5e-4, gt=0)
+    """Peak learning rate (AdamW, after linear warmup, then cosine decay to 0)."""
+    weight_decay: float = Field(default=0.05, ge=0)
+    """AdamW weight decay (not applied to biases, norms and embeddings)."""
+    betas: tuple[_Beta, _Beta] = (0.9, 0.95)
+    """AdamW betas, as in MAE."""
+    warmup_frac: float = Field(default=0.05, ge=0, lt=1)
+    """Fraction of the steps used for linear warmup."""
+    grad_clip: float = Field(default=1.0, ge=0)
+    """Max global gradient L2 norm (0 disables clipping)."""
+    mask_ratio: float = Field(default=0.5, gt=0, lt=1)
+    """Fraction of valid tokens masked per view."""
+    mag_mask_prob: float = Field(default=0.25, ge=0, le=1)
+    """Probability that a view masks one whole magnification instead."""
+    token_drop_max: float = Field(default=0.5, ge=0, lt=1)
+    """Each view drops a uniform 0..token_drop_max fraction of its valid tokens."""
+    regions_per_slide: int = Field(default=64, ge=1)
+    """Regions sampled per slide per epoch (K)."""
+    shuffle_buffer: int = Field(default=4096, ge=1)
+    """Regions held in the cross-slide shuffle buffer of the streaming loader."""
+    contrastive_weight: float = Field(default=1.0, ge=0)
+    """λ of the CMEM InfoNCE term."""
+    temperature: float = Field(default=0.1, gt=0)
+    """CMEM InfoNCE temperature τ."""
+    proj_dim: int = Field(default=256, ge=1)
+    """CMEM projection size."""
     loss: str = "mse"
-    stats_regions_per_slide: int | None = 256
+    """Reconstruction loss: `mse` or `cosine`."""
+    stats_regions_per_slide: int | None = Field(default=256, ge=1)
+    """Regions per slide sampled for the target statistics (null = all)."""
     seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    num_workers: int = 2
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    open_files: int | None = None
-
-    def __post_init__(self) -> None:
-        OBJECTIVES.get(self.objective)  # unknown keys raise with close matches
-        REGION_ENCODERS.get(self.preset)
-        checks = [
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.batch_size >= 2, "batch_size must be >= 2 (InfoNCE needs negatives; MEM needs a batch)"),
-            (self.lr > 0, "lr must be positive"),
-            (0 <= self.warmup_frac < 1, "warmup_frac must lie in [0, 1)"),
-            (0 < self.mask_ratio < 1, "mask_ratio must lie in (0, 1)"),
-            (0 <= self.mag_mask_prob <= 1, "mag_mask_prob must lie in [0, 1]"),
-            (0 <= self.token_drop_max < 1, "token_drop_max must lie in [0, 1)"),
-            (self.regions_per_slide >= 1, "regions_per_slide must be >= 1"),
-            (self.temperature > 0, "temperature must be positive"),
-            (self.loss in RECONSTRUCTION_LOSSES, f"loss must be one of {RECONSTRUCTION_LOSSES}"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.num_workers >= 0 and self.checkpoint_every >= 0, "num_workers/checkpoint_every must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MixmagValueError(f"invalid pretraining setting: {message}")
-
-    @classmethod
-    def from_options(cls, **options: Any) -> PretrainSettings:
-        """Build from keyword options; an unknown name raises ``ValueError`` with close matches."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in names:
-                close = difflib.get_close_matches(key, sorted(names), n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise MixmagValueError(f"unknown pretraining option {key!r}{hint}")
-        if "betas" in options:
-            options["betas"] = tuple(options["betas"])
-        return cls(**options)
+    """Seeds initialisation, data order, masks and drop-path."""
+    precision: Precision = Field(default=Precision.AUTO, validate_default=True)
+    """auto = bf16 on GPUs with native bf16, else fp16 with a gradient scaler; fp32 on CPU
+    (docs/concepts/precision.md)."""
+    device: str = Field(default="auto", json_schema_extra=RUNTIME)
+    """`auto`, `cpu`, `cuda`, `cuda:1` ... (DDP ranks use cuda:LOCAL_RANK)."""
+    num_workers: int = Field(default=2, ge=0, json_schema_extra=RUNTIME)
+    """DataLoader processes reading feature files."""
+    checkpoint_every: int = Field(default=500, ge=0, json_schema_extra=RUNTIME)
+    """Resumable checkpoint every N steps (0 = final only)."""
+    keep_checkpoints: int = Field(default=2, ge=1, json_schema_extra=RUNTIME)
+    """Intermediate checkpoints kept (older ones are deleted)."""
+    open_files: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """HDF5 files each data worker keeps open (null = sized to the shuffle buffer)."""
 
     def architecture(self) -> dict[str, Any]:
         """Overrides passed to :func:`~mixmag.region.model.build_region_encoder`."""
         return {"width": self.width, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio,
                 "drop_path": self.drop_path, "position": self.position}
 
+
+class PretrainSettings(PretrainOptions):
+    """Everything that defines one region-encoder pretraining run: the options and its objective.
+
+    Unknown registry keys (objective, preset) raise :class:`~mixmag.errors.MixmagKeyError` with
+    close matches; values out of range raise a ``ValueError`` naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    kind: ClassVar[str] = "pretraining"
+
+    objective: str = "mem"
+    """`mem`, `cmem` or `random` (the untrained encoder, saved at initialisation)."""
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> PretrainSettings:
+        # the registries live with the (torch) model code: imported here, not at module import
+        from mixmag.region.model import REGION_ENCODERS
+        from mixmag.region.objectives import OBJECTIVES, RECONSTRUCTION_LOSSES
+
+        OBJECTIVES.get(self.objective)  # unknown keys raise with close matches
+        REGION_ENCODERS.get(self.preset)
+        if self.loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(RECONSTRUCTION_LOSSES)}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored in checkpoints and the run folder)."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def result_defining(self) -> dict[str, Any]:
-        """The settings that must match for a run to be resumed (runtime-only fields removed)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        return self.model_dump(mode="json")
 
     @property
     def warmup_steps(self) -> int:
         """Linear-warmup length in steps."""
         return int(round(self.warmup_frac * self.steps))
+
+
+class RegionSettings(PretrainOptions):
+    """Region encoder and its self-supervised pretraining (docs/concepts/region-encoder.md)."""
+
+    kind: ClassVar[str] = "region"
+
+    pretrain_on: str = Field(default="auto", pattern="^(auto|all|unlabeled)$")
+    """Pretraining corpus: `unlabeled` (only `slides.pretrain_inputs`: no test patient is seen),
+    `all` (labeled + unlabeled slides; self-supervised, labels unused, but test patients' slides are
+    seen; the report says so), `auto` = `unlabeled` when `slides.pretrain_inputs` is set, else `all`."""
+    objectives: list[str] = Field(default_factory=lambda: ["mem", "cmem"])
+    """Pretraining objectives to run (each gives one checkpoint): `mem`, `cmem`."""
+
+    def run_settings(self, objective: str) -> PretrainSettings:
+        """The settings of this section's pretraining run for ``objective`` (``mem``, ``cmem``, ``random``)."""
+        return PretrainSettings.from_options(
+            objective=objective, **{name: getattr(self, name) for name in PretrainOptions.model_fields})
 
 
 def lr_factor(step: int, *, total: int, warmup: int) -> float:
@@ -154,30 +159,3 @@ def lr_factor(step: int, *, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-# RegionConfig fields copied verbatim into PretrainSettings (the architecture ones only when set).
-_CONFIG_FIELDS = ("preset", "position", "steps", "batch_size", "lr", "weight_decay", "warmup_frac", "grad_clip",
-                  "mask_ratio", "mag_mask_prob", "token_drop_max", "regions_per_slide", "shuffle_buffer",
-                  "contrastive_weight", "temperature", "seed", "device", "precision", "num_workers",
-                  "checkpoint_every")
-_ARCH_FIELDS = ("width", "depth", "heads", "mlp_ratio", "drop_path")
-
-
-def settings_from_config(region: Any, *, objective: str, **overrides: Any) -> PretrainSettings:
-    """Pretraining settings from a ``mixmag.config.RegionConfig`` section.
-
-    Architecture fields (width, depth, heads, mlp_ratio, drop_path) override the preset only when
-    they were set explicitly in the config (pydantic's ``model_fields_set``), so ``preset: small``
-    is not silently widened back to the section's base-size defaults.
-
-    Args:
-        region: The ``region`` section of a study config.
-        objective: ``mem``, ``cmem`` or ``random``.
-        **overrides: Final per-field overrides (e.g. from CLI options); None values are ignored.
-    """
-    values: dict[str, Any] = {k: getattr(region, k) for k in _CONFIG_FIELDS}
-    values["precision"] = getattr(values["precision"], "value", values["precision"])
-    values.update({k: getattr(region, k) for k in _ARCH_FIELDS if k in region.model_fields_set})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PretrainSettings.from_options(objective=objective, **values)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from mixmag.geometry import RegionSpec, parse_magnification
 from mixmag.utils.lazy import lazy_getattr
 
+#: Smallest thumbnail (longer side, px) for tissue detection and QC: ``tile_slides``, ``mixmag tile``
+#: and the study config's ``tiling.thumbnail_px`` all check against it.
+MIN_THUMBNAIL_PX = 64
+
 _LAZY: dict[str, str] = {
     "tile_slides": "mixmag.tiling.tile",
     "TileSummary": "mixmag.tiling.tile",
@@ -19,7 +23,7 @@ _LAZY: dict[str, str] = {
     "cut_tiles": "mixmag.tiling.extract",
 }
 
-__all__ = ["RegionSpec", "parse_magnification", *_LAZY]
+__all__ = ["MIN_THUMBNAIL_PX", "RegionSpec", "parse_magnification", *_LAZY]
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

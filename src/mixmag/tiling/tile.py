@@ -44,6 +44,7 @@ from mixmag.slides.geojson import write_tissue_geojson
 from mixmag.slides.mpp import resolve_mpp
 from mixmag.slides.opener import open_slide
 from mixmag.slides.tissue import TissueMask, TissueParams, detect_tissue
+from mixmag.tiling import MIN_THUMBNAIL_PX
 from mixmag.tiling.extract import ReadPlan, RegionTileReader, plan_region_read
 from mixmag.tiling.grid import build_region_index, grid_coords
 from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
@@ -333,8 +334,8 @@ def tile_slides(
     spec = spec or RegionSpec()
     if workers < 1:
         raise MixmagValueError("workers must be >= 1")
-    if thumbnail_px < 64:
-        raise MixmagValueError("thumbnail_px must be >= 64")
+    if thumbnail_px < MIN_THUMBNAIL_PX:
+        raise MixmagValueError(f"thumbnail_px must be >= {MIN_THUMBNAIL_PX}")
     options = TileOptions(
         spec=spec, min_tissue=min_tissue, valid_min_tissue=valid_min_tissue, reader=reader,
         thumbnail_px=thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,

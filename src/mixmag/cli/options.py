@@ -1,0 +1,104 @@
+"""Options shared by the commands that run a stage: ``--config``/``--set`` and setting options.
+
+* :func:`load_study_config` loads a study config the way ``mixmag run`` does (defaults < file <
+  ``--set``), then applies the options named on the command line; a problem exits with the same
+  one-line ``file:line`` message as ``mixmag run``.
+* :func:`setting_option` builds a named option from a field of a stage settings model (its
+  docstring is the help; commands take the default from an instance of the model), and
+  :func:`given_settings` turns the options actually typed into dotted config keys. A named option
+  therefore never has a default, a range or a help text of its own: the model's field is the one
+  source, and validation (with the range) happens once, in the model.
+
+This module is imported when the app is built: it imports only typer and pydantic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from mixmag.config import PipelineConfig
+
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", help="Study config YAML (`mixmag config init`); precedence: defaults < this file < --set < "
+                     "the named options.")]
+SetItems = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config key: section.key=value (repeatable), as in `mixmag run`.")]
+
+
+def setting_option(model: type[BaseModel], name: str, *param_decls: str, help: str | None = None,
+                   **kwargs: Any) -> Any:
+    """A ``typer.Option`` for field ``name`` of ``model``: the field's docstring and range as help.
+
+    Args:
+        model: A stage settings model (or a config section).
+        name: The field; the option is ``--name-with-dashes`` unless ``param_decls`` are given.
+        *param_decls: Option names, e.g. ``"--out", "-o"``.
+        help: Replaces the docstring (e.g. for a list option that takes comma-separated values).
+        **kwargs: Passed to ``typer.Option``.
+    """
+    field = model.model_fields[name]
+    text = help if help is not None else " ".join((field.description or "").split())
+    bounds = [f"{symbol}{getattr(m, attr)}" for m in field.metadata
+              for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+              if getattr(m, attr, None) is not None]
+    if bounds:  # the model checks them (one message naming the option); the help shows them
+        text += f" [{', '.join(bounds)}]"
+    decls = param_decls or (f"--{name.replace('_', '-')}",)
+    return typer.Option(*decls, help=text, **kwargs)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def given_settings(ctx: typer.Context, sections: Mapping[str, type[BaseModel]]
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The options typed on the command line that name a field of a config section.
+
+    Args:
+        ctx: The command's context.
+        sections: Config section -> its model, in priority order (the first section with a field
+            of that name takes the option).
+
+    Returns:
+        ``({"section.field": value}, {"section.field": "--option"})``: values for
+        :func:`load_study_config` and how each was given, for its messages.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    options = {p.name: p for p in ctx.command.params}
+    for name, value in ctx.params.items():
+        if not _typed(ctx, name):
+            continue
+        section = next((s for s, model in sections.items() if name in model.model_fields), None)
+        if section is None:
+            continue
+        key = f"{section}.{name}"
+        values[key] = value.value if isinstance(value, Enum) else value
+        opts = getattr(options.get(name), "opts", None) or [f"--{name}"]
+        sources[key] = max(opts, key=len)
+    return values, sources
+
+
+def load_study_config(config: Path | None, overrides: list[str] | None, values: Mapping[str, Any] | None = None,
+                      sources: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Defaults < ``config`` < ``--set`` ``overrides`` < named-option ``values``, validated.
+
+    Exits with status 2 and one line per problem (``study.yaml:4: unknown key 'mil.epoch'; did you
+    mean 'mil.epochs'?``), exactly as ``mixmag run`` does.
+    """
+    from mixmag.cli.common import fail
+    from mixmag.config_errors import ConfigError, load_config_checked
+
+    try:
+        return load_config_checked(config, overrides or [], values=values, sources=sources)
+    except ConfigError as exc:
+        fail(str(exc))

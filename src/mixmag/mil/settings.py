@@ -1,0 +1,108 @@
+"""Settings of MIL training: every option declared once (default, constraint, doc).
+
+:class:`MilSettings` is the ``mil:`` section of a study config and what
+:func:`~mixmag.mil.experiment.train_methods` takes as ``settings=``; ``mixmag train`` builds its
+options from it. Defaults and why: docs/concepts/evaluation.md#training-defaults.
+
+Fields marked :data:`ESTIMATOR` are the parameters of every fitted model
+(:class:`~mixmag.mil.estimator.MILClassifier`, :class:`~mixmag.mil.train.TrainParams`); they are
+stored, in declaration order, in each run's config hash (docs/formats/mil-run.md), so a changed
+value retrains the run and an unchanged one resumes it. Fields marked
+:data:`~mixmag.utils.settings.RUNTIME` never change a result. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from mixmag.utils.settings import RUNTIME, Precision, StageSettings
+
+#: ``json_schema_extra`` of a field that is a hyper-parameter of every fitted model.
+ESTIMATOR: dict[str, Any] = {"estimator": True}
+
+#: The paper's comparison, in its table order.
+PAPER_METHODS: tuple[str, ...] = (
+    "abmil-5x", "abmil-10x", "abmil-20x", "mix-random", "mix-mem", "mix-cmem", "mix-mem-cls")
+
+
+def estimator_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """Names of the fields of ``model`` marked :data:`ESTIMATOR`, in declaration order."""
+    out = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("estimator"):
+            out.append(name)
+    return tuple(out)
+
+
+class MilSettings(StageSettings):
+    """AB-MIL biomarker models and their training (docs/concepts/evaluation.md)."""
+
+    kind: ClassVar[str] = "MIL"
+
+    labels: Path | None = None
+    """CSV/TSV with patient_id, slide_id and label columns."""
+    targets: list[str] = Field(default_factory=list)
+    """Label columns to predict (default: every column except patient_id/slide_id)."""
+    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
+    """Methods to compare (docs/cli/train.md lists them; default: the paper's seven)."""
+    bag_level: str = "patient"
+    """`patient` (pool a patient's slides into one bag) or `slide`."""
+    # The estimator's hyper-parameters. Their order is part of every run's config hash: append new
+    # ones at the end of this block.
+    hidden_dim: int = Field(default=512, ge=1, json_schema_extra=ESTIMATOR)
+    """AB-MIL instance embedding width."""
+    attention_dim: int = Field(default=256, ge=1, json_schema_extra=ESTIMATOR)
+    """AB-MIL attention hidden size."""
+    dropout: float = Field(default=0.25, ge=0, lt=1, json_schema_extra=ESTIMATOR)
+    """AB-MIL dropout."""
+    epochs: int = Field(default=30, ge=1, json_schema_extra=ESTIMATOR)
+    """Maximum epochs per fold (one pass over the training bags each)."""
+    patience: int = Field(default=8, ge=1, json_schema_extra=ESTIMATOR)
+    """Epochs without validation improvement before early stopping."""
+    lr: float = Field(default=2e-4, gt=0, json_schema_extra=ESTIMATOR)
+    """AdamW learning rate of the AB-MIL head."""
+    encoder_lr_scale: float = Field(default=0.1, ge=0, json_schema_extra=ESTIMATOR)
+    """Encoder learning rate = `lr` × this (0 freezes the encoder)."""
+    weight_decay: float = Field(default=1e-4, ge=0, json_schema_extra=ESTIMATOR)
+    """AdamW weight decay."""
+    freeze_encoder: bool = Field(default=False, json_schema_extra=ESTIMATOR)
+    """Keep region encoders fixed (eval mode, no gradients)."""
+    max_instances: int = Field(default=4096, ge=1, json_schema_extra=ESTIMATOR)
+    """Tiles per bag per training step for `abmil-*` (random subset; all at evaluation)."""
+    max_regions: int = Field(default=256, ge=1, json_schema_extra=ESTIMATOR)
+    """Regions per bag per training step for `mix-*` (random subset; all at evaluation)."""
+    batch_size: int = Field(default=1, ge=1, json_schema_extra=ESTIMATOR)
+    """Bags per forward pass, padded to the longest (1 = classic one-bag AB-MIL steps)."""
+    grad_accum: int = Field(default=1, ge=1, json_schema_extra=ESTIMATOR)
+    """Forward passes per optimiser update."""
+    standardize: bool = Field(default=True, json_schema_extra=ESTIMATOR)
+    """Standardise `abmil-*` tile features per dimension with training-fold statistics."""
+    precision: Precision = Field(default=Precision.AUTO, validate_default=True, json_schema_extra=ESTIMATOR)
+    """Training and its validation/test predictions: auto = bf16 on GPUs with native bf16, else fp16
+    with a gradient scaler; fp32 on CPU (docs/concepts/precision.md)."""
+    checkpoints: dict[str, Path] = Field(default_factory=dict)
+    """Region-encoder checkpoint per role: `mem`, `cmem`, `random` (a method without its role is
+    skipped); in a study these replace the study's own pretrained encoders."""
+    region_preset: str = "base"
+    """Architecture of a fresh `mix-random` encoder when no checkpoint is given at all."""
+    allow_missing_slides: bool = False
+    """Exclude (and record) labelled slides without features instead of failing."""
+    seed: int = 0
+    """Seed of the splits, initialisation, bag order, subsampling and bootstrap (fold k: seed + k)."""
+    cache_gb: float = Field(default=4.0, ge=0, json_schema_extra=RUNTIME)
+    """In-memory feature cache shared by all methods of a run."""
+    device: str = Field(default="auto", json_schema_extra=RUNTIME)
+    """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
+
+    def estimator_params(self) -> dict[str, Any]:
+        """The :data:`ESTIMATOR` fields as plain JSON values, in declaration order."""
+        values = self.model_dump(mode="json")
+        return {name: values[name] for name in estimator_fields(type(self))}
+
+
+#: Every default, for engine-level signatures that must keep plain keyword arguments.
+MIL_DEFAULTS = MilSettings()
