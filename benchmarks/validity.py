@@ -108,6 +108,10 @@ PRESETS: dict[str, list[Setting]] = {
         # the same with (almost) no distractor pairs: negatives hold k cords + k atypical cells only
         # the demo's aligned layout (structures centred on the tiled regions) with 8 regions per slide
         Setting("aligned8", regions=8, informative_fraction=0.125, aligned=True, patients=80, unlabeled=20),
+        # the same with informative cells in a quarter of a positive slide (1-3 of 8)
+        Setting("aligned8-quarter", regions=8, informative_fraction=0.25, aligned=True, patients=80, unlabeled=20),
+        # the same with four times the labelled patients: is the number of bags the limit?
+        Setting("aligned8-320", regions=8, informative_fraction=0.125, aligned=True, patients=320, unlabeled=40),
         Setting("cords32-few-distractors", regions=32, informative_fraction=0.2, distractor_fraction=0.05,
                 structure="cords", cell_regions=2, patients=80),
     ],
