@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 from mixmag.cli.app import build_app
@@ -116,6 +117,8 @@ def test_describe_type() -> None:
     assert describe_type(float | None) == "a number or null"
     assert describe_type(list[str]) == "a list of strings"
     assert describe_type(bool) == "true or false"
+    # embed.workers: a constrained number or a word
+    assert describe_type(Annotated[int, Field(ge=0)] | Literal["auto"]) == "a whole number or auto"
 
 
 def test_cli_config_init_and_show(tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ def describe_type(annotation: Any) -> str:
     if annotation is None or annotation is type(None):
         return "null"
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # a type with constraints (Annotated[int, Field(ge=0)])
+        return describe_type(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return " or ".join(str(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(annotation)))
     if origin in (list, tuple, set):

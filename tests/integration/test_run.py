@@ -88,6 +88,28 @@ def test_changing_a_downstream_setting_reruns_only_downstream(tiny_study: Path) 
     assert "stage heatmaps  running" in messages
 
 
+def test_report_redraws_the_heatmaps_with_report_settings(tiny_study: Path) -> None:
+    from mixmag.pipeline.heatmaps import pick_method
+
+    run_dir = tiny_study.parent / "run"
+    target, method, _ = pick_method(pd.read_csv(run_dir / "compare" / "comparison.csv"))  # type: ignore[misc]
+    heatmaps = run_dir / "heatmaps"
+    stale, other = heatmaps / f"{target}_{method}_gone_attention.png", heatmaps / "yours_s_attention.png"
+    for path in (stale, other):
+        path.write_bytes(b"png")
+    ledger = (run_dir / "stages.json").read_text()
+    result = CliRunner().invoke(build_app(), ["report", str(run_dir), "--heatmap-slides", "2", "--top-k", "1",
+                                              "--set", "report.thumbnail_px=256"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "heatmaps:" in result.output and "report:" in result.output
+    assert not stale.exists() and other.exists()  # the method's earlier pictures are replaced, others kept
+    assert len(list(heatmaps.glob(f"{target}_{method}_*_attention.png"))) >= 2
+    assert (run_dir / "stages.json").read_text() == ledger
+    other.unlink()
+    plain = CliRunner().invoke(build_app(), ["report", str(run_dir)])
+    assert plain.exit_code == 0 and "heatmaps:" not in plain.output  # no report settings: nothing redrawn
+
+
 def _rerun(config: Path, *overrides: str) -> str:
     """Run the study again with ``--set`` overrides; return the new part of its run.log."""
     log = config.parent / "run" / "run.log"

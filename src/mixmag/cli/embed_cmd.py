@@ -6,8 +6,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 
 from mixmag.cli.common import EXIT_FAILED, friendly_errors
+from mixmag.cli.options import (
+    ConfigFile,
+    SetItems,
+    given_settings,
+    load_study_config,
+    setting_option,
+)
+from mixmag.embed.settings import EmbedSettings
+from mixmag.utils.settings import Precision
+
+# The `embed` section: each named setting option below is one of its fields, with the field's
+# docstring as help and its default (read from this instance) as default.
+E = EmbedSettings
+_EMBED = EmbedSettings()
+#: The config sections whose fields the named options set (see ``given_settings``).
+SECTIONS: dict[str, type[BaseModel]] = {"embed": EmbedSettings}
 
 
 def register(app: typer.Typer) -> None:
@@ -15,21 +32,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("embed")
     def embed(
+        ctx: typer.Context,
         region_dir: Annotated[Path, typer.Argument(
             help="Output folder of `mixmag tile` (or a folder / list file of region .h5 files).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Feature folder (one folder per encoder).")],
-        encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder key (`mixmag list encoders`).")]
-        = "efficientnet-lite0-imagenet",
-        weights: Annotated[str | None, typer.Option(
-            help="Weights file/folder or hub id (default: the encoder's own source).")] = None,
-        random_weights: Annotated[bool, typer.Option(
-            "--random-weights", help="Random weights: tests and benchmarks only (stamped in every file).")] = False,
-        batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 32,
-        precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-        workers: Annotated[str, typer.Option(
-            help="Region decoding: auto (inline on CPU, worker processes with a GPU), 0 (inline, one "
-                 "thread per core) or a number of worker processes.")] = "auto",
+        config: ConfigFile = None,
+        overrides: SetItems = None,
+        encoder: Annotated[str, setting_option(E, "encoder", "--encoder", "-e")] = _EMBED.encoder,
+        weights: Annotated[str | None, setting_option(E, "weights")] = _EMBED.weights,
+        random_weights: Annotated[bool, setting_option(E, "random_weights")] = _EMBED.random_weights,
+        batch_size: Annotated[int, setting_option(E, "batch_size")] = _EMBED.batch_size,
+        precision: Annotated[Precision, setting_option(E, "precision")] = _EMBED.precision,
+        device: Annotated[str, setting_option(E, "device")] = _EMBED.device,
+        workers: Annotated[str, setting_option(E, "workers")] = str(_EMBED.workers),
         shard: Annotated[str | None, typer.Option(
             help="Static split i/n, 0-based (e.g. $SLURM_ARRAY_TASK_ID/8).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Recompute slides that are already complete.")] = False,
@@ -39,16 +54,16 @@ def register(app: typer.Typer) -> None:
         """Embed the 5x/10x/20x tiles of every region with one tile encoder.
 
         Resumable (finished slides are skipped by provenance) and safe to run as several processes
-        or Slurm array tasks on the same folders at once.
+        or Slurm array tasks on the same folders at once. Settings come from the `embed` section of
+        --config FILE, then --set embed.KEY=VALUE, then the options below.
         """
         from mixmag.embed import embed_slides, parse_shard
 
+        values, sources = given_settings(ctx, SECTIONS)
+        cfg = load_study_config(config, overrides, values, sources)
         with friendly_errors():
-            summary = embed_slides(
-                region_dir, out, encoder=encoder, weights=weights, random_weights=random_weights,
-                batch_size=batch_size, precision=precision, device=device, workers=workers,
-                shard=parse_shard(shard), overwrite=overwrite, fail_fast=fail_fast, progress=progress,
-            )
+            summary = embed_slides(region_dir, out, settings=cfg.embed, shard=parse_shard(shard),
+                                   overwrite=overwrite, fail_fast=fail_fast, progress=progress)
         typer.echo(
             f"{len(summary.ok)} embedded, {len(summary.skipped)} already done, "
             f"{len(summary.claimed_elsewhere)} taken by other processes, {len(summary.errors)} failed; "

@@ -9,7 +9,7 @@
   therefore never has a default, a range or a help text of its own: the model's field is the one
   source, and validation (with the range) happens once, in the model.
 
-This module is imported when the app is built: it imports only typer and pydantic.
+This module is imported when the app is built: it imports only typer (click) and pydantic.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ ConfigFile = Annotated[Path | None, typer.Option(
                      "the named options.")]
 SetItems = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: section.key=value (repeatable), as in `mixmag run`.")]
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Items of a list option given comma-separated and/or repeated (``--methods a,b --methods c``)."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
 def setting_option(model: type[BaseModel], name: str, *param_decls: str, help: str | None = None,
@@ -61,7 +66,7 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 def given_settings(ctx: typer.Context, sections: Mapping[str, type[BaseModel]]
                    ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The options typed on the command line that name a field of a config section.
+    """The options (not the arguments) typed on the command line that name a field of a config section.
 
     Args:
         ctx: The command's context.
@@ -74,17 +79,16 @@ def given_settings(ctx: typer.Context, sections: Mapping[str, type[BaseModel]]
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    options = {p.name: p for p in ctx.command.params}
+    options = {p.name: p for p in ctx.command.params if p.param_type_name == "option"}  # not the arguments
     for name, value in ctx.params.items():
-        if not _typed(ctx, name):
+        if name not in options or not _typed(ctx, name):
             continue
         section = next((s for s, model in sections.items() if name in model.model_fields), None)
         if section is None:
             continue
         key = f"{section}.{name}"
         values[key] = value.value if isinstance(value, Enum) else value
-        opts = getattr(options.get(name), "opts", None) or [f"--{name}"]
-        sources[key] = max(opts, key=len)
+        sources[key] = max(options[name].opts, key=len)
     return values, sources
 
 

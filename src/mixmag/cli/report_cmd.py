@@ -6,11 +6,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import BaseModel
 
+from mixmag.cli.options import (
+    ConfigFile,
+    SetItems,
+    given_settings,
+    load_study_config,
+    setting_option,
+)
 from mixmag.errors import MixmagValueError, reading_user_file
+from mixmag.report.settings import MIN_HEATMAP_THUMBNAIL_PX, ReportSettings
 
 if TYPE_CHECKING:
     import numpy as np
+
+# The `report` section: each named setting option below is one of its fields, with the field's
+# docstring as help and its default (read from this instance) as default.
+R = ReportSettings
+_REPORT = ReportSettings()
+#: The config sections whose fields the named options set (see ``given_settings``).
+SECTIONS: dict[str, type[BaseModel]] = {"report": ReportSettings}
 
 
 def _load_scores(path: Path, name: str) -> np.ndarray:
@@ -32,18 +48,38 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report(
+        ctx: typer.Context,
         run_dir: Annotated[Path | None, typer.Argument(
             help="Run folder; its files are found at their conventional places.")] = None,
         inputs: Annotated[Path | None, typer.Option(help="JSON file listing the inputs (see docs/report.md).")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html).")] = None,
+        config: ConfigFile = None,
+        overrides: SetItems = None,
+        heatmap_slides: Annotated[int, setting_option(R, "heatmap_slides")] = _REPORT.heatmap_slides,
+        top_k: Annotated[int, setting_option(R, "top_k")] = _REPORT.top_k,
+        thumbnail_px: Annotated[int, setting_option(R, "thumbnail_px")] = _REPORT.thumbnail_px,
     ) -> None:
-        """Build the self-contained HTML report of a run."""
+        """Build the self-contained HTML report of a run.
+
+        Given report settings (the options below, --set report.KEY=VALUE or the `report` section of
+        --config FILE), the heatmaps of a `mixmag run` folder are drawn again with them first;
+        without, the report shows the pictures the run made.
+        """
         from mixmag.cli.common import fail, friendly_errors
         from mixmag.report.build import build_report_from_inputs, discover_inputs
 
         if run_dir is None and inputs is None:
             fail("give a run folder or --inputs FILE.json")
+        values, sources = given_settings(ctx, SECTIONS)
+        settings = load_study_config(config, overrides, values, sources).report
+        if settings.model_fields_set and run_dir is None:
+            fail("report settings redraw the heatmaps of a `mixmag run` folder: give RUN_DIR")
         with friendly_errors():
+            if settings.model_fields_set:
+                from mixmag.pipeline.heatmaps import redraw_run_heatmaps
+
+                drawn = redraw_run_heatmaps(run_dir, settings)  # type: ignore[arg-type]
+                typer.echo(f"heatmaps: {len(drawn)} pictures in {run_dir / 'heatmaps'}")  # type: ignore[operator]
             spec = inputs if inputs is not None else discover_inputs(run_dir)  # type: ignore[arg-type]
             path = build_report_from_inputs(spec, out)
         typer.echo(f"report: {path}")
@@ -57,8 +93,9 @@ def register(app: typer.Typer) -> None:
         tokens: Annotated[Path | None, typer.Option(
             help="Per-token scores .npy (R, T) for the within-region view.")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("heatmaps"),
-        top_k: Annotated[int, typer.Option("--top-k", min=0, help="Regions shown as crops and outlined.")] = 4,
-        thumbnail_px: Annotated[int, typer.Option(min=128, help="Longer side of the thumbnail.")] = 1600,
+        top_k: Annotated[int, setting_option(R, "top_k", min=0)] = _REPORT.top_k,
+        thumbnail_px: Annotated[int, typer.Option(min=MIN_HEATMAP_THUMBNAIL_PX, help="Longer side of the thumbnail.")]
+        = 1600,
         no_crops: Annotated[bool, typer.Option("--no-crops", help="Do not read region pixels (thumbnail only).")] = False,
     ) -> None:
         """Write attention heatmap PNGs of one slide from stored scores."""

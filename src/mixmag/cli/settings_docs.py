@@ -1,6 +1,6 @@
 """Markdown tables of a command's settings, generated from the stage settings models.
 
-``python -m mixmag.cli.settings_docs docs/cli/pretrain.md docs/cli/train.md`` rewrites every block
+``python -m mixmag.cli.settings_docs docs/cli/*.md docs/report.md`` rewrites every block
 between ``<!-- settings-table:COMMAND:begin ... -->`` and ``<!-- settings-table:COMMAND:end -->``
 with one row per setting the command reads: its config key (for ``--config``/``--set``), its
 named option if it has one, its default and its docstring. A test fails when a table is out of
@@ -26,7 +26,8 @@ _BLOCK = re.compile(r"(?P<begin><!-- settings-table:(?P<command>[\w-]+):begin.*?
 
 def _sections(command: str) -> list[tuple[str, type[BaseModel], tuple[str, ...] | None, set[str]]]:
     """(config section, model, the keys the command reads (None = all), keys only `mixmag run` reads)."""
-    from mixmag.cli import pretrain_cmd, train_cmd
+    from mixmag.cli import embed_cmd, pretrain_cmd, report_cmd, tile_cmd, train_cmd
+    from mixmag.evaluate.settings import cross_validation_fields
     from mixmag.region.settings import PretrainSettings
 
     if command == "pretrain":
@@ -34,7 +35,10 @@ def _sections(command: str) -> list[tuple[str, type[BaseModel], tuple[str, ...] 
         return [(name, model, None, set(model.model_fields) - set(PretrainSettings.model_fields))]
     if command == "train":
         (mil, mil_model), (ev, ev_model) = train_cmd.SECTIONS.items()
-        return [(mil, mil_model, None, set()), (ev, ev_model, train_cmd.EVALUATE_KEYS, set())]
+        return [(mil, mil_model, None, set()), (ev, ev_model, cross_validation_fields(ev_model), set())]
+    if command in ("tile", "embed", "report"):
+        sections = {"tile": tile_cmd, "embed": embed_cmd, "report": report_cmd}[command].SECTIONS
+        return [(name, model, None, set()) for name, model in sections.items()]
     raise KeyError(f"no settings table for command {command!r}")
 
 
@@ -51,7 +55,7 @@ def settings_table(command: str) -> str:
     from mixmag.cli.app import build_app
 
     click_command = typer.main.get_command(build_app()).commands[command]  # type: ignore[attr-defined]
-    params = {p.name: p for p in click_command.params}
+    params = {p.name: p for p in click_command.params if p.param_type_name == "option"}
     sections = _sections(command)
     rows = ["| key (`--config` / `--set`) | option | default | meaning |", "|---|---|---|---|"]
     for section, model, keys, study_only in sections:

@@ -6,8 +6,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 
-from mixmag.tiling import MIN_THUMBNAIL_PX
+from mixmag.cli.options import (
+    ConfigFile,
+    SetItems,
+    given_settings,
+    load_study_config,
+    setting_option,
+    split_list,
+)
+from mixmag.config import SlidesConfig
+from mixmag.tiling.settings import TilingSettings
+
+# The `tiling` and `slides` sections: each named setting option below is one of their fields, with
+# the field's docstring as help and its default (read from these instances) as default.
+T, S = TilingSettings, SlidesConfig
+_TILING, _SLIDES = TilingSettings(), SlidesConfig()
+#: The config sections whose fields the named options set (see ``given_settings``).
+SECTIONS: dict[str, type[BaseModel]] = {"tiling": TilingSettings, "slides": SlidesConfig}
 
 
 def register(app: typer.Typer) -> None:
@@ -15,45 +32,53 @@ def register(app: typer.Typer) -> None:
 
     @app.command("tile")
     def tile(
-        inputs: Annotated[list[Path], typer.Argument(
-            help="Slide files, folders (searched recursively) or CSV lists with a 'path' column.")],
+        ctx: typer.Context,
         out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: regions/, qc/, tissue/, manifest.")],
-        mpp: Annotated[float | None, typer.Option(
-            "--mpp", help="Level-0 µm/px for every slide (overrides metadata).")] = None,
-        mpp_csv: Annotated[Path | None, typer.Option(
-            "--mpp-csv", help="CSV with columns slide,mpp (per-slide overrides).")] = None,
-        magnifications: Annotated[str, typer.Option(
-            "--magnifications", help="Comma list: labels (20x = 0.5 µm/px exactly) or '0.5mpp'.")] = "5x,10x,20x",
-        region_um: Annotated[float, typer.Option("--region-um", help="Region side in µm.")] = 448.0,
-        tile_px: Annotated[int, typer.Option("--tile-px", help="Tile side in pixels at every magnification.")] = 224,
-        min_tissue: Annotated[float, typer.Option(
-            "--min-tissue", min=0.0, max=1.0, help="Keep a region when its coarsest tile has this tissue fraction.")] = 0.25,
-        valid_min_tissue: Annotated[float, typer.Option(
-            "--valid-min-tissue", min=0.0, max=1.0, help="A token is valid when its tile has this tissue fraction.")] = 0.1,
-        reader: Annotated[str | None, typer.Option("--reader", help="Force a backend (mixmag list readers).")] = None,
-        thumbnail_px: Annotated[int, typer.Option(
-            "--thumbnail-px", min=MIN_THUMBNAIL_PX, help="Thumbnail size for tissue detection and QC.")] = 2048,
-        workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Slides processed in parallel.")] = 1,
+        inputs: Annotated[list[Path] | None, typer.Argument(
+            help="Slide files, folders (searched recursively) or CSV lists with a 'path' column (default: "
+                 "slides.inputs and slides.pretrain_inputs of the --config file).", metavar="INPUTS",
+            show_default=False)] = None,
+        config: ConfigFile = None,
+        overrides: SetItems = None,
+        mpp: Annotated[float | None, setting_option(S, "mpp")] = _SLIDES.mpp,
+        mpp_csv: Annotated[Path | None, setting_option(S, "mpp_csv")] = _SLIDES.mpp_csv,
+        reader: Annotated[str | None, setting_option(
+            S, "reader", help="Force a reader backend (`mixmag list readers`); default: by extension and "
+                              "priority.")] = _SLIDES.reader,
+        magnifications: Annotated[list[str], setting_option(
+            T, "magnifications", help="Comma-separated target magnifications (repeatable): labels (`20x` = 0.5 "
+                                      "µm/px exactly) or exact resolutions (`0.5mpp`).")] = _TILING.magnifications,
+        region_um: Annotated[float, setting_option(T, "region_um")] = _TILING.region_um,
+        tile_px: Annotated[int, setting_option(T, "tile_px")] = _TILING.tile_px,
+        min_tissue: Annotated[float, setting_option(T, "min_tissue")] = _TILING.min_tissue,
+        workers: Annotated[int, setting_option(T, "workers", "--workers", "-w")] = _TILING.workers,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute slides that are already done.")] = False,
         fail_fast: Annotated[bool, typer.Option(
             "--fail-fast", help="Stop at the first failing slide and exit non-zero.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     ) -> None:
-        """Tile slides into regions over tissue, each linked to its tiles at every magnification."""
-        from mixmag.cli.common import EXIT_FAILED, friendly_errors
-        from mixmag.geometry import RegionSpec, parse_magnification
+        """Tile slides into regions over tissue, each linked to its tiles at every magnification.
+
+        Settings come from the `tiling` section (and slides.mpp/mpp_csv/reader) of --config FILE,
+        then --set section.KEY=VALUE, then the options below; e.g. --set tiling.thumbnail_px=1024
+        --set tiling.valid_min_tissue=0.2.
+        """
+        from mixmag.cli.common import EXIT_FAILED, fail, friendly_errors
         from mixmag.io.manifest import Status
         from mixmag.tiling.tile import tile_slides
 
+        values, sources = given_settings(ctx, SECTIONS)
+        if "tiling.magnifications" in values:
+            values["tiling.magnifications"] = split_list(values["tiling.magnifications"])
+        cfg = load_study_config(config, overrides, values, sources)
+        s = cfg.slides
+        slides = list(inputs) if inputs else [*s.inputs, *s.pretrain_inputs]
+        if not slides:
+            fail("no slides: give INPUTS, or set slides.inputs in the --config file")
         with friendly_errors():
-            mpps = tuple(parse_magnification(m) for m in magnifications.split(",") if m.strip())
-            spec = RegionSpec(region_um=region_um, tile_px=tile_px, mpps=mpps)
-            summary = tile_slides(
-                inputs, out, spec=spec, min_tissue=min_tissue, valid_min_tissue=valid_min_tissue,
-                mpp_override=mpp, mpp_csv=mpp_csv, reader=reader, thumbnail_px=thumbnail_px, workers=workers,
-                overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress,
-            )
-        counts = ", ".join(f"{summary.count(s)} {s.value}" for s in Status)
+            summary = tile_slides(slides, out, settings=cfg.tiling, mpp_override=s.mpp, mpp_csv=s.mpp_csv,
+                                  reader=s.reader, overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress)
+        counts = ", ".join(f"{summary.count(st)} {st.value}" for st in Status)
         typer.echo(f"{summary.n_inputs} slides: {counts}; {summary.n_regions} regions -> {summary.manifest_path}")
         for r in summary.results:
             if r.status in (Status.ERROR, Status.EMPTY):

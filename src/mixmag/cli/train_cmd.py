@@ -14,27 +14,20 @@ from mixmag.cli.options import (
     given_settings,
     load_study_config,
     setting_option,
+    split_list,
 )
-from mixmag.config import EvaluateConfig
+from mixmag.evaluate.settings import EvaluateSettings
 from mixmag.mil.settings import MilSettings
 from mixmag.utils.settings import Precision
 
 Opt = typer.Option
 # The `mil` and `evaluate` sections: each named setting option below is one of their fields, with
 # the field's docstring as help and its default (read from these instances) as default.
-M, E = MilSettings, EvaluateConfig
-_MIL, _EVALUATE = MilSettings(), EvaluateConfig()
+M, E = MilSettings, EvaluateSettings
+_MIL, _EVALUATE = MilSettings(), EvaluateSettings()
 #: The config sections whose fields the named options set, in priority order (`--seed` is mil.seed).
-SECTIONS: dict[str, type[BaseModel]] = {"mil": MilSettings, "evaluate": EvaluateConfig}
-#: The `evaluate` keys that MIL training reads (the cross-validation protocol).
-EVALUATE_KEYS = ("folds", "val_frac", "bootstrap", "splits")
-
-
-def _split_list(values: list[str] | None) -> list[str] | None:
-    """Accept ``--methods a,b --methods c`` as well as repeated options."""
-    if not values:
-        return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+#: Of `evaluate`, training reads the fields marked CROSS_VALIDATION (mixmag.evaluate.settings).
+SECTIONS: dict[str, type[BaseModel]] = {"mil": MilSettings, "evaluate": EvaluateSettings}
 
 
 def print_comparison(table: Any, *, reference: str = "abmil-20x", console: Any = None) -> None:
@@ -110,7 +103,7 @@ def register(app: typer.Typer) -> None:
         values, sources = given_settings(ctx, SECTIONS)
         for key in ("mil.methods", "mil.targets"):
             if key in values:
-                values[key] = _split_list(values[key]) or []
+                values[key] = split_list(values[key])
         for role, path in (("mem", mem_checkpoint), ("cmem", cmem_checkpoint), ("random", random_checkpoint)):
             if path is not None:
                 values[f"mil.checkpoints.{role}"] = path
@@ -125,8 +118,8 @@ def register(app: typer.Typer) -> None:
             out.mkdir(parents=True, exist_ok=True)
             handler = add_file_handler(out / "run.log")
             try:
-                summary = train_methods(features_dir, m.labels, out, settings=m, overwrite=overwrite,
-                                        progress=progress, **{k: getattr(ev, k) for k in EVALUATE_KEYS})
+                summary = train_methods(features_dir, m.labels, out, settings=m, evaluation=ev, overwrite=overwrite,
+                                        progress=progress)
             finally:
                 logging.getLogger("mixmag").removeHandler(handler)
                 handler.close()

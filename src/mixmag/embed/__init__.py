@@ -1,27 +1,32 @@
 """Tile embedding: region indexes -> per-slide feature files (and TRIDENT/CLAM exports).
 
-Public API::
+Public API (loaded on first access: ``import mixmag.embed`` and its settings import no torch)::
 
     from mixmag.embed import embed_slides, export_features
     summary = embed_slides("runs/tiles", "runs/features/virchow2", encoder="virchow2")
     export_features("runs/features/virchow2", "runs/trident20x", fmt="trident", mag="20x")
+
+:class:`EmbedSettings` (``mixmag.embed.settings``) declares every embedding setting once.
 """
 
 from __future__ import annotations
 
-from mixmag.embed.engine import EmbedSummary, embed_slides
-from mixmag.embed.errors import EmbedConfigError, SlideEmbeddingError
-from mixmag.embed.export import ExportSummary, export_features
-from mixmag.embed.jobs import SlideJob, discover_jobs, parse_shard
+from mixmag.utils.lazy import lazy_getattr
 
-__all__ = [
-    "EmbedConfigError",
-    "EmbedSummary",
-    "ExportSummary",
-    "SlideEmbeddingError",
-    "SlideJob",
-    "discover_jobs",
-    "embed_slides",
-    "export_features",
-    "parse_shard",
-]
+_LAZY: dict[str, str] = {
+    "EmbedConfigError": "mixmag.embed.errors",
+    "EmbedSettings": "mixmag.embed.settings",
+    "EmbedSummary": "mixmag.embed.engine",
+    "ExportSummary": "mixmag.embed.export",
+    "SlideEmbeddingError": "mixmag.embed.errors",
+    "SlideJob": "mixmag.embed.jobs",
+    "discover_jobs": "mixmag.embed.jobs",
+    "embed_slides": "mixmag.embed.engine",
+    "export_features": "mixmag.embed.export",
+    "parse_shard": "mixmag.embed.jobs",
+}
+
+__all__ = list(_LAZY)
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

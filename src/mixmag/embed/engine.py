@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -39,6 +40,7 @@ from mixmag.embed.batcher import TileBatcher
 from mixmag.embed.claims import DEFAULT_STALE_AFTER_S, ClaimBoard, ClaimOwner
 from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
 from mixmag.embed.jobs import RegionSource, check_folder, discover_jobs
+from mixmag.embed.settings import EmbedSettings
 from mixmag.encoders import TileEncoder, build_encoder
 from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest
@@ -175,45 +177,44 @@ def embed_slides(
     region_dir: RegionSource,
     out_dir: str | os.PathLike[str],
     *,
-    encoder: str | TileEncoder,
-    weights: str | os.PathLike[str] | None = None,
-    random_weights: bool = False,
-    batch_size: int = 32,
-    precision: str = "auto",
-    device: str = "auto",
-    workers: int | str = "auto",
-    decode_threads: int | None = None,
+    settings: EmbedSettings | None = None,
+    encoder: str | TileEncoder | None = None,
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     fail_fast: bool = False,
     progress: bool = True,
+    decode_threads: int | None = None,
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
     open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles,
+    **options: Any,
 ) -> EmbedSummary:
     """Embed every tile (all magnifications, same model) of every region of every slide.
 
     Args:
         region_dir: Tiling output folder, folder of region files, list file, or list of paths.
         out_dir: Feature folder: ``<slide_id>.h5`` per slide, ``manifest.csv``, ``embed.json``.
-        encoder: Registry key, or an already built :class:`TileEncoder` (once the run's precision
-            is settled, its Linear/Conv weights are cast to that dtype in place, for inference).
-        weights: Weights file/folder or hub id (default: the entry's default source).
-        random_weights: Random init (tests/benchmarks; stamped "random" in every file).
-        batch_size: Tiles per forward pass (tiles of several regions and slides are mixed).
-        precision: ``auto`` (fp16 on GPU; bf16 on CPUs with native bf16 if it matches fp32 to
-            cosine >= 0.999 on the first 16 tiles, else fp32), ``fp32``, ``fp16`` or ``bf16``.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        workers: DataLoader worker processes decoding regions; 0 decodes in this process between
-            forward passes (one thread per torch thread); ``"auto"`` = 0 on a CPU, up to 8
-            processes next to a GPU (:func:`plan_decoding`).
-        decode_threads: Threads decoding the regions of a chunk in each decoding process (default:
-            one per torch thread when decoding inline, else 1).
+        settings: Encoder, weights, batch size, precision, device and decoding workers
+            (:class:`~mixmag.embed.settings.EmbedSettings`; its defaults when None). ``precision``
+            ``auto`` is fp16 on GPU; bf16 on CPUs with native bf16 if it matches fp32 to cosine
+            >= 0.999 on the first 16 tiles, else fp32. ``workers`` are DataLoader worker processes
+            decoding regions; 0 decodes in this process between forward passes (one thread per
+            torch thread); ``"auto"`` = 0 on a CPU, up to 8 processes next to a GPU
+            (:func:`plan_decoding`).
+        encoder: A registry key (sets ``settings.encoder``), or an already built
+            :class:`TileEncoder`, used instead of ``settings.encoder``/``weights``/``random_weights``/
+            ``device`` (once the run's precision is settled, its Linear/Conv weights are cast to
+            that dtype in place, for inference).
         shard: ``(i, n)``: process only slides ``i, i+n, i+2n ...`` of the sorted list.
         overwrite: Recompute slides even if a matching feature file exists.
         fail_fast: Raise on the first failing slide instead of recording it and continuing.
         progress: Show a tqdm bar with tiles/s.
+        decode_threads: Threads decoding the regions of a chunk in each decoding process (default:
+            one per torch thread when decoding inline, else 1).
         stale_after_s: Claims not refreshed for this long are taken over (dead node).
         open_tiles: Tile-source factory (default: the slide reader + region tile reader).
+        **options: Single :class:`~mixmag.embed.settings.EmbedSettings` fields replacing those of
+            ``settings`` (e.g. ``batch_size=256, precision="fp32", workers=0``); unknown names and
+            invalid values raise :class:`~mixmag.errors.MixmagValueError`.
 
     Returns:
         What this process did (other processes sharing the folder report their own part).
@@ -225,10 +226,14 @@ def embed_slides(
     t0 = time.perf_counter()
     out = Path(out_dir)
     # settings errors first: before any model is built or anything is written
-    decode = plan_decoding(workers, encoder.device if isinstance(encoder, TileEncoder) else resolve_device(device),
-                           decode_threads)
-    enc = encoder if isinstance(encoder, TileEncoder) else build_encoder(
-        encoder, weights=weights, random_weights=random_weights, device=device, precision=precision)
+    built = encoder if isinstance(encoder, TileEncoder) else None
+    if encoder is not None and built is None:
+        options["encoder"] = encoder
+    s = (settings if settings is not None else EmbedSettings()).updated(**options)
+    precision, batch_size = s.precision, s.batch_size
+    decode = plan_decoding(s.workers, built.device if built is not None else resolve_device(s.device), decode_threads)
+    enc = built if built is not None else build_encoder(
+        s.encoder, weights=s.weights, random_weights=s.random_weights, device=s.device, precision=precision)
     if precision != "auto":  # final already: store the weights in the compute dtype (bit-identical, smaller)
         enc.cast_weights_for_autocast()
     jobs = discover_jobs(region_dir, out, shard)

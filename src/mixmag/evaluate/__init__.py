@@ -17,6 +17,7 @@ _LAZY: dict[str, str] = {
     "read_splits": "mixmag.evaluate.splits",
     "write_splits": "mixmag.evaluate.splits",
     "compare_runs": "mixmag.evaluate.compare",
+    "EvaluateSettings": "mixmag.evaluate.settings",
 }
 
 __all__ = list(_LAZY)

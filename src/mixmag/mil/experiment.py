@@ -23,6 +23,7 @@ import pandas as pd
 
 from mixmag.errors import MixmagValueError, reading_user_file
 from mixmag.evaluate.plots import plot_learning_curve
+from mixmag.evaluate.settings import EvaluateSettings, cross_validation_fields
 from mixmag.evaluate.splits import (
     fold_roles,
     make_splits,
@@ -203,9 +204,9 @@ def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, split
 
 def train_methods(
     features_dir: str | os.PathLike[str], labels_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-    settings: MilSettings | None = None, pretrained: Mapping[str, str | os.PathLike[str]] | None = None,
-    folds: int = 5, val_frac: float = 0.2, bootstrap: int = 1000, splits: str | os.PathLike[str] | None = None,
-    overwrite: bool = False, progress: bool = True, **options: Any,
+    settings: MilSettings | None = None, evaluation: EvaluateSettings | None = None,
+    pretrained: Mapping[str, str | os.PathLike[str]] | None = None, overwrite: bool = False, progress: bool = True,
+    **options: Any,
 ) -> TrainSummary:
     """Cross-validate every method on every target with identical splits; write run folders.
 
@@ -216,21 +217,26 @@ def train_methods(
         out_dir: Output root; runs go to ``<out>/<target>/<method>/``.
         settings: Methods, targets, model and optimisation settings
             (:class:`~mixmag.mil.settings.MilSettings`; its defaults when None).
+        evaluation: The cross-validation protocol, the fields of
+            :class:`~mixmag.evaluate.settings.EvaluateSettings` marked ``CROSS_VALIDATION``: outer
+            ``folds`` k (reduced with a warning when a class is rarer than k patients), the
+            ``val_frac`` of a fold's non-test patients used for early stopping, ``bootstrap``
+            resamples for CIs (0 = none), and a ``splits`` file to reuse instead of making one
+            (its defaults when None). The splits are seeded by ``settings.seed``.
         pretrained: Region-encoder checkpoints made upstream, per role (``{"mem": ..., "cmem": ...,
             "random": ...}``, the study's pretraining stages); ``settings.checkpoints`` entries win.
             A method whose role has no checkpoint is skipped and recorded in the summary.
-        folds: Outer folds k (reduced with a warning when a class is rarer than k patients).
-        val_frac: Fraction of the non-test patients of a fold used for early stopping.
-        bootstrap: Bootstrap resamples for CIs (0 = none).
-        splits: Reuse this split file instead of making one.
         overwrite: Replace runs made with other settings (else that is an error).
         progress: Progress bars.
-        **options: Single :class:`~mixmag.mil.settings.MilSettings` fields replacing those of
-            ``settings`` (e.g. ``epochs=2, hidden_dim=8``); unknown names raise with close matches.
+        **options: Single fields replacing those of ``settings`` (e.g. ``epochs=2, hidden_dim=8``)
+            or, for ``folds``, ``val_frac``, ``bootstrap`` and ``splits``, of ``evaluation``;
+            unknown names raise with close matches.
 
     Returns:
         The finished runs and the skipped methods (also written to ``<out>/summary.json``).
     """
+    protocol = {k: options.pop(k) for k in cross_validation_fields(EvaluateSettings) if k in options}
+    ev = (evaluation if evaluation is not None else EvaluateSettings()).updated(**protocol)
     s = (settings if settings is not None else MilSettings()).updated(**options)
     methods, targets = s.methods, s.targets
     method_keys = list(methods or PAPER_METHODS)
@@ -240,7 +246,7 @@ def train_methods(
     out = Path(out_dir)
     store = FeatureStore(features_dir, cache_bytes=int(s.cache_gb * (1 << 30)))
     table = read_labels(labels_path)
-    job = _Job(settings=s, device=str(resolve_device(s.device)), bootstrap=bootstrap, overwrite=overwrite,
+    job = _Job(settings=s, device=str(resolve_device(s.device)), bootstrap=ev.bootstrap, overwrite=overwrite,
                progress=progress, labels={"path": str(labels_path), "sha256": sha256_file(labels_path)})
     target_list = label_columns(table, list(targets) if targets else None)
     problems = store.check(table["slide_id"])
@@ -271,7 +277,8 @@ def train_methods(
         target_dir.mkdir(parents=True, exist_ok=True)
         if tb.exclusions:
             write_csv(pd.DataFrame([asdict(e) for e in tb.exclusions]), target_dir / "excluded.csv")
-        split_table = _prepare_splits(tb, target_dir, splits=splits, folds=folds, val_frac=val_frac, seed=s.seed)
+        split_table = _prepare_splits(tb, target_dir, splits=ev.splits, folds=ev.folds, val_frac=ev.val_frac,
+                                       seed=s.seed)
         for key in method_keys:
             if key not in recipes:
                 continue

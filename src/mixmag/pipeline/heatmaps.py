@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.features import FeatureFile
 from mixmag.mil.artifacts import read_attention
 from mixmag.report.heatmap import read_region_tiles, top_k_regions, write_slide_heatmaps
+from mixmag.report.settings import ReportSettings
 from mixmag.slides import open_slide
 
 logger = logging.getLogger(__name__)
-
-THUMBNAIL_PX = 1024
 
 
 def pick_method(table: pd.DataFrame) -> tuple[str, str, Path] | None:
@@ -59,8 +59,19 @@ def _choose_bags(predictions: pd.DataFrame, n: int) -> list[str]:
 
 
 def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path, out_dir: Path, *,
-                         n_slides: int = 4, top_k: int = 4) -> list[Path]:
-    """Write attention, within-region and top-k PNGs for ``n_slides`` slides; return the paths."""
+                         settings: ReportSettings | None = None) -> list[Path]:
+    """Write attention, within-region and top-k PNGs; return the paths.
+
+    Args:
+        mil_dir: The study's MIL folder (``<target>/<method>/`` runs with ``attention/``).
+        table: The comparison table (:func:`~mixmag.evaluate.compare.compare_runs`) that picks the method.
+        features_dir: Feature files of the slides (their region index gives the slide path).
+        out_dir: Folder of the PNGs.
+        settings: ``heatmap_slides``, ``top_k`` and ``thumbnail_px``
+            (:class:`~mixmag.report.settings.ReportSettings`; its defaults when None).
+    """
+    s = settings if settings is not None else ReportSettings()
+    n_slides, top_k = s.heatmap_slides, s.top_k
     picked = pick_method(table)
     if picked is None:
         logger.warning("no finished MIL run: no heatmaps")
@@ -82,7 +93,7 @@ def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path,
                 logger.warning("slide %s not found at %s: no heatmap", slide_id, slide_path)
                 continue
             with open_slide(slide_path, reader=index.attrs.get("reader")) as slide:
-                thumb = slide.thumbnail(THUMBNAIL_PX)
+                thumb = slide.thumbnail(s.thumbnail_px)
                 level0 = slide.dimensions
             region_att = attn["region_attention"].astype(np.float64)
             k = min(top_k, len(region_att))
@@ -98,3 +109,35 @@ def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path,
             ff.close()
     logger.info("wrote %d heatmap images for %s / %s", len(written), target, method)
     return written
+
+
+def redraw_run_heatmaps(run_dir: str | Path, settings: ReportSettings) -> list[Path]:
+    """Draw the heatmaps of a finished ``mixmag run`` folder again with other report settings.
+
+    The study's earlier heatmaps of the same method (``heatmaps/<target>_<method>_*.png``) are
+    replaced; other pictures in ``heatmaps/`` (the demo's ``yours_*``) are kept. The study's ledger
+    is left as it is, so a later ``mixmag run`` draws the config's heatmaps again.
+
+    Raises:
+        MixmagFileNotFoundError: The folder has no comparison table or resolved config (no MIL
+            results of ``mixmag run``).
+    """
+    from mixmag.config import load_config
+
+    run = Path(run_dir)
+    table_path, resolved = run / "compare" / "comparison.csv", run / "config.resolved.yaml"
+    for need in (table_path, resolved):
+        if not need.is_file():
+            raise MixmagFileNotFoundError(
+                f"{run} has no {need.relative_to(run)}: heatmaps are redrawn from the folder of a `mixmag run` "
+                "with labels (mil.labels)")
+    table = pd.read_csv(table_path)
+    picked = pick_method(table)
+    out_dir = run / "heatmaps"
+    if picked is not None:
+        prefix = f"{picked[0]}_{picked[1]}_"
+        for old in out_dir.glob("*.png"):
+            if old.name.startswith(prefix):
+                old.unlink()
+    encoder = load_config(resolved).embed.encoder
+    return write_study_heatmaps(run / "mil", table, run / "features" / encoder, out_dir, settings=settings)

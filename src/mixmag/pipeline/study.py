@@ -31,7 +31,6 @@ import pandas as pd
 
 from mixmag.config import PipelineConfig, dump_config
 from mixmag.errors import MixmagRuntimeError, MixmagValueError
-from mixmag.geometry import RegionSpec, parse_magnification
 from mixmag.pipeline.diagnostics_stage import (
     DIAGNOSTICS_KEYS,
     check_region_labels,
@@ -44,7 +43,7 @@ from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
 from mixmag.utils.logging import add_file_handler
-from mixmag.utils.settings import runtime_fields
+from mixmag.utils.settings import field_default, runtime_fields
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +73,6 @@ class StudyResult:
         return [k for k, r in self.stages.items() if r.skipped]
 
 
-def region_spec(config: PipelineConfig) -> RegionSpec:
-    """The :class:`RegionSpec` described by the ``tiling`` section."""
-    t = config.tiling
-    return RegionSpec(region_um=t.region_um, tile_px=t.tile_px,
-                      mpps=tuple(parse_magnification(m) for m in t.magnifications))
-
-
 def _section(config: PipelineConfig, name: str, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
     data = getattr(config, name).model_dump(mode="json")
     skip = set(exclude)
@@ -101,7 +93,7 @@ class Study:
         self.out = Path(config.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.ledger = StageLedger(self.out)
-        self.spec = region_spec(config)
+        self.spec = config.tiling.region_spec()  # a bad geometry fails before any stage runs
         self.fps: dict[str, str] = {}
 
     # ----------------------------------------------------------------- helpers
@@ -167,11 +159,8 @@ class Study:
         fp = self._fp("tile", {"slides": _section(self.config, "slides"), **self._settings("tiling")}, [])
 
         def run() -> dict[str, Any]:
-            summary = tile_slides(
-                inputs, self.out / "tiles", spec=self.spec, min_tissue=t.min_tissue,
-                valid_min_tissue=t.valid_min_tissue, mpp_override=s.mpp, mpp_csv=s.mpp_csv, reader=s.reader,
-                thumbnail_px=t.thumbnail_px, workers=t.workers, progress=self.progress,
-            )
+            summary = tile_slides(inputs, self.out / "tiles", settings=t, mpp_override=s.mpp, mpp_csv=s.mpp_csv,
+                                  reader=s.reader, progress=self.progress)
             if summary.all_failed:
                 raise MixmagRuntimeError(f"every slide failed to tile; see {summary.manifest_path}")
             return {"regions": str(self.regions_dir), "manifest": str(summary.manifest_path),
@@ -187,11 +176,7 @@ class Study:
         fp = self._fp("embed", self._settings("embed"), ["tile"])
 
         def run() -> dict[str, Any]:
-            summary = embed_slides(
-                self.regions_dir, self.features_dir, encoder=e.encoder, weights=e.weights,
-                random_weights=e.random_weights, batch_size=e.batch_size, precision=e.precision.value,
-                device=e.device, workers=e.workers, progress=self.progress,
-            )
+            summary = embed_slides(self.regions_dir, self.features_dir, settings=e, progress=self.progress)
             done = sorted(self.features_dir.glob("*.h5"))
             if not done:
                 raise MixmagRuntimeError(f"no slide was embedded; see {self.features_dir / 'manifest.csv'}")
@@ -246,9 +231,8 @@ class Study:
 
         def run() -> dict[str, Any]:
             summary = train_methods(
-                self.features_dir, labels, self.out / "mil", settings=m, pretrained=checkpoints,
-                folds=ev.folds, val_frac=ev.val_frac, bootstrap=ev.bootstrap, splits=ev.splits, overwrite=True,
-                progress=self.progress,
+                self.features_dir, labels, self.out / "mil", settings=m, evaluation=ev, pretrained=checkpoints,
+                overwrite=True, progress=self.progress,
             )
             for skipped in summary.skipped:
                 logger.warning("method %s skipped: %s", skipped.method, skipped.reason)
@@ -277,12 +261,17 @@ class Study:
         """Attention heatmaps of a few slides from the best mixing method's out-of-fold attention."""
         from mixmag.pipeline.heatmaps import write_study_heatmaps
 
-        n = self.config.report.heatmap_slides
-        fp = self._fp("heatmaps", {"n": n, "top_k": self.config.report.top_k}, ["compare"])
+        r = self.config.report
+        settings: dict[str, Any] = {"n": r.heatmap_slides, "top_k": r.top_k}
+        # the thumbnail size became a setting later: at its default the fingerprint stays what earlier
+        # runs recorded, so their heatmaps are reused
+        if r.thumbnail_px != field_default(type(r), "thumbnail_px"):
+            settings["thumbnail_px"] = r.thumbnail_px
+        fp = self._fp("heatmaps", settings, ["compare"])
 
         def run() -> dict[str, Any]:
             paths = write_study_heatmaps(self.out / "mil", table, self.features_dir, self.out / "heatmaps",
-                                         n_slides=n, top_k=self.config.report.top_k)
+                                         settings=r)
             return {"heatmaps": str(self.out / "heatmaps"), "files": [str(p) for p in paths]}
 
         return self.ledger.run("heatmaps", fp, run)

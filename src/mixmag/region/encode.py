@@ -75,6 +75,61 @@ def _output_index(index: RegionIndex) -> RegionIndex:
 
 
 @torch.no_grad()
+def encode_feature_batch(encoder: RegionEncoder, feats: np.ndarray, valid: np.ndarray, *, device: torch.device,
+                         dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the region encoder (eval, no masking) on one batch of regions.
+
+    Args:
+        encoder: The region encoder, on ``device`` and in eval mode.
+        feats: float32 (B, T, D) tile embeddings.
+        valid: bool (B, T) token validity.
+        device: Where the encoder runs.
+        dtype: Autocast dtype (None = fp32), e.g. ``resolve_amp(precision, device, training=False).dtype``.
+
+    Returns:
+        float32 numpy ``(cls (B, W), tokens (B, T, W))``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+    v = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool)).to(device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        cls, tokens = encoder.forward_features(x, v)
+    return cls.float().cpu().numpy(), tokens.float().cpu().numpy()
+
+
+def encode_features(encoder: RegionEncoder, features: np.ndarray, valid: np.ndarray, *, batch_size: int = 256,
+                    device: torch.device | None = None, dtype: torch.dtype | None = None,
+                    slide_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """In memory: the region embeddings of one slide's tile embeddings (what ``encode_regions`` writes).
+
+    Args:
+        encoder: The region encoder (:func:`~mixmag.region.checkpoints.load_region_encoder`).
+        features: float (R, T, D) tile embeddings.
+        valid: bool (R, T) token validity.
+        batch_size: Regions per forward pass.
+        device: Where the encoder runs (default: where its parameters are).
+        dtype: Autocast dtype (None = fp32).
+        slide_id: Named in the error when ``features`` hold NaN/inf.
+
+    Returns:
+        float32 ``(cls (R, W), tokens (R, T, W))``.
+
+    Raises:
+        FormatError: NaN/inf in ``features``.
+    """
+    if batch_size < 1:
+        raise MixmagValueError("batch_size must be >= 1")
+    dev = device if device is not None else next(encoder.parameters()).device
+    n, t = valid.shape
+    check_finite(features, slide_id, np.arange(n))
+    cls = np.empty((n, encoder.width), dtype=np.float32)
+    tokens = np.empty((n, t, encoder.width), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        cls[start:stop], tokens[start:stop] = encode_feature_batch(
+            encoder, features[start:stop], valid[start:stop], device=dev, dtype=dtype)
+    return cls, tokens
+
+
 def _encode_slide(ff: FeatureFile, path: Path, encoder: RegionEncoder, *, mode: str, batch_size: int,
                   device: torch.device, dtype: torch.dtype | None, attrs: dict[str, Any]) -> int:
     with RegionEmbeddingWriter(path, _output_index(ff.index), mode=mode, width=encoder.width,
@@ -83,11 +138,8 @@ def _encode_slide(ff: FeatureFile, path: Path, encoder: RegionEncoder, *, mode: 
             regions = slice(start, min(start + batch_size, ff.n_regions))
             feats, valid = ff.read(regions)
             check_finite(feats, ff.index.slide_id or ff.path.stem, np.arange(regions.start, regions.stop))
-            x = torch.from_numpy(feats).to(device)
-            v = torch.from_numpy(valid).to(device)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                cls, tokens = encoder.forward_features(x, v)
-            writer.write(start, cls=cls.float().cpu().numpy(), tokens=tokens.float().cpu().numpy())
+            cls, tokens = encode_feature_batch(encoder, feats, valid, device=device, dtype=dtype)
+            writer.write(start, cls=cls, tokens=tokens)
     return ff.n_regions
 
 

@@ -5,22 +5,32 @@
 * :mod:`mixmag.report.plots` -- loss curves, ROC curves, comparison forest plot, timings.
 * :mod:`mixmag.report.html` -- :class:`Report`, a builder of one-file HTML reports.
 * :mod:`mixmag.report.build` -- :func:`build_report` from stage outputs.
+* :mod:`mixmag.report.settings` -- :class:`ReportSettings`, the ``report:`` config section.
+
+The names below load on first access, so ``import mixmag.report`` (and reading its settings)
+does not import matplotlib.
 """
 
 from __future__ import annotations
 
-from mixmag.report.build import build_report, build_report_from_inputs, discover_inputs
-from mixmag.report.heatmap import (
-    attention_overlay,
-    read_region_tiles,
-    region_token_view,
-    top_k_regions,
-    top_regions_figure,
-    write_slide_heatmaps,
-)
-from mixmag.report.html import Report, Section
+from mixmag.utils.lazy import lazy_getattr
 
-__all__ = [
-    "Report", "Section", "attention_overlay", "build_report", "build_report_from_inputs", "discover_inputs",
-    "read_region_tiles", "region_token_view", "top_k_regions", "top_regions_figure", "write_slide_heatmaps",
-]
+_LAZY: dict[str, str] = {
+    "Report": "mixmag.report.html",
+    "Section": "mixmag.report.html",
+    "ReportSettings": "mixmag.report.settings",
+    "attention_overlay": "mixmag.report.heatmap",
+    "build_report": "mixmag.report.build",
+    "build_report_from_inputs": "mixmag.report.build",
+    "discover_inputs": "mixmag.report.build",
+    "read_region_tiles": "mixmag.report.heatmap",
+    "region_token_view": "mixmag.report.heatmap",
+    "top_k_regions": "mixmag.report.heatmap",
+    "top_regions_figure": "mixmag.report.heatmap",
+    "write_slide_heatmaps": "mixmag.report.heatmap",
+}
+
+__all__ = list(_LAZY)
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

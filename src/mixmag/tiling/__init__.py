@@ -9,18 +9,20 @@ from __future__ import annotations
 from mixmag.geometry import RegionSpec, parse_magnification
 from mixmag.utils.lazy import lazy_getattr
 
-#: Smallest thumbnail (longer side, px) for tissue detection and QC: ``tile_slides``, ``mixmag tile``
-#: and the study config's ``tiling.thumbnail_px`` all check against it.
+#: Smallest thumbnail (longer side, px) for tissue detection and QC (``tiling.thumbnail_px``).
 MIN_THUMBNAIL_PX = 64
 
 _LAZY: dict[str, str] = {
     "tile_slides": "mixmag.tiling.tile",
+    "TilingSettings": "mixmag.tiling.settings",
     "TileSummary": "mixmag.tiling.tile",
     "build_region_index": "mixmag.tiling.grid",
     "RegionTileReader": "mixmag.tiling.extract",
     "ReadPlan": "mixmag.tiling.extract",
     "plan_region_read": "mixmag.tiling.extract",
     "cut_tiles": "mixmag.tiling.extract",
+    "index_slide": "mixmag.tiling.slide",
+    "SlideRegions": "mixmag.tiling.slide",
 }
 
 __all__ = ["MIN_THUMBNAIL_PX", "RegionSpec", "parse_magnification", *_LAZY]

@@ -43,13 +43,14 @@ from mixmag.slides.base import MppInfo, SlideError, SlideReader
 from mixmag.slides.geojson import write_tissue_geojson
 from mixmag.slides.mpp import resolve_mpp
 from mixmag.slides.opener import open_slide
-from mixmag.slides.tissue import TissueMask, TissueParams, detect_tissue
-from mixmag.tiling import MIN_THUMBNAIL_PX
-from mixmag.tiling.extract import ReadPlan, RegionTileReader, plan_region_read
-from mixmag.tiling.grid import build_region_index, grid_coords
+from mixmag.slides.tissue import TissueMask, TissueParams
+from mixmag.tiling.extract import ReadPlan, RegionTileReader
+from mixmag.tiling.grid import grid_coords
 from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
 from mixmag.tiling.qc import write_qc
 from mixmag.tiling.resume import complete_region_count
+from mixmag.tiling.settings import GEOMETRY_FIELDS, TilingSettings
+from mixmag.tiling.slide import index_slide
 from mixmag.utils.atomic import atomic_write_json, remove_stale_temp_files
 from mixmag.utils.env import git_sha
 from mixmag.utils.hashing import quick_file_hash, sha256_text
@@ -221,13 +222,12 @@ def _tile(job: SlideJob, options: TileOptions, out_dir: Path, previous: dict[str
                 f"smaller than one {spec.region_um:g} µm region; nothing to tile (a smaller --region-um would fit)"
             )
             return
-        thumb = reader.thumbnail(options.thumbnail_px)
-        tissue = detect_tissue(thumb, (w, h), mpp.mpp, options.tissue)
-        plan = plan_region_read(reader, mpp.mpp, spec, options.resample)
-        index = build_region_index(
-            tissue, mpp.mpp, spec, min_tissue=options.min_tissue, valid_min_tissue=options.valid_min_tissue,
-            attrs=_index_attrs(job, reader, mpp, plan, tissue, options, result.extra),
+        regions = index_slide(  # the same per-slide core as the in-memory path (mixmag.embed_slide)
+            reader, mpp.mpp, spec, min_tissue=options.min_tissue, valid_min_tissue=options.valid_min_tissue,
+            thumbnail_px=options.thumbnail_px, tissue_params=options.tissue, resample=options.resample,
         )
+        index, thumb, tissue, plan = regions.index, regions.thumbnail, regions.tissue, regions.plan
+        index.attrs.update(_index_attrs(job, reader, mpp, plan, tissue, options, result.extra))
         valid_pct = 100.0 * float(index.tile_valid.mean()) if index.n_regions else 0.0
         caption = (
             f"{job.slide_id}  {mpp.mpp:.4g} um/px ({mpp.source})  {index.n_regions} regions  "
@@ -294,52 +294,54 @@ def tile_slides(
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
+    settings: TilingSettings | None = None,
     spec: RegionSpec | None = None,
-    min_tissue: float = 0.25,
-    valid_min_tissue: float = 0.1,
     mpp_override: float | None = None,
     mpp_csv: str | os.PathLike[str] | None = None,
     reader: str | None = None,
-    thumbnail_px: int = 2048,
     tissue_params: TissueParams | None = None,
     resample: str = "box",
-    workers: int = 1,
     overwrite: bool = False,
     fail_fast: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> TileSummary:
     """Build region indices, QC pictures and tissue GeoJSON for every input slide.
 
     Args:
         inputs: Slide files, folders (searched recursively) and/or CSV lists (``path``[, ``mpp``]).
         out_dir: Run folder (created).
-        spec: Region geometry (default 448 µm, 224 px, 2.0/1.0/0.5 µm/px).
-        min_tissue: Keep a region when its coarsest-magnification tissue fraction is >= this.
-        valid_min_tissue: A token is valid when its tile's tissue fraction is >= this.
+        settings: Region geometry, tissue thresholds, thumbnail size and worker processes
+            (:class:`~mixmag.tiling.settings.TilingSettings`; its defaults when None).
+        spec: The region geometry as a :class:`~mixmag.geometry.RegionSpec`, used as given instead
+            of ``settings.region_um``/``tile_px``/``magnifications`` (not together with them as
+            ``options``).
         mpp_override: Level-0 µm/px for every slide (beats metadata; a CSV row beats it).
         mpp_csv: ``slide,mpp`` table of per-slide overrides.
         reader: Force a backend; default by extension and priority.
-        thumbnail_px: Longer side of the detection/QC thumbnail.
         tissue_params: Tissue-detection settings.
         resample: Filter used to reach the exact target mpp ("box" area average or "lanczos").
-        workers: Slides processed in parallel processes.
         overwrite: Recompute slides even when a matching complete output exists.
         fail_fast: Stop at the first slide that errors.
         progress: Show a progress bar.
+        **options: Single :class:`~mixmag.tiling.settings.TilingSettings` fields replacing those
+            of ``settings`` (e.g. ``min_tissue=0.5, thumbnail_px=1024, workers=4``); unknown names
+            and invalid values raise :class:`~mixmag.errors.MixmagValueError`.
 
     Returns:
         A summary; per-slide outcomes are also in ``<out>/regions/manifest.csv``.
     """
     out = Path(out_dir)
-    spec = spec or RegionSpec()
-    if workers < 1:
-        raise MixmagValueError("workers must be >= 1")
-    if thumbnail_px < MIN_THUMBNAIL_PX:
-        raise MixmagValueError(f"thumbnail_px must be >= {MIN_THUMBNAIL_PX}")
-    options = TileOptions(
-        spec=spec, min_tissue=min_tissue, valid_min_tissue=valid_min_tissue, reader=reader,
-        thumbnail_px=thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
+    s = (settings if settings is not None else TilingSettings()).updated(**options)
+    if spec is None:
+        spec = s.region_spec()
+    elif given := sorted(set(options) & set(GEOMETRY_FIELDS)):
+        raise MixmagValueError(f"give the region geometry either as spec or as {', '.join(given)}, not both")
+    tile_options = TileOptions(
+        spec=spec, min_tissue=s.min_tissue, valid_min_tissue=s.valid_min_tissue, reader=reader,
+        thumbnail_px=s.thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
     )
+    workers = s.workers
     if reader is not None:
         READERS.entry(reader)  # unknown backend: fail now with close matches, not once per slide
     table = read_mpp_csv(mpp_csv) if mpp_csv is not None else None
@@ -352,7 +354,7 @@ def tile_slides(
             logger.info("removed %d unfinished temporary file(s) from %s", n, out / sub)
     atomic_write_json(out / "tile_run.json", {
         "inputs": [str(i) for i in inputs], "n_slides": len(jobs), "spec": spec.to_dict(),
-        "options": {k: v for k, v in asdict(options).items() if k != "spec"},
+        "options": {k: v for k, v in asdict(tile_options).items() if k != "spec"},
         "mpp_override": mpp_override, "mpp_csv": None if mpp_csv is None else str(mpp_csv),
         "workers": workers, "environment": _environment(),
     })
@@ -370,12 +372,12 @@ def tile_slides(
     with _executor(workers) as pool:
         if pool is None:
             for job in jobs:
-                if finish(tile_one_slide(job, options, out, previous_rows.get(job.slide_id))):
+                if finish(tile_one_slide(job, tile_options, out, previous_rows.get(job.slide_id))):
                     summary.stopped_early = True
                     break
         else:
             futures: dict[Future[SlideResult], SlideJob] = {
-                pool.submit(tile_one_slide, job, options, out, previous_rows.get(job.slide_id)): job for job in jobs
+                pool.submit(tile_one_slide, job, tile_options, out, previous_rows.get(job.slide_id)): job for job in jobs
             }
             for fut in as_completed(futures):
                 job = futures[fut]

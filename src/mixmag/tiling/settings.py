@@ -1,0 +1,59 @@
+"""Settings of tiling: every option declared once (default, constraint, doc).
+
+:class:`TilingSettings` is the ``tiling:`` section of a study config and what
+:func:`~mixmag.tiling.tile.tile_slides` takes as ``settings=``; ``mixmag tile`` builds its options
+from it. The region geometry defaults are those of :class:`~mixmag.geometry.RegionSpec`
+(docs/concepts/resolution.md#regions-tiles-and-tokens). ``workers`` carries the
+:data:`~mixmag.utils.settings.RUNTIME` mark: it never changes a region index.
+
+Where the slides are and how they are read (files, ``mpp`` overrides, reader backend) is not a
+tiling setting: it is the study's ``slides`` section and the inputs of ``tile_slides``.
+This module imports pydantic and the geometry only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from mixmag.geometry import DEFAULT_MPPS, RegionSpec, magnification_label, parse_magnification
+from mixmag.tiling import MIN_THUMBNAIL_PX
+from mixmag.utils.settings import RUNTIME, StageSettings
+
+_SPEC = RegionSpec()
+
+
+class TilingSettings(StageSettings):
+    """Region geometry and tissue rules (docs/concepts/resolution.md#regions-tiles-and-tokens)."""
+
+    kind: ClassVar[str] = "tiling"
+
+    region_um: float = Field(default=_SPEC.region_um, gt=0)
+    """Side of a square region in µm; a whole number of tiles at every magnification."""
+    tile_px: int = Field(default=_SPEC.tile_px, gt=0)
+    """Tile side in pixels at every magnification."""
+    magnifications: list[str] = Field(default_factory=lambda: [magnification_label(m) for m in DEFAULT_MPPS])
+    """Target magnifications as labels (`20x` = 0.5 µm/px exactly) or exact resolutions (`0.5mpp`)."""
+    min_tissue: float = Field(default=0.25, ge=0, le=1)
+    """Keep a region when its coarsest tile (the whole region) has at least this tissue fraction."""
+    valid_min_tissue: float = Field(default=0.1, ge=0, le=1)
+    """A token is valid when its own tile has at least this tissue fraction."""
+    thumbnail_px: int = Field(default=2048, ge=MIN_THUMBNAIL_PX)
+    """Longer side of the thumbnail used for tissue detection and QC pictures."""
+    workers: int = Field(default=1, ge=1, json_schema_extra=RUNTIME)
+    """Slides processed in parallel processes."""
+
+    def region_spec(self) -> RegionSpec:
+        """The :class:`~mixmag.geometry.RegionSpec` of ``region_um``, ``tile_px`` and ``magnifications``.
+
+        Raises:
+            MixmagValueError: An unreadable magnification, or a region that is not a whole
+                number of tiles at every magnification.
+        """
+        return RegionSpec(region_um=self.region_um, tile_px=self.tile_px,
+                          mpps=tuple(parse_magnification(m) for m in self.magnifications))
+
+
+#: The fields that :meth:`TilingSettings.region_spec` reads (``tile_slides(spec=...)`` replaces them).
+GEOMETRY_FIELDS: tuple[str, ...] = ("region_um", "tile_px", "magnifications")
