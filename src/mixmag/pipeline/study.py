@@ -226,7 +226,8 @@ class Study:
             raise MixmagValueError("mil.labels is not set: the train stage needs a labels CSV")
         evaluate = _section(self.config, "evaluate",
                             exclude=(*runtime_fields(type(ev)), *DIAGNOSTICS_KEYS))
-        fp = self._fp("train", {**self._settings("mil"), **evaluate},
+        # one key per section: a flat merge let evaluate.seed hide mil.seed from the fingerprint
+        fp = self._fp("train", {"mil": self._settings("mil"), "evaluate": evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
 
         def run() -> dict[str, Any]:
