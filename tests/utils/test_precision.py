@@ -96,7 +96,7 @@ def test_other_devices_run_auto_in_fp32(hardware) -> None:
 
 
 def test_unknown_precision_is_a_user_error() -> None:
-    with pytest.raises(MixmagValueError, match="auto, fp32, bf16, fp16"):
+    with pytest.raises(MixmagValueError, match="auto, fp32, fp16, bf16"):
         resolve_amp("fp8", CPU, training=False)
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from mixmag.errors import MixmagValueError
+from mixmag.utils.settings import Precision
 
-#: The values every ``precision`` setting accepts.
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+#: The values every ``precision`` setting accepts (those of the settings' :class:`Precision`).
+PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
 
 _NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
