@@ -106,8 +106,14 @@ def test_report_redraws_the_heatmaps_with_report_settings(tiny_study: Path) -> N
     assert len(list(heatmaps.glob(f"{target}_{method}_*_attention.png"))) >= 2
     assert (run_dir / "stages.json").read_text() == ledger
     other.unlink()
+    report = run_dir / "report.html"
+    report.unlink()
     plain = CliRunner().invoke(build_app(), ["report", str(run_dir)])
     assert plain.exit_code == 0 and "heatmaps:" not in plain.output  # no report settings: nothing redrawn
+    # a `mixmag run` folder is rebuilt by the study's own builder: the comparison and heatmaps stay
+    html = report.read_text(encoding="utf-8")
+    assert "Method comparison" in html and method in html
+    assert f"{target}_{method}_" in html and "yours_s_attention" not in html
 
 
 def _rerun(config: Path, *overrides: str) -> str:

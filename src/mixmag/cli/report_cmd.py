@@ -66,6 +66,7 @@ def register(app: typer.Typer) -> None:
         without, the report shows the pictures the run made.
         """
         from mixmag.cli.common import fail, friendly_errors
+        from mixmag.pipeline.report import is_study_folder, rebuild_study_report
         from mixmag.report.build import build_report_from_inputs, discover_inputs
 
         if run_dir is None and inputs is None:
@@ -80,8 +81,12 @@ def register(app: typer.Typer) -> None:
 
                 drawn = redraw_run_heatmaps(run_dir, settings)  # type: ignore[arg-type]
                 typer.echo(f"heatmaps: {len(drawn)} pictures in {run_dir / 'heatmaps'}")  # type: ignore[operator]
-            spec = inputs if inputs is not None else discover_inputs(run_dir)  # type: ignore[arg-type]
-            path = build_report_from_inputs(spec, out)
+            if inputs is None and out is None and run_dir is not None and is_study_folder(run_dir):
+                # a `mixmag run` folder: the study's own report builder, so nothing the run showed is lost
+                path = rebuild_study_report(run_dir)
+            else:
+                spec = inputs if inputs is not None else discover_inputs(run_dir)  # type: ignore[arg-type]
+                path = build_report_from_inputs(spec, out)
         typer.echo(f"report: {path}")
 
     @app.command("heatmap")

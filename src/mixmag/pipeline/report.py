@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mixmag.config import PipelineConfig
+from mixmag.config import PipelineConfig, load_config
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.manifest import read_manifest
 from mixmag.mil.labels import read_labels
-from mixmag.pipeline.ledger import StageRecord
+from mixmag.pipeline.ledger import LEDGER_NAME, StageLedger, StageRecord
 from mixmag.report.build import build_report
 from mixmag.utils.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config.resolved.yaml"  # written by the study next to its stage ledger
 
 MAX_QC_IMAGES = 4
 IMAGENET_BASELINES = ("efficientnet-lite0-imagenet",)
@@ -132,3 +136,31 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
         timings=timings,
         notes=notes,
     )
+
+
+def is_study_folder(run_dir: str | Path) -> bool:
+    """True for the run folder of ``mixmag run`` (it holds the stage ledger and the resolved config)."""
+    run = Path(run_dir)
+    return (run / LEDGER_NAME).is_file() and (run / RESOLVED_CONFIG).is_file()
+
+
+def rebuild_study_report(run_dir: str | Path) -> Path:
+    """Write ``<run_dir>/report.html`` of a finished ``mixmag run`` again from its folder.
+
+    Uses the same builder as the study itself (so the comparison table, ROC curves, diagnostics and
+    notes appear as after the run), with the heatmaps that are in ``heatmaps/`` now (``mixmag
+    report`` may have redrawn them).
+
+    Raises:
+        MixmagFileNotFoundError: ``run_dir`` is not the folder of a ``mixmag run``.
+    """
+    run = Path(run_dir)
+    if not is_study_folder(run):
+        raise MixmagFileNotFoundError(f"{run} has no {LEDGER_NAME} and {RESOLVED_CONFIG}: not a `mixmag run` folder")
+    stages = dict(StageLedger(run).records)
+    if "heatmaps" in stages:
+        files = [str(p) for p in sorted((run / "heatmaps").glob("*.png"))]
+        stages["heatmaps"] = replace(stages["heatmaps"], outputs={**stages["heatmaps"].outputs, "files": files})
+    table_path = run / "compare" / "comparison.csv"
+    comparison = pd.read_csv(table_path) if table_path.is_file() else None
+    return write_study_report(run, load_config(run / RESOLVED_CONFIG), stages, comparison)

@@ -38,7 +38,7 @@ from mixmag.pipeline.diagnostics_stage import (
     run_plan,
 )
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
-from mixmag.pipeline.report import write_study_report
+from mixmag.pipeline.report import RESOLVED_CONFIG, write_study_report
 from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
@@ -304,7 +304,7 @@ class Study:
     def run(self) -> StudyResult:
         """Run every stage in order (labels-dependent stages only when labels are configured)."""
         check_region_labels(self.config.evaluate.region_labels)
-        atomic_write_text(self.out / "config.resolved.yaml", dump_config(self.config))
+        atomic_write_text(self.out / RESOLVED_CONFIG, dump_config(self.config))
         atomic_write_json(self.out / "env.json", environment_info())
         handler = add_file_handler(self.out / "run.log")
         try:
