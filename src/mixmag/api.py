@@ -389,7 +389,9 @@ def build_report(
     """Write the self-contained HTML report of a run, as ``mixmag report`` does.
 
     Args:
-        run: A run folder, whose inputs are found at their conventional places
+        run: The folder of a ``mixmag run`` (its study report is rebuilt with the study's own
+            builder, :func:`mixmag.pipeline.report.rebuild_study_report`); another run folder,
+            whose inputs are found at their conventional places
             (:func:`mixmag.report.build.discover_inputs`: ``config.resolved.yaml``, ``env.json``,
             ``evaluate/comparison.csv`` or ``comparison.csv``, ``tiles/qc/*.png``,
             ``pretrain/*/metrics.jsonl``, ``heatmaps/*.png``, ``diagnostics/``); or a mapping / JSON
@@ -408,9 +410,12 @@ def build_report(
         >>> mm.compare_runs(["run/mil"], "run/evaluate")
         >>> mm.build_report("run")        # -> run/report.html
     """
+    from mixmag.pipeline.report import is_study_folder, rebuild_study_report
     from mixmag.report.build import build_report_from_inputs, discover_inputs
 
     if isinstance(run, Mapping):
         return build_report_from_inputs(run, out_html)
     path = Path(run)
+    if out_html is None and path.is_dir() and is_study_folder(path):
+        return rebuild_study_report(path)
     return build_report_from_inputs(path if path.is_file() else discover_inputs(path), out_html)

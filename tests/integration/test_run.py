@@ -114,6 +114,10 @@ def test_report_redraws_the_heatmaps_with_report_settings(tiny_study: Path) -> N
     html = report.read_text(encoding="utf-8")
     assert "Method comparison" in html and method in html
     assert f"{target}_{method}_" in html and "yours_s_attention" not in html
+    import mixmag as mm  # the Python API takes the same path
+
+    report.unlink()
+    assert mm.build_report(run_dir) == report and "Method comparison" in report.read_text(encoding="utf-8")
 
 
 def _rerun(config: Path, *overrides: str) -> str:
