@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from mixmag.utils.settings import StageSettings
+from mixmag.utils.settings import StageSettings, marked_fields
 
 #: ``json_schema_extra`` of a field of the cross-validation protocol (read by MIL training).
 CROSS_VALIDATION: dict[str, Any] = {"cross_validation": True}
@@ -22,12 +22,7 @@ CROSS_VALIDATION: dict[str, Any] = {"cross_validation": True}
 
 def cross_validation_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """Names of the fields of ``model`` marked :data:`CROSS_VALIDATION`, in declaration order."""
-    out = []
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra.get("cross_validation"):
-            out.append(name)
-    return tuple(out)
+    return marked_fields(model, CROSS_VALIDATION)
 
 
 class EvaluateSettings(StageSettings):

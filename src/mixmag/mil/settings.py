@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from mixmag.utils.settings import RUNTIME, Precision, StageSettings
+from mixmag.utils.settings import RUNTIME, Precision, StageSettings, marked_fields
 
 #: ``json_schema_extra`` of a field that is a hyper-parameter of every fitted model.
 ESTIMATOR: dict[str, Any] = {"estimator": True}
@@ -30,12 +30,7 @@ PAPER_METHODS: tuple[str, ...] = (
 
 def estimator_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """Names of the fields of ``model`` marked :data:`ESTIMATOR`, in declaration order."""
-    out = []
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra
-        if isinstance(extra, dict) and extra.get("estimator"):
-            out.append(name)
-    return tuple(out)
+    return marked_fields(model, ESTIMATOR)
 
 
 class MilSettings(StageSettings):

@@ -44,9 +44,15 @@ def _extra(model: type[BaseModel], name: str) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
+def marked_fields(model: type[BaseModel], mark: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the fields of ``model`` carrying ``mark`` (e.g. :data:`RUNTIME`), in declaration order."""
+    key = next(iter(mark))
+    return tuple(name for name in model.model_fields if _extra(model, name).get(key))
+
+
 def runtime_fields(model: type[BaseModel]) -> frozenset[str]:
     """Names of the fields of ``model`` marked :data:`RUNTIME`."""
-    return frozenset(name for name in model.model_fields if _extra(model, name).get("runtime"))
+    return frozenset(marked_fields(model, RUNTIME))
 
 
 def field_default(model: type[BaseModel], name: str) -> Any:
