@@ -37,7 +37,7 @@ from mixmag.mil.artifacts import (
     predict_bag,
     read_attention,
 )
-from mixmag.mil.runfolder import METRICS_VERSION, prob_matrix, read_metrics, read_predictions
+from mixmag.mil.runfolder import METRICS_VERSION, prob_matrix, read_metrics_json, read_predictions
 from mixmag.pipeline.ledger import StageLedger
 from mixmag.region.checkpoints import (
     CHECKPOINT_VERSION,
@@ -316,7 +316,7 @@ def test_mil_attention_v1() -> None:
 
 
 def test_mil_metrics_v1_and_predictions() -> None:
-    metrics = read_metrics(GOLDEN / "mil_metrics" / "v1.json")
+    metrics = read_metrics_json(GOLDEN / "mil_metrics" / "v1.json")
     assert (metrics["artifact"], metrics["format_version"], metrics["method"]) == ("mil_metrics", 1, "abmil-20x")
     assert metrics["classes"] == ["0", "1"] and metrics["n_bags"] == 6 and metrics["n_patients"] == 6
     assert set(metrics["fold_auroc"]) == {"0", "1"} and metrics["folds"]["0"]["n_test"] == 3

@@ -40,7 +40,7 @@ from mixmag.pipeline.demo import DEMO_SIZES, demo_config
 from mixmag.pipeline.study import Study, StudyResult
 from mixmag.region.settings import PretrainSettings
 from mixmag.report.settings import ReportSettings
-from mixmag.tiling.inputs import SlideJob
+from mixmag.tiling.inputs import TilingJob
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "settings" / "resolved-before-issue17.json")
                     .read_text(encoding="utf-8"))
@@ -232,9 +232,9 @@ def tile_probe(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def collect(inputs: Any, *, mpp_override: Any = None, mpp_table: Any = None, exclude: Any = None) -> Any:
         seen["collect"].append({"inputs": [str(i) for i in inputs], "mpp_override": mpp_override,
                                 "mpp_table": mpp_table, "exclude": str(exclude)})
-        return [SlideJob(Path("/c/s/a.svs"), "a", mpp_override), SlideJob(Path("/c/s/b.svs"), "b", mpp_override)]
+        return [TilingJob(Path("/c/s/a.svs"), "a", mpp_override), TilingJob(Path("/c/s/b.svs"), "b", mpp_override)]
 
-    def one(job: SlideJob, options: Any, out_dir: Path, previous: Any = None) -> Any:
+    def one(job: TilingJob, options: Any, out_dir: Path, previous: Any = None) -> Any:
         seen["options"].append({**asdict(options), "fingerprint": options.fingerprint(job.mpp_override)})
         status = Status.ERROR if job.slide_id == "a" else Status.OK
         return tile_mod.SlideResult(job.slide_id, str(job.path), status, n_regions=1, error="x" * (status == Status.ERROR))

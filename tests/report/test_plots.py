@@ -14,7 +14,7 @@ from mixmag.report.plots import (
     comparison_plot,
     format_seconds,
     loss_curves,
-    read_metrics,
+    read_metrics_table,
     roc_curves,
     timings_plot,
 )
@@ -23,13 +23,13 @@ from mixmag.report.plots import (
 def test_read_metrics_jsonl_skips_torn_line_and_reads_csv(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 6)) + '\n{"step": 6, "lo')
-    df = read_metrics(path)
+    df = read_metrics_table(path)
     assert list(df["step"]) == [1, 2, 3, 4, 5]
     csv = tmp_path / "m.csv"
     df.to_csv(csv, index=False)
-    assert read_metrics(csv).equals(df)
+    assert read_metrics_table(csv).equals(df)
     with pytest.raises(FileNotFoundError):
-        read_metrics(tmp_path / "missing.jsonl")
+        read_metrics_table(tmp_path / "missing.jsonl")
 
 
 def test_loss_curves_plot_each_run(tmp_path: Path) -> None:

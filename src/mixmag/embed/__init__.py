@@ -19,7 +19,7 @@ _LAZY: dict[str, str] = {
     "EmbedSummary": "mixmag.embed.engine",
     "ExportSummary": "mixmag.embed.export",
     "SlideEmbeddingError": "mixmag.embed.errors",
-    "SlideJob": "mixmag.embed.jobs",
+    "EmbedJob": "mixmag.embed.jobs",
     "discover_jobs": "mixmag.embed.jobs",
     "embed_slides": "mixmag.embed.engine",
     "export_features": "mixmag.embed.export",

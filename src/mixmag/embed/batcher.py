@@ -24,7 +24,7 @@ from mixmag._version import __version__
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.dataset import Message, SlideFailed, SlideSkip, SlideStart, TileChunk
 from mixmag.embed.errors import SlideEmbeddingError
-from mixmag.embed.jobs import SlideJob
+from mixmag.embed.jobs import EmbedJob
 from mixmag.encoders import TileEncoder
 from mixmag.io.features import FeatureWriter
 from mixmag.io.h5common import FormatError
@@ -46,7 +46,7 @@ class _Chunk:
 
 @dataclass
 class _Slide:
-    job: SlideJob
+    job: EmbedJob
     writer: FeatureWriter
     n_tokens: int
     n_regions: int
@@ -74,7 +74,7 @@ class TileBatcher:
     """
 
     def __init__(self, encoder: TileEncoder, *, batch_size: int, manifest: Manifest, claims: ClaimBoard,
-                 jobs: list[SlideJob], summary: Any, fail_fast: bool = False, progress: bool = True,
+                 jobs: list[EmbedJob], summary: Any, fail_fast: bool = False, progress: bool = True,
                  first_batch_hook: Callable[[TileEncoder, torch.Tensor], torch.Tensor] | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
         self.encoder = encoder

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mixmag.embed.claims import ClaimBoard
-from mixmag.embed.jobs import SlideJob, existing_encoder, expected_provenance, is_done
+from mixmag.embed.jobs import EmbedJob, existing_encoder, expected_provenance, is_done
 from mixmag.embed.workqueue import SlideWorkQueue
 from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.regions import RegionIndex, read_region_index
@@ -135,7 +135,7 @@ class RegionTileStream(IterableDataset):
             thread per core, so decoding and the model never compete for the same cores.
     """
 
-    def __init__(self, jobs: list[SlideJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,
+    def __init__(self, jobs: list[EmbedJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,
                  regions_per_chunk: int, overwrite: bool = False, max_workers: int = 1,
                  open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles,
                  decode_threads: int = 1) -> None:

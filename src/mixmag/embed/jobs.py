@@ -37,7 +37,7 @@ RegionSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 @dataclass(frozen=True)
-class SlideJob:
+class EmbedJob:
     """One slide to embed.
 
     Attributes:
@@ -88,7 +88,7 @@ def _region_paths(source: RegionSource) -> list[Path]:
 
 
 def discover_jobs(source: RegionSource, out_dir: str | os.PathLike[str],
-                  shard: tuple[int, int] | None = None) -> list[SlideJob]:
+                  shard: tuple[int, int] | None = None) -> list[EmbedJob]:
     """List the slides of a run, sorted by slide id, restricted to ``shard`` = (i, n) if given.
 
     Raises:
@@ -99,12 +99,12 @@ def discover_jobs(source: RegionSource, out_dir: str | os.PathLike[str],
     if not paths:
         raise MixmagFileNotFoundError(f"no region files (*.h5) found in {source}; run `mixmag tile` first")
     out = Path(out_dir)
-    jobs: dict[str, SlideJob] = {}
+    jobs: dict[str, EmbedJob] = {}
     for p in paths:
         slide_id = p.stem
         if slide_id in jobs:
             raise MixmagValueError(f"two region files for slide {slide_id!r}: {jobs[slide_id].region_path} and {p}")
-        jobs[slide_id] = SlideJob(slide_id=slide_id, region_path=p, out_path=out / f"{slide_id}.h5")
+        jobs[slide_id] = EmbedJob(slide_id=slide_id, region_path=p, out_path=out / f"{slide_id}.h5")
     ordered = [jobs[k] for k in sorted(jobs)]
     if shard is not None:
         i, n = shard

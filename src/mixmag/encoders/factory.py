@@ -12,6 +12,7 @@ from mixmag.encoders.base import ENCODERS, EncoderMeta, TileEncoder
 from mixmag.encoders.weights import fit_state_dict, load_state_dict_file, resolve_weights
 from mixmag.errors import MixmagValueError
 from mixmag.utils.device import resolve_amp, resolve_device
+from mixmag.utils.seed import torch_rng_scope
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ def build_encoder(
     if arch_overrides and not random_weights:
         raise MixmagValueError("arch_overrides change the architecture; combine them with random_weights=True")
     resolved = resolve_weights(meta, recipe, weights, random_weights=random_weights)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+    with torch_rng_scope(RANDOM_INIT_SEED, torch.device("cpu")):
         backbone = recipe.build_backbone(**(arch_overrides or {}))
     if not resolved.is_random:
         assert resolved.path is not None

@@ -31,7 +31,7 @@ from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError, check_format, write_attrs
 from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions, FeatureStore
-from mixmag.mil.encoders import EncoderRecipe
+from mixmag.mil.encoders import RegionEncoderRecipe
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import Bag
 from mixmag.mil.methods import METHODS
@@ -52,7 +52,7 @@ def safe_name(bag_id: str) -> str:
 
 
 def save_fold_model(path: str | os.PathLike[str], clf: MILClassifier, *, spec: RegionSpec,
-                    recipe: EncoderRecipe | None = None, extra: dict[str, Any] | None = None) -> Path:
+                    recipe: RegionEncoderRecipe | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Atomically write a fitted classifier as ``mil_model`` v1 (see module docstring)."""
     model = clf.model_
     head = model.head
@@ -87,7 +87,7 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
     if payload["encoder_kwargs"] is not None:
         encoder = RegionEncoder(**payload["encoder_kwargs"])
     elif payload["encoder_recipe"] is not None:
-        encoder = EncoderRecipe(**payload["encoder_recipe"]).build()
+        encoder = RegionEncoderRecipe(**payload["encoder_recipe"]).build()
     clf = MILClassifier(payload["method"], encoder=encoder, classes=payload["classes"], **payload["params"])
     h = payload["head"]
     head = HEADS.get(h["key"])(h["in_dim"], n_classes=h["n_classes"], hidden_dim=h["hidden_dim"],

@@ -2,8 +2,8 @@
 
 A method names a *checkpoint role* (``random``, ``mem``, ``cmem``; see :mod:`mixmag.mil.methods`).
 :func:`resolve_encoder` turns the role plus the user's ``checkpoints`` mapping into an
-:class:`EncoderRecipe`, checking once that the checkpoint fits the features (tile dimension and
-region layout); every fold then calls :meth:`EncoderRecipe.build` for its own fresh copy, so no
+:class:`RegionEncoderRecipe`, checking once that the checkpoint fits the features (tile dimension and
+region layout); every fold then calls :meth:`RegionEncoderRecipe.build` for its own fresh copy, so no
 fine-tuned weights leak between folds.
 
 A fresh encoder (``mix-random`` without a ``random`` checkpoint) copies the *architecture* of a
@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mixmag.errors import MixmagError, MixmagFileNotFoundError
 from mixmag.geometry import RegionSpec
 from mixmag.mil.methods import MethodSpec
 from mixmag.region.checkpoints import check_layout, load_region_encoder
 from mixmag.region.model import RegionEncoder, build_region_encoder
+from mixmag.utils.seed import torch_rng_scope
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class MissingCheckpointError(MixmagError, LookupError):
 
 
 @dataclass(frozen=True)
-class EncoderRecipe:
+class RegionEncoderRecipe:
     """How to (re)create one method's region encoder.
 
     Attributes:
@@ -70,9 +69,7 @@ class EncoderRecipe:
         if self.checkpoint is not None:
             encoder, _ = load_region_encoder(self.checkpoint, map_location="cpu")
             return encoder
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):  # seed the init without disturbing the caller's RNG
-            torch.manual_seed(self.seed)
+        with torch_rng_scope(self.seed):  # seed the init without disturbing the caller's RNG
             if self.architecture:
                 encoder = RegionEncoder(**self.architecture)
             else:
@@ -90,7 +87,7 @@ class EncoderRecipe:
 
 
 def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.PathLike[str]],
-                    tile_dim: int, spec: RegionSpec, preset: str = "base", seed: int = 0) -> EncoderRecipe:
+                    tile_dim: int, spec: RegionSpec, preset: str = "base", seed: int = 0) -> RegionEncoderRecipe:
     """Decide where ``method``'s encoder comes from and check it fits the features.
 
     Args:
@@ -117,7 +114,7 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
         check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
         logger.info("%s encoder: checkpoint %s (objective %s, step %s)", role, info["path"],
                     info.get("objective"), info.get("step"))
-        return EncoderRecipe(checkpoint=str(info["path"]), checkpoint_hash=info.get("checkpoint_hash"),
+        return RegionEncoderRecipe(checkpoint=str(info["path"]), checkpoint_hash=info.get("checkpoint_hash"),
                              objective=info.get("objective"), **base)
     if not method.fresh_if_missing:
         raise MissingCheckpointError(f"no {role} checkpoint given (pass --{role}-checkpoint)")
@@ -130,7 +127,7 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
             logger.info("%s encoder: fresh initialisation (seed %d) with the architecture and input statistics "
                         "of the %s checkpoint",
                         role, seed, template_role)
-            return EncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random",
+            return RegionEncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random",
                                  architecture=dict(info["encoder_kwargs"]), template=str(info["path"]), **base)
     logger.info("%s encoder: fresh initialisation (seed %d) from the %r preset", role, seed, preset)
-    return EncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random", **base)
+    return RegionEncoderRecipe(checkpoint=None, checkpoint_hash=None, objective="random", **base)

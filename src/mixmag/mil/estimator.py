@@ -30,6 +30,7 @@ from mixmag.mil.model import MILModel
 from mixmag.mil.settings import MIL_DEFAULTS as _D
 from mixmag.mil.train import BagPrediction, FitResult, TrainParams, fit, predict
 from mixmag.utils.device import resolve_device
+from mixmag.utils.seed import torch_rng_scope
 
 BagLike = BagRegions | np.ndarray
 Labels = Sequence[Any] | np.ndarray
@@ -138,10 +139,10 @@ class MILClassifier:
         if source.needs_encoder and self.encoder is None:
             raise MixmagValueError(f"method {self.method!r} needs a region encoder: pass encoder=...")
         encoder = copy.deepcopy(self.encoder) if source.needs_encoder else None
-        torch.manual_seed(self.seed)
-        head = HEADS.get(spec.head)(source.instance_dim(tile_dim, encoder), n_classes=n_classes,
-                                    hidden_dim=self.hidden_dim, attention_dim=self.attention_dim,
-                                    dropout=self.dropout)
+        with torch_rng_scope(self.seed, torch.device("cpu")):
+            head = HEADS.get(spec.head)(source.instance_dim(tile_dim, encoder), n_classes=n_classes,
+                                        hidden_dim=self.hidden_dim, attention_dim=self.attention_dim,
+                                        dropout=self.dropout)
         return MILModel(source=source, head=head, encoder=encoder)
 
     def _encode_y(self, y: Labels) -> np.ndarray:

@@ -33,7 +33,7 @@ from mixmag.evaluate.splits import (
 )
 from mixmag.mil.artifacts import explain, safe_name, save_fold_model, write_attention
 from mixmag.mil.data import BagDataset, FeatureStore
-from mixmag.mil.encoders import EncoderRecipe, MissingCheckpointError, resolve_encoder
+from mixmag.mil.encoders import MissingCheckpointError, RegionEncoderRecipe, resolve_encoder
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import TargetBags, build_bags, label_columns, read_labels
 from mixmag.mil.methods import METHODS
@@ -117,7 +117,7 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
     return table
 
 
-def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, job: _Job,
+def _run_config(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, job: _Job,
                 splits: pd.DataFrame, store: FeatureStore) -> dict[str, Any]:
     bags = [(b.bag_id, b.label, list(b.slide_ids)) for b in tb.bags]
     return {
@@ -131,7 +131,7 @@ def _run_config(tb: TargetBags, method: str, recipe: EncoderRecipe | None, job: 
     }
 
 
-def _run_method(tb: TargetBags, method: str, recipe: EncoderRecipe | None, splits: pd.DataFrame,
+def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, splits: pd.DataFrame,
                 store: FeatureStore, run_dir: Path, job: _Job) -> RunResult:
     config = _run_config(tb, method, recipe, job, splits, store)
     config_hash = sha256_text(repr(sorted(config.items(), key=lambda kv: kv[0])))
@@ -260,7 +260,7 @@ def train_methods(
                               allow_missing_slides=s.allow_missing_slides) for t in target_list]
     assert store.spec is not None and store.tile_dim is not None
     summary = TrainSummary(out_dir=str(out), targets=target_list)
-    recipes: dict[str, EncoderRecipe | None] = {}
+    recipes: dict[str, RegionEncoderRecipe | None] = {}
     for key in method_keys:
         spec = METHODS.get(key)
         if spec.encoder is None:

@@ -125,7 +125,7 @@ INSTANCE_SOURCES: Registry[type[InstanceSource]] = Registry("instance source")
 
 
 @INSTANCE_SOURCES.register("tiles")
-class TileSource(InstanceSource):
+class TileInstanceSource(InstanceSource):
     """Valid tile embeddings of one magnification (no encoder).
 
     Args:
@@ -256,7 +256,7 @@ class ScaleConcatSource(InstanceSource):
             raise MixmagValueError("the concat source needs two or more magnifications joined by '+', "
                                    "e.g. '5x+10x+20x'")
         super().__init__(magnification=magnification)
-        self.parts = [TileSource(magnification=m.strip()) for m in magnification.split("+")]
+        self.parts = [TileInstanceSource(magnification=m.strip()) for m in magnification.split("+")]
 
     def prepare(self, bag: BagRegions, *, limit: int | None = None,
                 rng: np.random.Generator | None = None) -> ModelInput:

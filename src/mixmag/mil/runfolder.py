@@ -108,7 +108,7 @@ def summarize_run(run_dir: str | os.PathLike[str], oof: pd.DataFrame, *, target:
     return metrics
 
 
-def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_metrics_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a ``metrics.json``."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("artifact") != METRICS_ARTIFACT:

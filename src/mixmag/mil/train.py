@@ -33,6 +33,7 @@ from mixmag.mil.data import BagRegions
 from mixmag.mil.model import MILModel
 from mixmag.mil.settings import MIL_DEFAULTS
 from mixmag.utils.device import resolve_amp
+from mixmag.utils.seed import torch_rng_scope
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,15 @@ def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, 
     Returns:
         The history (``epoch, train_loss, val_loss, val_auroc, seconds``), kept epoch and criterion.
     """
-    torch.manual_seed(seed)
+    with torch_rng_scope(seed, device):
+        return _fit(model, train_bags, train_y, val_bags=val_bags, val_y=val_y, n_classes=n_classes,
+                    params=params, device=device, seed=seed, progress=progress, desc=desc)
+
+
+def _fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, *,
+         val_bags: Sequence[BagRegions] | None, val_y: np.ndarray | None, n_classes: int,
+         params: TrainParams, device: torch.device, seed: int, progress: bool, desc: str) -> FitResult:
+    """:func:`fit` inside its RNG scope."""
     rng = np.random.default_rng(seed)
     model.to(device)
     optimizer = make_optimizer(model, params)

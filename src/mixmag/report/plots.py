@@ -27,7 +27,7 @@ Predictions: TypeAlias = tuple[np.ndarray, np.ndarray]
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
 
-def read_metrics(source: MetricsSource) -> pd.DataFrame:
+def read_metrics_table(source: MetricsSource) -> pd.DataFrame:
     """A metrics table from a DataFrame, a CSV file or a JSON-lines file (one record per line).
 
     A torn last JSONL line (from a crashed run) is skipped.
@@ -80,7 +80,7 @@ def loss_curves(
     ax = fig.add_subplot()
     k = 0
     for name, source in named.items():
-        df = read_metrics(source)
+        df = read_metrics_table(source)
         if x not in df.columns:
             raise MixmagValueError(f"metrics of {name!r} have no {x!r} column (columns: {', '.join(map(str, df.columns))})")
         for col in columns:

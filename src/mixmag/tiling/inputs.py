@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SlideJob:
+class TilingJob:
     """One slide to process.
 
     Attributes:
@@ -141,7 +141,7 @@ def collect_slides(
     mpp_override: float | None = None,
     mpp_table: dict[str, float] | None = None,
     exclude: str | os.PathLike[str] | None = None,
-) -> list[SlideJob]:
+) -> list[TilingJob]:
     """Expand inputs into unique slide jobs (see the module docstring for the rules).
 
     Args:
@@ -183,7 +183,7 @@ def collect_slides(
             if key is not None:
                 used.add(key)
                 mpp = table[key]
-        jobs.append(SlideJob(path=path, slide_id=sid, mpp_override=mpp if mpp is not None else mpp_override))
+        jobs.append(TilingJob(path=path, slide_id=sid, mpp_override=mpp if mpp is not None else mpp_override))
     unused = sorted(set(table) - used)
     if unused:
         logger.warning("mpp table rows match no input slide: %s", ", ".join(unused[:10]))

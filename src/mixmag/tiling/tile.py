@@ -46,7 +46,7 @@ from mixmag.slides.opener import open_slide
 from mixmag.slides.tissue import TissueMask, TissueParams
 from mixmag.tiling.extract import ReadPlan, RegionTileReader
 from mixmag.tiling.grid import grid_coords
-from mixmag.tiling.inputs import SlideJob, collect_slides, read_mpp_csv
+from mixmag.tiling.inputs import TilingJob, collect_slides, read_mpp_csv
 from mixmag.tiling.qc import write_qc
 from mixmag.tiling.resume import complete_region_count
 from mixmag.tiling.settings import GEOMETRY_FIELDS, TilingSettings
@@ -143,7 +143,7 @@ def _verify_reads(reader: SlideReader, index: RegionIndex, options: TileOptions,
 
 
 def tile_one_slide(
-    job: SlideJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None = None
+    job: TilingJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None = None
 ) -> SlideResult:
     """Tile one slide (runs in a worker process); never raises for a bad slide.
 
@@ -167,7 +167,7 @@ def tile_one_slide(
 
 
 def _index_attrs(
-    job: SlideJob, reader: SlideReader, mpp: MppInfo, plan: ReadPlan, tissue: TissueMask, options: TileOptions,
+    job: TilingJob, reader: SlideReader, mpp: MppInfo, plan: ReadPlan, tissue: TissueMask, options: TileOptions,
     hashes: dict[str, Any],
 ) -> dict[str, Any]:
     """Provenance attributes of a region index (documented in docs/formats/region-index.md)."""
@@ -190,7 +190,7 @@ def _index_attrs(
     }
 
 
-def _tile(job: SlideJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None, result: SlideResult) -> None:
+def _tile(job: TilingJob, options: TileOptions, out_dir: Path, previous: dict[str, str] | None, result: SlideResult) -> None:
     region_path = out_dir / "regions" / f"{job.slide_id}.h5"
     if not job.path.is_file():
         raise SlideError(f"{job.path}: file not found")
@@ -376,7 +376,7 @@ def tile_slides(
                     summary.stopped_early = True
                     break
         else:
-            futures: dict[Future[SlideResult], SlideJob] = {
+            futures: dict[Future[SlideResult], TilingJob] = {
                 pool.submit(tile_one_slide, job, tile_options, out, previous_rows.get(job.slide_id)): job for job in jobs
             }
             for fut in as_completed(futures):

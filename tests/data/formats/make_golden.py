@@ -245,7 +245,7 @@ def make_mil_run(root: Path, work: Path) -> None:
         save_fold_model,
         write_attention,
     )
-    from mixmag.mil.encoders import EncoderRecipe
+    from mixmag.mil.encoders import RegionEncoderRecipe
     from mixmag.mil.estimator import MILClassifier
     from mixmag.mil.labels import Bag
     from mixmag.mil.runfolder import METRICS_VERSION, predictions_frame, summarize_run
@@ -266,7 +266,7 @@ def make_mil_run(root: Path, work: Path) -> None:
         torch.manual_seed(SEED)
         recipe = None
         if method == "mix-mem":
-            recipe = EncoderRecipe(role="mem", checkpoint=str(ckpt.relative_to(root)),
+            recipe = RegionEncoderRecipe(role="mem", checkpoint=str(ckpt.relative_to(root)),
                                    checkpoint_hash=info["checkpoint_hash"], objective="mem", preset="tiny",
                                    seed=SEED, tile_dim=feats.shape[2], spec=spec.to_dict())
         clf = MILClassifier(method, encoder=encoder if recipe else None, **MIL_KW).fit(bags, y)
