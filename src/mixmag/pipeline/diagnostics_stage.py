@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 #: Pretraining runs without a MEM decoder: nothing to reconstruct, so no reconstruction diagnostic.
 UNTRAINED_OBJECTIVES = ("random",)
 #: ``evaluate`` keys read only by this stage (kept out of the ``train`` fingerprint).
-DIAGNOSTICS_KEYS = ("region_labels", "diagnostics")
 #: Probes fitted in a study (``mlp`` costs several times more and rarely changes the reading).
 STUDY_PROBES = ("linear",)
 

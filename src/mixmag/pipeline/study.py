@@ -31,8 +31,8 @@ import pandas as pd
 
 from mixmag.config import PipelineConfig, dump_config
 from mixmag.errors import MixmagRuntimeError, MixmagValueError
+from mixmag.evaluate.settings import cross_validation_fields
 from mixmag.pipeline.diagnostics_stage import (
-    DIAGNOSTICS_KEYS,
     check_region_labels,
     plan_diagnostics,
     run_plan,
@@ -224,8 +224,9 @@ class Study:
         labels = m.labels
         if labels is None:
             raise MixmagValueError("mil.labels is not set: the train stage needs a labels CSV")
-        evaluate = _section(self.config, "evaluate",
-                            exclude=(*runtime_fields(type(ev)), *DIAGNOSTICS_KEYS))
+        # only the protocol that training reads: diagnostics fields never invalidate trained models
+        protocol = set(cross_validation_fields(type(ev))) - runtime_fields(type(ev))
+        evaluate = _section(self.config, "evaluate", exclude=set(type(ev).model_fields) - protocol)
         # one key per section: a flat merge let evaluate.seed hide mil.seed from the fingerprint
         fp = self._fp("train", {"mil": self._settings("mil"), "evaluate": evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
