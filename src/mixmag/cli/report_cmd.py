@@ -99,8 +99,8 @@ def register(app: typer.Typer) -> None:
             help="Per-token scores .npy (R, T) for the within-region view.")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("heatmaps"),
         top_k: Annotated[int, setting_option(R, "top_k", min=0)] = _REPORT.top_k,
-        thumbnail_px: Annotated[int, typer.Option(min=MIN_HEATMAP_THUMBNAIL_PX, help="Longer side of the thumbnail.")]
-        = 1600,
+        thumbnail_px: Annotated[int, setting_option(R, "thumbnail_px", min=MIN_HEATMAP_THUMBNAIL_PX)]
+        = _REPORT.thumbnail_px,
         no_crops: Annotated[bool, typer.Option("--no-crops", help="Do not read region pixels (thumbnail only).")] = False,
     ) -> None:
         """Write attention heatmap PNGs of one slide from stored scores."""

@@ -16,9 +16,9 @@ from mixmag.cli.options import (
     setting_option,
     split_list,
 )
-from mixmag.evaluate.settings import EvaluateSettings
+from mixmag.evaluate.settings import REFERENCE_METHOD, EvaluateSettings
 from mixmag.mil.settings import MilSettings
-from mixmag.utils.settings import Precision
+from mixmag.utils.settings import Precision, field_default
 
 Opt = typer.Option
 # The `mil` and `evaluate` sections: each named setting option below is one of their fields, with
@@ -30,7 +30,7 @@ _MIL, _EVALUATE = MilSettings(), EvaluateSettings()
 SECTIONS: dict[str, type[BaseModel]] = {"mil": MilSettings, "evaluate": EvaluateSettings}
 
 
-def print_comparison(table: Any, *, reference: str = "abmil-20x", console: Any = None) -> None:
+def print_comparison(table: Any, *, reference: str = REFERENCE_METHOD, console: Any = None) -> None:
     """Print the AUROC and Δ tables of a :func:`~mixmag.evaluate.compare.compare_runs` result (rich)."""
     from rich.console import Console
     from rich.table import Table
@@ -135,8 +135,9 @@ def register(app: typer.Typer) -> None:
     def compare(
         run_dirs: Annotated[list[Path], typer.Argument(help="Run folders, or the --out folder of mixmag train.")],
         out: Annotated[Path | None, Opt("--out", help="Write comparison.md/.csv/.png here.")] = None,
-        reference: Annotated[str, Opt("--reference", help="Method the Δ column compares with.")] = "abmil-20x",
-        bootstrap: Annotated[int, Opt("--bootstrap", min=0, help="Paired bootstrap resamples.")] = 1000,
+        reference: Annotated[str, Opt("--reference", help="Method the Δ column compares with.")] = REFERENCE_METHOD,
+        bootstrap: Annotated[int, Opt("--bootstrap", min=0, help="Paired bootstrap resamples.")]
+        = field_default(EvaluateSettings, "bootstrap"),
         seed: Annotated[int, Opt("--seed", help="Bootstrap seed.")] = 0,
     ) -> None:
         """Print (and write) the tasks x methods AUROC table with CIs and paired Δ vs a reference."""

@@ -91,11 +91,11 @@ def _file_in_folder(folder: Path) -> Path:
 
 def _download(meta: EncoderMeta, recipe: EncoderRecipe, repo_id: str) -> Path:
     hint = (
-        f"Download the weights on a machine with internet access (e.g. `huggingface-cli download {repo_id}`) "
+        f"Download the weights on a machine with internet access (e.g. `hf download {repo_id}`) "
         f"and pass the file or folder with --weights PATH, or use --random-weights for a smoke test."
     )
     gate = (f" The model is gated: accept its licence at https://huggingface.co/{repo_id} and log in "
-            "(`huggingface-cli login` or HF_TOKEN)." if meta.gated else "")
+            "(`hf auth login` or HF_TOKEN)." if meta.gated else "")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:

@@ -28,6 +28,7 @@ import pandas as pd
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.evaluate.bootstrap import paired_bootstrap
 from mixmag.evaluate.delong import delong_test
+from mixmag.evaluate.settings import REFERENCE_METHOD
 from mixmag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _paired(ref: pd.DataFrame, other: pd.DataFrame, *, n_boot: int, seed: int, l
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None, *,
-                 reference: str = "abmil-20x", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                 reference: str = REFERENCE_METHOD, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Build the comparison table of finished runs (and write it when ``out`` is given).
 
     Args:
@@ -156,7 +157,7 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
 
-def format_tables(table: pd.DataFrame, *, reference: str = "abmil-20x") -> tuple[pd.DataFrame, pd.DataFrame]:
+def format_tables(table: pd.DataFrame, *, reference: str = REFERENCE_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Wide string tables (tasks x methods, then the Average row): AUROC and Δ vs ``reference``.
 
     AUROC cells read ``mean ± sd (CI lo–hi)``; Δ cells ``+0.021 (p=0.030)`` with the bootstrap p-value.
@@ -183,7 +184,7 @@ def _markdown(df: pd.DataFrame, corner: str) -> str:
     return "\n".join([header, sep, *body])
 
 
-def write_comparison(table: pd.DataFrame, out: str | os.PathLike[str], *, reference: str = "abmil-20x") -> Path:
+def write_comparison(table: pd.DataFrame, out: str | os.PathLike[str], *, reference: str = REFERENCE_METHOD) -> Path:
     """Write ``comparison.csv`` (long), ``comparison.md`` (two wide tables) and ``comparison.png``."""
     from mixmag.evaluate.plots import plot_forest  # pyplot: only when writing the files
 

@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 
 from mixmag.utils.settings import StageSettings, marked_fields
 
+#: The method every paired Δ is taken against unless told otherwise (the paper's baseline).
+REFERENCE_METHOD = "abmil-20x"
+
 #: ``json_schema_extra`` of a field of the cross-validation protocol (read by MIL training).
 CROSS_VALIDATION: dict[str, Any] = {"cross_validation": True}
 

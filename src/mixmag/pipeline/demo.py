@@ -173,9 +173,9 @@ def _user_slide_heatmaps(study: Study, result: StudyResult) -> None:
             index = ff.index
         slide_path = Path(str(index.attrs["slide_path"]))
         with open_slide(slide_path, reader=index.attrs.get("reader")) as slide:
-            thumb, level0 = slide.thumbnail(1024), slide.dimensions
+            thumb, level0 = slide.thumbnail(study.config.report.thumbnail_px), slide.dimensions
         region_att = attn.region_attention.astype(np.float64)
-        k = min(3, len(region_att))
+        k = min(study.config.report.top_k, len(region_att))
         top = top_k_regions(region_att, k)
         scores = token_scores({"instance_region": attn.instance_region, "instance_token": attn.instance_token,
                                "attention": attn.attention}, index.n_regions, index.spec.n_tokens)
