@@ -21,7 +21,7 @@ GOLDEN_CHECKPOINT = REPO_ROOT / "tests" / "data" / "formats" / "region_checkpoin
 
 PUBLIC = {
     "tile_slides", "embed_slides", "pretrain_region_encoder", "encode_regions", "train_mil", "compare_runs",
-    "build_report", "run_study", "list_encoders", "embed_slide", "SlideEmbedding", "RegionSpec", "MixmagError",
+    "build_report", "predict", "run_study", "list_encoders", "embed_slide", "SlideEmbedding", "RegionSpec", "MixmagError",
     "PipelineConfig", "StudyResult", "__version__",
 }
 FUNCTIONS = sorted(n for n in PUBLIC if n[0].islower() and not n.startswith("__"))

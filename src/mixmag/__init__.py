@@ -12,6 +12,7 @@ The public API a notebook needs (docs/python-api.md)::
     mm.train_mil("run/features/uni", "labels.csv", "run/mil", pretrained={"mem": "run/pretrain/mem"})
     mm.compare_runs(["run/mil"], "run/evaluate")
     mm.build_report("run")
+    mm.predict("run", ["external/slides"], "run/external")   # apply the models to a new cohort
     mm.run_study("study.yaml")                           # or all of it from one config
 
 Pipeline: whole-slide images -> linked 5x/10x/20x tiles per region (:mod:`mixmag.tiling`) ->
@@ -40,6 +41,7 @@ _LAZY: dict[str, str] = {
     "train_mil": "mixmag.api",
     "compare_runs": "mixmag.evaluate.compare",
     "build_report": "mixmag.api",
+    "predict": "mixmag.api",
     "run_study": "mixmag.api",
     # discovery and the in-memory path for one slide
     "list_encoders": "mixmag.encoders.catalog",
@@ -65,6 +67,7 @@ __all__ = [
     "embed_slides",
     "encode_regions",
     "list_encoders",
+    "predict",
     "pretrain_region_encoder",
     "run_study",
     "tile_slides",

@@ -27,6 +27,8 @@ from mixmag.errors import MixmagValueError
 from mixmag.geometry import RegionSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mixmag.config import PipelineConfig
     from mixmag.embed.settings import EmbedSettings
     from mixmag.encoders import TileEncoder
@@ -419,3 +421,51 @@ def build_report(
     if out_html is None and path.is_dir() and is_study_folder(path):
         return rebuild_study_report(path)
     return build_report_from_inputs(path if path.is_file() else discover_inputs(path), out_html)
+
+
+def predict(
+    run: PathLike,
+    inputs: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    labels: PathLike | None = None,
+    methods: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """Apply trained runs to a new cohort, as ``mixmag predict`` does; the predictions as a DataFrame.
+
+    New slides are tiled and embedded exactly as the training features were (geometry, tissue
+    settings, encoder, weights and precision come from the training features' provenance); a
+    folder of feature files is checked against that provenance and scored directly. Every fold
+    model scores every bag; the reported ``prob`` is the refit-on-all model's when the run has
+    one (``mixmag train --refit-all``), else the fold mean, and each model's own score is a
+    column too (docs/formats/predictions.md).
+
+    Args:
+        run: A ``mixmag run`` folder, a ``mixmag train --out`` folder, one run folder or a ``model.pt``.
+        inputs: Slide files/folders, or one folder of feature files.
+        out_dir: Where ``predictions.csv``, ``metrics.csv`` (with labels), plots, heatmaps and
+            ``report.html`` go.
+        labels: Labels table of the new cohort (patients, and the AUROC where labelled).
+        methods: Methods to apply (None: all trained ones).
+        targets: Targets to apply (None: all).
+        progress: Progress bars.
+        **options: Further arguments of :func:`mixmag.pipeline.predict.predict_cohort`
+            (``weights``, ``device``, ``workers``, ``n_boot``, ``seed``, ``report``, ``write_report``).
+
+    Returns:
+        One row per (bag, target, method): ``bag_id, patient_id, slide_ids, target, method, model,
+        label, prob`` (binary; ``prob_<class>`` for multi-class) and ``prob_fold<k>``/``prob_ensemble``.
+
+    Example::
+
+        >>> preds = mm.predict("runs/tcga", ["cptac/slides"], "runs/cptac", labels="cptac/labels.csv")
+        >>> preds.groupby("method")["prob"].describe()
+    """
+    from mixmag.pipeline.predict import predict_cohort
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return predict_cohort(run, given, out_dir, labels=labels, methods=methods, targets=targets, progress=progress,
+                          **options).predictions

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config_cmd",
     "report_cmd",
     "diagnose_cmd",
+    "predict_cmd",
     "run_cmd",
 )
 

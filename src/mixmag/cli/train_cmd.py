@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, setting_option(M, "seed")] = _MIL.seed,
         device: Annotated[str, setting_option(M, "device")] = _MIL.device,
         precision: Annotated[Precision, setting_option(M, "precision")] = _MIL.precision,
+        refit_all: Annotated[bool, setting_option(M, "refit_all")] = _MIL.refit_all,
         overwrite: Annotated[bool, Opt("--overwrite", help="Replace runs made with other settings.")] = False,
         progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bars.")] = True,
     ) -> None:

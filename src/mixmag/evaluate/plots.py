@@ -51,27 +51,30 @@ def plot_learning_curve(history: pd.DataFrame, path: str | os.PathLike[str], *, 
     return _save(fig, path)
 
 
-def plot_roc(y: np.ndarray, prob: np.ndarray, folds: np.ndarray, path: str | os.PathLike[str], *,
+def plot_roc(y: np.ndarray, prob: np.ndarray, folds: np.ndarray | None, path: str | os.PathLike[str], *,
              title: str = "", class_names: Sequence[str] | None = None) -> Path:
     """ROC curve of every test fold (thin) and of the pooled out-of-fold predictions (thick).
 
     Multi-class tasks draw the one-vs-rest curve of each class for the pooled predictions.
+    ``folds`` None (one external cohort): the pooled curve only.
     """
     y = np.asarray(y).astype(np.int64)
-    folds = np.asarray(folds)
+    folds = np.zeros(len(y), np.int64) if folds is None else np.asarray(folds)
+    one_group = len(np.unique(folds)) == 1
     n_classes = 2 if np.ndim(prob) == 1 else int(np.shape(prob)[1])
     p = as_prob_matrix(prob, n_classes)
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=1)
     if n_classes == 2:
-        for fold in np.unique(folds):
+        for fold in np.unique(folds) if not one_group else ():
             sel = folds == fold
             if len(np.unique(y[sel])) < 2:
                 continue
             fpr, tpr, _ = roc_curve(y[sel], p[sel, 1])
             ax.plot(fpr, tpr, linewidth=0.8, alpha=0.5, label=f"fold {fold}")
         fpr, tpr, _ = roc_curve(y, p[:, 1])
-        ax.plot(fpr, tpr, color="black", linewidth=2, label=f"pooled (AUROC {auroc(y, p[:, 1]):.3f})")
+        name = "all" if one_group else "pooled"
+        ax.plot(fpr, tpr, color="black", linewidth=2, label=f"{name} (AUROC {auroc(y, p[:, 1]):.3f}, n={len(y)})")
     else:
         names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
         for c in range(n_classes):
@@ -83,6 +86,54 @@ def plot_roc(y: np.ndarray, prob: np.ndarray, folds: np.ndarray, path: str | os.
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_aspect("equal")
+    return _save(fig, path)
+
+
+def plot_calibration(y: np.ndarray, prob: np.ndarray, path: str | os.PathLike[str], *, n_bins: int = 10,
+                     title: str = "") -> Path:
+    """Reliability diagram of a binary task: observed positive rate per bin of predicted probability.
+
+    Bins are quantiles of the predictions (equal counts, at most ``n_bins``), so sparse regions of
+    the probability axis do not produce one-bag bins; each point is drawn at the bin's mean
+    prediction with a Wilson 95 % interval, and the histogram of predictions is shown below.
+
+    Args:
+        y: (n,) 0/1 labels.
+        prob: (n,) predicted probability of class 1.
+        path: PNG to write.
+        n_bins: Most bins.
+        title: Figure title.
+    """
+    y = np.asarray(y).astype(np.float64)
+    prob = np.asarray(prob, dtype=np.float64)
+    n_bins = max(1, min(n_bins, len(y) // 5 or 1))
+    edges = np.unique(np.quantile(prob, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, max(len(edges) - 2, 0))
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=1, label="perfect calibration")
+    xs, ys, lo, hi = [], [], [], []
+    for b in np.unique(which):
+        sel = which == b
+        n, k = int(sel.sum()), float(y[sel].sum())
+        z, phat = 1.96, k / n
+        centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        xs.append(float(prob[sel].mean()))
+        ys.append(phat)
+        lo.append(max(phat - max(centre - half, 0.0), 0.0))  # clipped: rounding can cross phat
+        hi.append(max(min(centre + half, 1.0) - phat, 0.0))
+    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color="black", capsize=3, label="observed (Wilson 95 % CI)")
+    brier = float(np.mean((prob - y) ** 2))
+    ax.set_ylabel("observed positive rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{title}\nBrier score {brier:.3f}" if title else f"Brier score {brier:.3f}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    hist.hist([prob[y == 0], prob[y == 1]], bins=np.linspace(0, 1, 21), stacked=True, color=["#0072B2", "#D55E00"],
+              label=["negative", "positive"])
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("bags")
+    hist.set_xlim(0, 1)
+    hist.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,12 @@ from mixmag.io.h5common import FormatError
 from mixmag.mil.labels import Bag
 
 logger = logging.getLogger(__name__)
+
+#: Feature-file attrs that say how the features were made (encoder, weights, tiling, slide reading):
+#: :attr:`FeatureStore.reference_attrs` keeps these, and each MIL run records them in its config.json.
+PROVENANCE_ATTRS: tuple[str, ...] = (
+    "encoder", "embed_dim", "pooling", "weights_source", "weights_hash", "precision", "transform",
+    "encoder_native_mpp", "region_spec", "tissue_params", "resample", "reader", "mpp_level0")
 
 
 @dataclass
@@ -87,11 +94,13 @@ class FeatureStore:
         self.spec: RegionSpec | None = None
         self.tile_dim: int | None = None
         self.encoder: str | None = None
+        self.reference_attrs: dict[str, Any] = {}
 
     def check(self, slide_ids: Iterable[str]) -> dict[str, str]:
         """Open the header of each slide's file and check they agree on geometry and encoder.
 
-        Sets :attr:`spec`, :attr:`tile_dim` and :attr:`encoder` from the first readable file.
+        Sets :attr:`spec`, :attr:`tile_dim`, :attr:`encoder` and :attr:`reference_attrs`
+        (:meth:`provenance_of`) from the first readable file.
 
         Returns:
             ``{slide_id: reason}`` for slides whose file is absent, unreadable or has no regions
@@ -117,6 +126,7 @@ class FeatureStore:
                 continue
             if self.spec is None:
                 self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
+                self.reference_attrs = self.provenance_of(ff)
             elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
                 raise MixmagValueError(
                     f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
@@ -124,6 +134,15 @@ class FeatureStore:
                     "encoder and one region geometry per features folder"
                 )
         return problems
+
+    @staticmethod
+    def provenance_of(ff: FeatureFile) -> dict[str, Any]:
+        """The :data:`PROVENANCE_ATTRS` that ``ff`` has, as plain JSON values.
+
+        Values are as :class:`~mixmag.io.features.FeatureFile` decodes them: attrs stored as JSON
+        text (``region_spec``, ``tissue_params``, ``transform``) are dicts, numpy values are numbers/lists.
+        """
+        return {k: _plain(ff.attrs[k]) for k in PROVENANCE_ATTRS if k in ff.attrs}
 
     def slide(self, slide_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(feats (R, T, D) float16, valid (R, T) bool, coords (R, 2) int64)`` of one slide."""
@@ -155,6 +174,21 @@ class FeatureStore:
             slide_ids=bag.slide_ids,
             spec=self.spec,
         )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and bytes made plain JSON types (containers recursively)."""
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 class BagDataset(Sequence[BagRegions]):

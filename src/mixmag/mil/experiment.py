@@ -4,13 +4,16 @@ For every target (label column) the bags are validated, one split file is made (
 every method is trained on exactly those folds; see ``docs/concepts/evaluation.md`` for the
 protocol and ``docs/formats/mil-run.md`` for what lands on disk. Each fold ends by writing a
 ``done.json`` marker carrying the run's config hash, so an interrupted run resumes at the first
-unfinished fold and a changed configuration is never mixed with old folds.
+unfinished fold and a changed configuration is never mixed with old folds. With ``refit_all`` a
+run then trains one more model on all of its bags for deployment (``final/``, see
+:func:`_refit_all`), resumable in the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -142,9 +145,12 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
             if not job.overwrite:
                 raise MixmagValueError(f"{run_dir} holds a run with other settings; pass overwrite=True (--overwrite) "
                                        "to replace it, or choose another output folder")
-            for sub in ("folds", "attention"):
+            for sub in ("folds", "attention", "final"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
-    atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": job.labels})
+    # labels and feature provenance are recorded but not hashed: a moved labels file or a re-stamped
+    # attr does not retrain (the bags hash and the feature encoder/geometry are in the hash)
+    atomic_write_json(cfg_path, {**config, "config_hash": config_hash, "labels": job.labels,
+                                 "feature_attrs": store.reference_attrs})
     atomic_write_json(run_dir / "env.json", environment_info())
     write_splits(splits, run_dir / "splits.csv")
     by_patient: dict[str, list[int]] = {}
@@ -198,8 +204,50 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
                       seed=job.settings.seed, extra={"config_hash": config_hash})
     logger.info("%s/%s: AUROC %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, m["mean_auroc"],
                 m["sd_auroc"], m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+    if job.settings.refit_all:
+        _refit_all(tb, method, recipe, dataset, store, run_dir, job, fold_info=fold_info, config_hash=config_hash)
     return RunResult(tb.target, method, str(run_dir), m["n_bags"], m["mean_auroc"], m["sd_auroc"],
                      m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+
+
+def _final_epochs(fold_best_epochs: list[int]) -> int:
+    """Epochs of the final model: the median of the folds' (1-based) best epochs, rounded up.
+
+    ``best_epoch_`` counts from 1 (:func:`mixmag.mil.train.fit`), and without validation bags the
+    last epoch is kept, so training this many epochs ends exactly at the median best epoch.
+    """
+    return max(1, math.ceil(float(np.median(fold_best_epochs))))
+
+
+def _refit_all(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, dataset: BagDataset,
+               store: FeatureStore, run_dir: Path, job: _Job, *, fold_info: dict[int, dict[str, Any]],
+               config_hash: str) -> None:
+    """Train the deployment model on every bag of the run; write ``final/model.pt``, then ``final/done.json``.
+
+    Built like the fold models (same recipe, estimator parameters) except: no validation bags, so
+    no early stopping; :func:`_final_epochs` epochs; seed ``settings.seed + last fold + 1`` (``seed + k``
+    for folds 0..k-1), a seed no fold used. Skipped when ``done.json`` carries ``config_hash``.
+    """
+    final_dir = run_dir / "final"
+    done = final_dir / "done.json"
+    marker = json.loads(done.read_text(encoding="utf-8")) if done.exists() else {}
+    if marker.get("config_hash") == config_hash:
+        logger.info("%s/%s final model: already done, skipped (resume)", tb.target, method)
+        return
+    folds = sorted(fold_info)
+    best = [int(fold_info[f]["best_epoch"]) for f in folds]
+    epochs = _final_epochs(best)
+    seed = job.settings.seed + max(folds) + 1
+    clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(),
+                        classes=list(range(len(tb.classes))), device=job.device, seed=seed, progress=job.progress,
+                        **{**job.settings.estimator_params(), "epochs": epochs})
+    clf.fit(dataset, dataset.labels)
+    info = {"epochs": epochs, "fold_best_epochs": best, "n_train": len(dataset), "seed": seed}
+    save_fold_model(final_dir / "model.pt", clf, spec=store.spec, recipe=recipe,  # type: ignore[arg-type]
+                    extra={**info, "best_epoch": int(clf.best_epoch_), "criterion": clf.criterion_})
+    atomic_write_json(done, {**info, "config_hash": config_hash})  # last: marks the final model complete
+    logger.info("%s/%s final model: %d epochs (median fold best epoch of %s) on all %d bags", tb.target, method,
+                epochs, best, len(dataset))
 
 
 def train_methods(

@@ -88,6 +88,10 @@ class MilSettings(StageSettings):
     """Exclude (and record) labelled slides without features instead of failing."""
     seed: int = 0
     """Seed of the splits, initialisation, bag order, subsampling and bootstrap (fold k: seed + k)."""
+    refit_all: bool = False
+    """After cross-validation, train one model per method on all labelled patients for deployment
+    (`<run>/final/model.pt`; `mixmag predict` uses it); its epochs are the median best epoch of the
+    CV folds."""
     cache_gb: float = Field(default=4.0, ge=0, json_schema_extra=RUNTIME)
     """In-memory feature cache shared by all methods of a run."""
     device: str = Field(default="auto", json_schema_extra=RUNTIME)

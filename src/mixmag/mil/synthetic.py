@@ -93,7 +93,8 @@ class SyntheticCohort:
 def write_synthetic_cohort(out_dir: str | os.PathLike[str], *, task: str = "rare", n_patients: int = 40,
                            slides_per_patient: int = 1, regions: tuple[int, int] = (8, 12),
                            tile_dim: int = 16, signal: float = 8.0, positive_frac: float = 0.5,
-                           spec: RegionSpec | None = None, seed: int = 0) -> SyntheticCohort:
+                           spec: RegionSpec | None = None, seed: int = 0, concept_seed: int | None = None,
+                           encoder: str | None = None) -> SyntheticCohort:
     """Write feature files ``<out>/features/<slide>.h5`` and ``<out>/labels.csv``.
 
     Args:
@@ -107,6 +108,10 @@ def write_synthetic_cohort(out_dir: str | os.PathLike[str], *, task: str = "rare
         positive_frac: Fraction of positive patients.
         spec: Region geometry (default 5x/10x/20x, 21 tokens).
         seed: Seed of everything.
+        concept_seed: Seed of the planted directions alone (the "biology"); two cohorts with one
+            ``concept_seed`` and different ``seed`` are two hospitals with the same signal (external
+            validation). None: drawn from ``seed``.
+        encoder: Encoder name stamped in the files (default ``synthetic.<task>``).
 
     Returns:
         The cohort (labels table: ``patient_id, slide_id, label``).
@@ -115,6 +120,9 @@ def write_synthetic_cohort(out_dir: str | os.PathLike[str], *, task: str = "rare
     spec = spec or RegionSpec()
     rng = np.random.default_rng(seed)
     directions = np.linalg.qr(rng.standard_normal((tile_dim, tile_dim)))[0][:2]  # orthonormal rows
+    if concept_seed is not None:  # drawn after the line above, so a cohort without it is unchanged
+        concept = np.random.default_rng(concept_seed).standard_normal((tile_dim, tile_dim))
+        directions = np.linalg.qr(concept)[0][:2]
     out = Path(out_dir)
     feat_dir = out / "features"
     n_pos = round(positive_frac * n_patients)
@@ -133,7 +141,7 @@ def write_synthetic_cohort(out_dir: str | os.PathLike[str], *, task: str = "rare
                                 attrs={"slide_id": slide_id, "level0_width": 8 * step,
                                        "level0_height": (r // 8 + 1) * step})
             with FeatureWriter(feat_dir / f"{slide_id}.h5", index, embed_dim=tile_dim,
-                               attrs={"encoder": f"synthetic.{task}", "weights_hash": "synthetic",
+                               attrs={"encoder": encoder or f"synthetic.{task}", "weights_hash": "synthetic",
                                       "pooling": "synthetic", "precision": "fp16"}) as w:
                 w.write(0, feats)
             rows.append({"patient_id": f"P{p:03d}", "slide_id": slide_id, "label": int(label)})

@@ -16,6 +16,8 @@ import pandas as pd
 from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.features import FeatureFile
 from mixmag.mil.artifacts import read_attention
+from mixmag.mil.data import FeatureStore
+from mixmag.mil.deploy import RunScores
 from mixmag.report.heatmap import read_region_tiles, top_k_regions, write_slide_heatmaps
 from mixmag.report.settings import ReportSettings
 from mixmag.slides import open_slide
@@ -48,6 +50,64 @@ def token_scores(attn: dict[str, np.ndarray], n_regions: int, n_tokens: int) -> 
     return scores
 
 
+def draw_slide_attention(features: Path, region_attention: np.ndarray, out_dir: Path, *, name: str,
+                         settings: ReportSettings, token_attention: np.ndarray | None = None) -> list[Path]:
+    """Attention overlay, within-region view and top-k crops of one slide; the PNGs written.
+
+    Args:
+        features: The slide's feature file (its region index gives the slide path and geometry).
+        region_attention: (R,) attention per region, in the feature file's region order.
+        out_dir: Folder of the PNGs (``<name>_attention.png``, ``_region.png``, ``_top.png``).
+        name: File stem.
+        settings: ``top_k`` and ``thumbnail_px``.
+        token_attention: (R, T) attention per region token (None: no within-region view).
+
+    Returns:
+        The written paths; empty (with a warning) when the slide file is not at its recorded path.
+    """
+    with FeatureFile(features) as ff:
+        index = ff.index
+    recorded = index.attrs.get("slide_path")
+    slide_path = Path(str(recorded)) if recorded else None
+    if slide_path is None or not slide_path.is_file():
+        logger.warning("slide %s not found at %s: no heatmap", index.attrs.get("slide_id", features.stem), recorded)
+        return []
+    reader = index.attrs.get("reader")
+    with open_slide(slide_path, reader=reader) as slide:
+        thumb, level0 = slide.thumbnail(settings.thumbnail_px), slide.dimensions
+    region_att = np.asarray(region_attention, dtype=np.float64)
+    k = min(settings.top_k, len(region_att))
+    top = top_k_regions(region_att, k)
+    tiles = read_region_tiles(slide_path, index, top, reader=reader) if k else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_slide_heatmaps(
+        out_dir, slide_id=name, thumbnail=thumb, level0_size=level0, coords=index.coords,
+        region_size_level0=index.region_size_level0, attention=region_att, spec=index.spec,
+        token_scores=token_attention, top_tiles=tiles, top_k=k, valid=index.tile_valid)
+    return list(paths.values())
+
+
+def write_prediction_heatmaps(scores: RunScores, store: FeatureStore, out_dir: Path, *,
+                              settings: ReportSettings) -> list[Path]:
+    """Heatmaps of the most confidently positive and negative new bags of one run (``mixmag predict``).
+
+    The attention is that of the reported model (the final model, or the mean over the fold
+    models), so the picture shows what the reported probability rests on.
+    """
+    frame = scores.frame()
+    written: list[Path] = []
+    index_of = {b.bag_id: i for i, b in enumerate(scores.bags)}
+    for bag_id in _choose_bags(frame, settings.heatmap_slides):
+        i = index_of[bag_id]
+        tokens = scores.token_attention[i]
+        for slide_id, region_att in scores.region_attention[i].items():
+            written += draw_slide_attention(
+                store.paths[slide_id], region_att, out_dir,
+                name=f"{scores.run.target}_{scores.run.method}_{slide_id}", settings=settings,
+                token_attention=None if tokens is None else tokens.get(slide_id))
+    return written
+
+
 def _choose_bags(predictions: pd.DataFrame, n: int) -> list[str]:
     """The n most confidently positive bags first, then the most confidently negative ones."""
     if "prob" not in predictions.columns:
@@ -71,7 +131,6 @@ def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path,
             (:class:`~mixmag.report.settings.ReportSettings`; its defaults when None).
     """
     s = settings if settings is not None else ReportSettings()
-    n_slides, top_k = s.heatmap_slides, s.top_k
     picked = pick_method(table)
     if picked is None:
         logger.warning("no finished MIL run: no heatmaps")
@@ -80,33 +139,18 @@ def write_study_heatmaps(mil_dir: Path, table: pd.DataFrame, features_dir: Path,
     predictions = pd.read_csv(run_dir / "predictions.csv")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for bag_id in _choose_bags(predictions, n_slides):
+    for bag_id in _choose_bags(predictions, s.heatmap_slides):
         attn_file = run_dir / "attention" / f"{bag_id}.h5"
         if not attn_file.exists():
             logger.warning("no attention file for %s in %s", bag_id, run_dir)
             continue
         for slide_id, attn in read_attention(attn_file).items():
-            ff = FeatureFile(features_dir / f"{slide_id}.h5")
-            index = ff.index
-            slide_path = Path(str(index.attrs.get("slide_path", "")))
-            if not slide_path.exists():
-                logger.warning("slide %s not found at %s: no heatmap", slide_id, slide_path)
-                continue
-            with open_slide(slide_path, reader=index.attrs.get("reader")) as slide:
-                thumb = slide.thumbnail(s.thumbnail_px)
-                level0 = slide.dimensions
-            region_att = attn["region_attention"].astype(np.float64)
-            k = min(top_k, len(region_att))
-            top = top_k_regions(region_att, k)
-            tiles = read_region_tiles(slide_path, index, top, reader=index.attrs.get("reader")) if k else None
-            paths = write_slide_heatmaps(
-                out_dir, slide_id=f"{target}_{method}_{slide_id}", thumbnail=thumb, level0_size=level0,
-                coords=index.coords, region_size_level0=index.region_size_level0, attention=region_att,
-                spec=index.spec, token_scores=token_scores(attn, index.n_regions, index.spec.n_tokens),
-                top_tiles=tiles, top_k=k, valid=index.tile_valid,
-            )
-            written.extend(paths.values())
-            ff.close()
+            features = features_dir / f"{slide_id}.h5"
+            with FeatureFile(features) as ff:
+                n_tokens = ff.index.spec.n_tokens
+            written += draw_slide_attention(
+                features, attn["region_attention"], out_dir, name=f"{target}_{method}_{slide_id}", settings=s,
+                token_attention=token_scores(attn, len(attn["coords"]), n_tokens))
     logger.info("wrote %d heatmap images for %s / %s", len(written), target, method)
     return written
 

@@ -1,0 +1,108 @@
+"""The "External validation" report section, built from a ``mixmag predict`` output folder.
+
+The folder layout is in ``docs/formats/predictions.md``. The same section serves the stand-alone
+``report.html`` that ``mixmag predict`` writes and the study report, which passes its internal
+cross-validation table so both AUROCs stand side by side per method.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from mixmag.report.html import Report, Section
+
+
+def _ci(row: pd.Series, value: str, lo: str, hi: str) -> str:
+    if pd.isna(row.get(value)):
+        return "—"
+    if pd.isna(row.get(lo)) or pd.isna(row.get(hi)):
+        return f"{row[value]:.3f}"
+    return f"{row[value]:.3f} ({row[lo]:.3f}–{row[hi]:.3f})"
+
+
+def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (target, method): external AUROC with CI, and the internal CV AUROC when given.
+
+    Args:
+        metrics: ``metrics.csv`` of ``mixmag predict``.
+        internal: The study's comparison table (``target, method, mean_auroc, ci_lo, ci_hi``) or None.
+    """
+    rows = []
+    lookup = {}
+    if internal is not None and {"target", "method", "mean_auroc"} <= set(internal.columns):
+        lookup = {(str(r["target"]), str(r["method"])): r for _, r in internal.iterrows()}
+    for _, m in metrics.iterrows():
+        row = {"target": m["target"], "method": m["method"], "model": m["model"], "bags": int(m["n_bags"])}
+        cv = lookup.get((str(m["target"]), str(m["method"])))
+        if lookup:
+            row["internal CV AUROC (95% CI)"] = "—" if cv is None else _ci(cv, "mean_auroc", "ci_lo", "ci_hi")
+        row["external AUROC (95% CI)"] = _ci(m, "auroc", "ci_lo", "ci_hi")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def add_external_section(report: Report, folder: str | os.PathLike[str], *,
+                         internal: pd.DataFrame | None = None, max_heatmaps: int = 6) -> Section | None:
+    """Append an "External validation" section from a ``mixmag predict`` folder.
+
+    Args:
+        report: The report to extend.
+        folder: The predict output folder.
+        internal: The internal comparison table, shown next to the external AUROCs.
+        max_heatmaps: Attention overlays shown at most.
+
+    Returns:
+        The section, or None (nothing appended) when the folder holds no predictions.
+    """
+    root = Path(folder)
+    predictions_path = root / "predictions.csv"
+    if not predictions_path.is_file():
+        return None
+    predictions = pd.read_csv(predictions_path)
+    sec = report.section("External validation")
+    n_bags = predictions[["target", "method", "bag_id"]].drop_duplicates().groupby(["target", "method"]).size()
+    sec.text(f"Trained models applied to a cohort they never saw: {int(n_bags.max()) if len(n_bags) else 0} bags, "
+             f"{len(n_bags)} run(s). The reported probability is the refit-on-all model's where `--refit-all` made "
+             "one (`model = final`), else the mean of the cross-validation fold models (`model = ensemble`).")
+    metrics_path = root / "metrics.csv"
+    if metrics_path.is_file():
+        metrics = pd.read_csv(metrics_path)
+        sec.table(external_table(metrics, internal),
+                  caption="External AUROC with a percentile bootstrap 95 % CI over bags (stratified by class)"
+                  + ("; internal: mean cross-validated AUROC of the study." if internal is not None else "."))
+        figures = []
+        for _, m in metrics.iterrows():
+            run = root / str(m.get("plots_dir", ""))
+            figures += [(p, f"{m['target']} — {m['method']}: {kind}") for kind, p in
+                        (("ROC", run / "roc.png"), ("calibration", run / "calibration.png")) if p.is_file()]
+        if figures:
+            sec.figures(figures)
+    else:
+        sec.note("No labels were given (or no target had both classes among the labelled bags): predictions only.")
+    heatmaps = sorted((root / "heatmaps").glob("*_attention.png"))[:max_heatmaps]
+    if heatmaps:
+        sec.heading("Attention on the new slides")
+        sec.figures([(p, p.stem.removesuffix("_attention")) for p in heatmaps])
+    problems_path = root / "problems.csv"
+    if problems_path.is_file():
+        problems = pd.read_csv(problems_path)
+        if len(problems):
+            sec.table(problems, caption="Slides left out, at which step, and why (the rest were scored).",
+                      collapsed=f"{len(problems)} slide(s) left out")
+    return sec
+
+
+def write_external_report(folder: str | os.PathLike[str], *, title: str = "mixmag external validation",
+                          internal: pd.DataFrame | None = None) -> Path:
+    """Write ``<folder>/report.html`` with the external-validation section (and the predictions table)."""
+    root = Path(folder)
+    report = Report(title, subtitle=f"`mixmag predict` output in {root}")
+    add_external_section(report, root, internal=internal)
+    predictions = pd.read_csv(root / "predictions.csv")
+    shown = [c for c in predictions.columns if c in ("bag_id", "patient_id", "target", "method", "label", "prob")]
+    report.section("Predictions").table(predictions[shown], caption="Reported probability per bag "
+                                        "(every model's score is in predictions.csv).", collapsed="All predictions")
+    return report.write(root / "report.html")
