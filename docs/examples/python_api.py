@@ -42,6 +42,11 @@ def main(out: Path) -> None:
     table = mm.compare_runs([out / "mil"], out / "evaluate", n_boot=20)
     print(table[["target", "method", "mean_auroc", "delta"]].to_string(index=False))
     print("report:", mm.build_report(out))
+    # a second cohort ("another hospital"): tiled, embedded and scored like the training features
+    other = make_synthetic_cohort(out / "external", n_slides=4, slide_px=(1792, 896), seed=4, progress=False)
+    preds = mm.predict(out / "mil", [other.out_dir / "slides"], out / "external-predictions",
+                       labels=other.labels_csv, n_boot=20, progress=False)
+    print(preds[["bag_id", "method", "label", "prob"]].to_string(index=False))
 
     # 3. one slide in memory: no file written
     emb = mm.embed_slide(cohort.slides[0].path, ENCODER, region_encoder=mem.checkpoint, thumbnail_px=512,
