@@ -141,3 +141,17 @@ def test_cli_config_show_error_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert lines == [f"error: {path}:2: unknown key 'mil.epoch'; did you mean 'mil.epochs'?"]
+
+
+def test_external_section_is_in_the_template_and_config_show(tmp_path: Path) -> None:
+    text = config_template()
+    assert "\nexternal:\n  # " in text and "  inputs: []" in text.split("\nexternal:\n")[1]
+    cfg = load_config(None, ["external.inputs=[/new/slides]", "external.labels=/new/labels.csv"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config_template(cfg), encoding="utf-8")
+    assert load_config(path) == cfg and cfg.external.inputs == [Path("/new/slides")]
+    shown = CliRunner().invoke(build_app(), ["config", "show", "--set", "external.methods=[mix-mem]"])
+    assert shown.exit_code == 0, shown.output
+    assert yaml.safe_load(shown.output)["external"] == {"inputs": [], "labels": None, "methods": ["mix-mem"]}
+    with pytest.raises(ConfigError, match="external.input"):
+        load_config_checked(_write(tmp_path, "external:\n  input: [a]\n"))

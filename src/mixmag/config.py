@@ -9,7 +9,9 @@ composes them: ``tiling`` is :class:`mixmag.tiling.settings.TilingSettings`, ``e
 ``mil`` :class:`mixmag.mil.settings.MilSettings`, ``evaluate``
 :class:`mixmag.evaluate.settings.EvaluateSettings` and ``report``
 :class:`mixmag.report.settings.ReportSettings`, each passed unchanged to its stage. Only the
-``slides`` section (the study's inputs, no stage of its own) is declared here. Fields marked
+``slides`` section (the study's inputs, no stage of its own) and the ``external`` section (a second
+cohort that :func:`mixmag.pipeline.predict.predict_cohort` scores with the trained models) are
+declared here. Fields marked
 ``json_schema_extra=RUNTIME`` never change a result (:func:`mixmag.utils.settings.runtime_fields`;
 the study's resume fingerprints leave them out).
 """
@@ -51,6 +53,21 @@ class SlidesConfig(StageSettings):
     """Extra unlabeled slides (files, folders or CSV) used only for region-encoder pretraining."""
 
 
+class ExternalConfig(StageSettings):
+    """External validation: a second cohort, never trained on, scored by the trained models."""
+
+    kind: ClassVar[str] = "external"
+
+    inputs: list[Path] = Field(default_factory=list)
+    """Slide files, folders or CSV lists of the new cohort (tiled and embedded exactly like the training
+    slides), or one folder of its feature files; empty = no external stage."""
+    labels: Path | None = None
+    """Labels table of the new cohort (patient_id, slide_id and the training's label columns): groups
+    slides into patients and gives the external AUROC; without it, predictions only."""
+    methods: list[str] = Field(default_factory=list)
+    """Trained methods to apply (empty = every trained one)."""
+
+
 class PipelineConfig(BaseModel):
     """Root of a study config (`mixmag config init` writes a commented template)."""
 
@@ -65,6 +82,7 @@ class PipelineConfig(BaseModel):
     mil: MilSettings = Field(default_factory=MilSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    external: ExternalConfig = Field(default_factory=ExternalConfig)
 
     @field_validator("out")
     @classmethod

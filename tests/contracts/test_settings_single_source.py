@@ -37,7 +37,7 @@ import mixmag.region.pretrain as pretrain
 import mixmag.report.build as report_build
 import mixmag.tiling.tile as tile_mod
 from mixmag.cli.app import build_app
-from mixmag.config import PipelineConfig, SlidesConfig, load_config
+from mixmag.config import ExternalConfig, PipelineConfig, SlidesConfig, load_config
 from mixmag.embed.settings import EmbedSettings
 from mixmag.evaluate.settings import EvaluateSettings, cross_validation_fields
 from mixmag.mil.estimator import MILClassifier
@@ -254,7 +254,7 @@ def test_the_root_config_composes_the_stage_models() -> None:
     sections = {name: field.annotation for name, field in PipelineConfig.model_fields.items() if name != "out"}
     assert sections == {"slides": SlidesConfig, "tiling": TilingSettings, "embed": EmbedSettings,
                         "region": RegionSettings, "mil": MilSettings, "evaluate": EvaluateSettings,
-                        "report": ReportSettings}
+                        "report": ReportSettings, "external": ExternalConfig}
 
 
 # ------------------------------------------------------------------------------- from the CLI

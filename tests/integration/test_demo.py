@@ -26,7 +26,27 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "pretrained (self-supervised, labels unused) on all" in html
     assert "report:" in result.output
     assert list((study / "heatmaps").glob("*_attention.png"))
+    _external_cohort_is_scored(tmp_path, result.output, html)
     _diagnostics_run_on_the_quick_demo(tmp_path)
+
+
+def _external_cohort_is_scored(root: Path, output: str, html: str) -> None:
+    """The second synthetic cohort (never trained on) is scored; its AUROC is printed after the CV table."""
+    import pandas as pd
+
+    from mixmag.pipeline.demo import DEMO_SIZES
+
+    external = root / "study" / "external"
+    assert (external / "predictions.csv").exists()
+    metrics = pd.read_csv(external / "metrics.csv")
+    assert len(metrics) == 7 and (metrics["n_bags"] == DEMO_SIZES["quick"].n_external).all()
+    printed = " ".join(output.split())
+    cv, ext = printed.find("AUROC: mean ± sd over folds"), printed.find("External validation")
+    assert 0 <= cv < ext < printed.find("report:")  # the external table right after the CV tables
+    assert "external AUROC" in printed and "internal CV AUROC" in printed
+    row = metrics.set_index("method").loc["mix-mem-cls"]
+    assert f"{row['auroc']:.3f} ({row['ci_lo']:.3f}–{row['ci_hi']:.3f})" in printed
+    assert "External validation" in html and (external / "report.html").exists()
 
 
 def _diagnostics_run_on_the_quick_demo(root: Path) -> None:

@@ -120,6 +120,41 @@ def test_report_redraws_the_heatmaps_with_report_settings(tiny_study: Path) -> N
     assert mm.build_report(run_dir) == report and "Method comparison" in report.read_text(encoding="utf-8")
 
 
+def test_external_cohort_is_scored_once_beside_the_cross_validated_auroc(tiny_study: Path) -> None:
+    run_dir = tiny_study.parent / "run"
+    # a second cohort of the same generator, other seed: the study's trained runs score it
+    cohort = make_synthetic_cohort(tiny_study.parent / "external-cohort", n_slides=4, slide_px=(1792, 896), seed=4,
+                                   progress=False)
+    sets = ["--set", f"external.inputs=[{cohort.out_dir / 'slides'}]", "--set", f"external.labels={cohort.labels_csv}"]
+    log = run_dir / "run.log"
+    before = log.read_text()
+    result = CliRunner().invoke(build_app(), ["run", str(tiny_study), "--no-progress", *sets])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    messages = log.read_text()[len(before):]
+    for stage in ("tile", "embed", "pretrain-mem", "train", "compare", "diagnose"):  # nothing earlier reruns
+        assert f"stage {stage:<9s} up to date" in messages, stage
+    assert "stage external  running" in messages
+    external = run_dir / "external"
+    metrics = pd.read_csv(external / "metrics.csv")
+    assert set(metrics["method"]) == {"abmil-20x", "mix-random", "mix-mem-cls"}
+    assert (metrics["n_bags"] == 4).all() and metrics["auroc"].between(0, 1).all()
+    assert set(pd.read_csv(external / "predictions.csv")["bag_id"]) == {s.patient_id for s in cohort.slides}
+    assert list((external / "features" / "tiny.d16").glob("*.h5"))  # embedded like the training slides
+    printed = " ".join(result.output.split())
+    assert "External validation" in printed and "mix-mem-cls" in printed
+    assert f"{metrics['auroc'].iloc[0]:.3f}" in printed  # the external AUROC printed after the CV tables
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<h2>External validation</h2>" in html and "internal CV AUROC" in html  # a section of the study report
+    page = (external / "report.html").read_text(encoding="utf-8")
+    assert "<h2>External validation</h2>" in page and "internal CV AUROC" in page
+    again = _rerun(tiny_study, *(a for a in sets if a != "--set"))
+    assert "stage external  up to date" in again
+    (run_dir / "report.html").unlink()
+    rebuilt = CliRunner().invoke(build_app(), ["report", str(run_dir)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "External validation" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
 def _rerun(config: Path, *overrides: str) -> str:
     """Run the study again with ``--set`` overrides; return the new part of its run.log."""
     log = config.parent / "run" / "run.log"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,11 +20,44 @@ def _print_outcome(result: object, started: float) -> None:
         from mixmag.cli.train_cmd import print_comparison
 
         print_comparison(result.comparison, console=console)
+    _print_external(result, console)
     reused = ", ".join(result.skipped) or "none"
     console.print(f"\nstages reused from an earlier run: {reused}")
     console.print(f"finished in {time.perf_counter() - started:.0f} s")
     if result.report is not None:
         console.print(f"[bold green]report:[/bold green] {result.report}")
+
+
+def _print_external(result: object, console: Any) -> None:
+    """The external cohort's AUROC per run beside the cross-validated one (after the CV tables)."""
+    from rich.table import Table
+
+    from mixmag.pipeline.study import StudyResult
+    from mixmag.report.external import external_table
+
+    assert isinstance(result, StudyResult)
+    if result.external is None:
+        return
+    folder = result.run_dir / "external"
+    if result.external.empty:
+        console.print(f"external cohort scored without labels (no AUROC): {folder / 'predictions.csv'}")
+        return
+    frame = external_table(result.external, result.comparison)
+    if result.comparison is not None:  # the CV tables' method order
+        order = {m: i for i, m in enumerate(dict.fromkeys(result.comparison["method"]))}
+        frame = frame.sort_values("method", key=lambda col: col.map(order), kind="stable")
+    several = frame["target"].nunique() > 1
+    t = Table(title="External validation: AUROC on a cohort never trained on (95% CI)")
+    columns = [c for c in frame.columns if c not in ("target", "model")]
+    for column in columns:
+        t.add_column(column, no_wrap=column == "method")
+    for _, row in frame.iterrows():
+        cells = [str(row[c]) for c in columns]
+        if several:
+            cells[0] = f"{row['target']} · {cells[0]}"
+        t.add_row(*cells)
+    console.print(t)
+    console.print(f"external predictions: {folder / 'predictions.csv'}")
 
 
 def _print_demo_verdict(result: object) -> None:

@@ -2,9 +2,11 @@
 
 The cohort (:mod:`mixmag.synth`) hides its label in the co-occurrence of a 5x architecture and a
 20x nuclear texture inside one region, so single-magnification AB-MIL cannot read it and the
-mixing encoder can. Everything is generated locally: no download, no GPU, no file outside the
-installed package. The settings below are scaled for a 2-core CPU; ``mixmag run`` with
-``mixmag config init`` defaults is the real-size study.
+mixing encoder can. A second cohort from the same generator with another seed, never trained on,
+is scored by the trained models (the study's ``external`` stage), so the cross-validated AUROC
+stands next to an external one. Everything is generated locally: no download, no GPU, no file
+outside the installed package. The settings below are scaled for a 2-core CPU; ``mixmag run``
+with ``mixmag config init`` defaults is the real-size study.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from mixmag.config import PipelineConfig
+from mixmag.config import ExternalConfig, PipelineConfig
 from mixmag.pipeline.study import Study, StudyResult
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,26 @@ class DemoSize:
     pretrain_steps: int
     epochs: int
     folds: int
+    n_external: int = 0
+    """Labelled patients of the external cohort (0 = no external stage)."""
 
 
 DEMO_SIZES = {
-    # measured: 6.5-7.2 min on the 2-core CPU machine (docs/performance.md, "Demo")
-    "full": DemoSize(n_slides=144, n_unlabeled=48, difficulty=0.3, pretrain_steps=300, epochs=30, folds=5),
+    # measured: 6.5-7.2 min on the 2-core CPU machine (docs/performance.md, "Demo"), before the
+    # external cohort. Its 36 patients add about a minute (measured against the quick demo's runs on
+    # the busy 2-core machine: 60 s, painting 9 s and the external stage 52 s, ~20 s of which draw
+    # the heatmaps of 7 runs x report.heatmap_slides whatever the cohort size; 48 patients: 77 s)
+    "full": DemoSize(n_slides=144, n_unlabeled=48, difficulty=0.3, pretrain_steps=300, epochs=30, folds=5,
+                     n_external=36),
     # for CI and a first look: same pipeline, smaller everything
-    "quick": DemoSize(n_slides=24, n_unlabeled=8, difficulty=0.3, pretrain_steps=20, epochs=4, folds=3),
+    "quick": DemoSize(n_slides=24, n_unlabeled=8, difficulty=0.3, pretrain_steps=20, epochs=4, folds=3,
+                      n_external=8),
 }
+
+#: Folder of the external cohort inside the demo cohort's folder.
+EXTERNAL_COHORT = "external"
+#: The external cohort's seed is the training cohort's plus this: same generator, other patients.
+EXTERNAL_SEED_OFFSET = 1000
 
 # Two regions of 448 µm per slide (1792 x 896 px at 0.5 µm/px). With two cells the generator's
 # layout is the cleanest form of the task: a positive slide holds one ring + atypical region and
@@ -112,9 +125,17 @@ def study_config(out: Path, cohort_dir: Path, *, folds: int, seed: int = 0, epoc
 
 
 def demo_config(out: Path, cohort_dir: Path, *, size: DemoSize, user_slides: list[Path]) -> PipelineConfig:
-    """The study config the demo runs (also written to ``<out>/config.resolved.yaml``)."""
-    return study_config(out, cohort_dir, folds=size.folds, epochs=size.epochs, pretrain_steps=size.pretrain_steps,
-                        extra_inputs=user_slides)
+    """The study config the demo runs (also written to ``<out>/config.resolved.yaml``).
+
+    With ``size.n_external`` the ``external`` section points at the external cohort that
+    :func:`run_demo` writes to ``<cohort_dir>/external``.
+    """
+    config = study_config(out, cohort_dir, folds=size.folds, epochs=size.epochs, pretrain_steps=size.pretrain_steps,
+                          extra_inputs=user_slides)
+    if size.n_external:
+        external = cohort_dir / EXTERNAL_COHORT
+        config.external = ExternalConfig(inputs=[external / "slides"], labels=external / "labels.csv")
+    return config
 
 
 def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | None = None, quick: bool = False,
@@ -126,7 +147,7 @@ def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | N
         user_slides: Extra slide files/folders: tiled, QC'd and embedded with the cohort; after
             training they get heatmaps from a trained model (no labels needed).
         quick: Smaller cohort and shorter training (CI smoke run, about a minute).
-        seed: Cohort seed.
+        seed: Cohort seed (the external cohort's is ``seed + EXTERNAL_SEED_OFFSET``).
         progress: Progress bars.
     """
     from mixmag.synth.cohort import make_synthetic_cohort
@@ -136,6 +157,11 @@ def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | N
     cohort = make_synthetic_cohort(out / "cohort", n_slides=size.n_slides, n_unlabeled=size.n_unlabeled,
                                    difficulty=size.difficulty, slide_px=DEMO_SLIDE_PX, seed=seed, workers=2,
                                    progress=progress)
+    if size.n_external:
+        # same generator and difficulty, other patients: what a second hospital's cohort is to a real study
+        make_synthetic_cohort(cohort.out_dir / EXTERNAL_COHORT, n_slides=size.n_external, n_unlabeled=0,
+                              difficulty=size.difficulty, slide_px=DEMO_SLIDE_PX, seed=seed + EXTERNAL_SEED_OFFSET,
+                              workers=2, progress=progress)
     config = demo_config(out / "study", cohort.out_dir, size=size, user_slides=list(user_slides or []))
     study = Study(config, progress=progress)
     result = study.run()
@@ -146,10 +172,9 @@ def run_demo(out_dir: str | Path = "mixmag-demo", *, user_slides: list[Path] | N
 
 def _user_slide_heatmaps(study: Study, result: StudyResult) -> None:
     """Heatmaps of the user's own (unlabeled) slides from fold 0 of the best mixing method."""
+    from mixmag.io.features import FeatureFile
     from mixmag.mil.artifacts import predict_bag
-    from mixmag.pipeline.heatmaps import pick_method, token_scores
-    from mixmag.report.heatmap import read_region_tiles, top_k_regions, write_slide_heatmaps
-    from mixmag.slides import open_slide
+    from mixmag.pipeline.heatmaps import draw_slide_attention, pick_method, token_scores
     from mixmag.tiling.inputs import collect_slides
 
     if result.comparison is None:
@@ -167,24 +192,11 @@ def _user_slide_heatmaps(study: Study, result: StudyResult) -> None:
             continue
         expl = predict_bag(model, features)
         attn = expl.slides[0]
-        from mixmag.io.features import FeatureFile
-
         with FeatureFile(features) as ff:
-            index = ff.index
-        slide_path = Path(str(index.attrs["slide_path"]))
-        with open_slide(slide_path, reader=index.attrs.get("reader")) as slide:
-            thumb, level0 = slide.thumbnail(study.config.report.thumbnail_px), slide.dimensions
-        region_att = attn.region_attention.astype(np.float64)
-        k = min(study.config.report.top_k, len(region_att))
-        top = top_k_regions(region_att, k)
+            n_regions, n_tokens = ff.index.n_regions, ff.index.spec.n_tokens
         scores = token_scores({"instance_region": attn.instance_region, "instance_token": attn.instance_token,
-                               "attention": attn.attention}, index.n_regions, index.spec.n_tokens)
-        write_slide_heatmaps(
-            study.out / "heatmaps", slide_id=f"yours_{slide_id}", thumbnail=thumb, level0_size=level0,
-            coords=index.coords, region_size_level0=index.region_size_level0, attention=region_att,
-            spec=index.spec, token_scores=scores,
-            top_tiles=read_region_tiles(slide_path, index, top, reader=index.attrs.get("reader")),
-            top_k=k, valid=index.tile_valid,
-        )
+                               "attention": attn.attention}, n_regions, n_tokens)
+        draw_slide_attention(features, attn.region_attention, study.out / "heatmaps", name=f"yours_{slide_id}",
+                             settings=study.config.report, token_attention=scores)
         logger.info("your slide %s: P(%s=%s) = %.3f (%s, fold 0)", slide_id, target, expl.classes[-1],
                     float(expl.prob[-1]), method)

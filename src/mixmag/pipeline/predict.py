@@ -221,6 +221,7 @@ def predict_cohort(
     n_boot: int = 1000,
     seed: int = 0,
     report: ReportSettings | None = None,
+    heatmap_methods: Sequence[str] | None = None,
     write_report: bool = True,
     progress: bool = True,
 ) -> PredictResult:
@@ -243,6 +244,8 @@ def predict_cohort(
         n_boot: Bootstrap resamples of the AUROC CI.
         seed: Bootstrap seed.
         report: Heatmap count, top-k and thumbnail size (:class:`ReportSettings`; defaults when None).
+        heatmap_methods: Draw heatmaps only for these methods (None: every run; drawing costs
+            seconds per slide, so a study draws only its picked method).
         write_report: Write ``report.html``.
         progress: Progress bars.
 
@@ -312,6 +315,8 @@ def predict_cohort(
     from mixmag.pipeline.heatmaps import write_prediction_heatmaps
 
     for scores in all_scores:
+        if heatmap_methods is not None and scores.run.method not in heatmap_methods:
+            continue
         result.heatmaps += write_prediction_heatmaps(scores, store, out / "heatmaps", settings=settings)
     if write_report:
         from mixmag.report.external import write_external_report

@@ -21,11 +21,13 @@ from mixmag.io.manifest import read_manifest
 from mixmag.mil.labels import read_labels
 from mixmag.pipeline.ledger import LEDGER_NAME, StageLedger, StageRecord
 from mixmag.report.build import build_report
+from mixmag.report.external import external_table, write_external_report
 from mixmag.utils.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "config.resolved.yaml"  # written by the study next to its stage ledger
+EXTERNAL_DIR = "external"  # the external stage's `mixmag predict` folder inside the run folder
 
 MAX_QC_IMAGES = 4
 IMAGENET_BASELINES = ("efficientnet-lite0-imagenet",)
@@ -82,9 +84,37 @@ def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
+    """The summary paragraph of an external validation: external AUROC per run beside the internal one.
+
+    Args:
+        folder: The external stage's ``mixmag predict`` folder (``predictions.csv``, ``metrics.csv``).
+        comparison: The study's comparison table (internal cross-validated AUROC) or None.
+    """
+    predictions = pd.read_csv(folder / "predictions.csv")
+    n_bags = predictions["bag_id"].nunique()
+    text = (f"**External validation**: the trained models scored {n_bags} bags of a cohort they never saw "
+            f"(`external.inputs`). ")
+    metrics_path = folder / "metrics.csv"
+    if metrics_path.is_file():
+        table = external_table(pd.read_csv(metrics_path), comparison)
+        several = table["target"].nunique() > 1
+        internal = "internal CV AUROC (95% CI)"
+        runs = [f"`{r['target']} · {r['method']}`" if several else f"`{r['method']}`" for _, r in table.iterrows()]
+        values = [r["external AUROC (95% CI)"] + (f" vs {r[internal]} cross-validated" if internal in r else "")
+                  for _, r in table.iterrows()]
+        text += "External AUROC (95% CI): " + "; ".join(f"{n} {v}" for n, v in zip(runs, values, strict=True)) + ". "
+    else:
+        text += "No labels (`external.labels`) for a target with both classes: predictions only. "
+    return text + "ROC, calibration, attention and left-out slides: section External validation below."
+
+
 def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, StageRecord],
                        comparison: pd.DataFrame | None) -> Path:
     """Write ``<out>/report.html`` (and ``timings.json``) from a study's stage outputs.
+
+    With an external cohort (``external.inputs`` and its ``external/predictions.csv``) the summary
+    gives its AUROC per run and ``external/report.html`` the whole external-validation section.
 
     Args:
         out: The study's run folder.
@@ -107,6 +137,15 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
     if train is not None:
         for method, reason in (train.outputs.get("skipped") or {}).items():
             notes.append(f"Method {method} was not run: {reason}")
+    external: Path | None = out / EXTERNAL_DIR
+    # only while the config asks for it: the folder of an earlier run may hold another cohort
+    if config.external.inputs and (out / EXTERNAL_DIR / "predictions.csv").is_file():
+        # a section of this report and a page of its own to share, internal AUROC beside the external one
+        write_external_report(out / EXTERNAL_DIR, title="mixmag external validation", internal=comparison)
+        notes.append(external_summary(out / EXTERNAL_DIR, comparison))
+    else:
+        external = None
+
     if stages.get("tile") is not None:
         skipped = [k for k, r in stages.items() if r.skipped]
         if skipped:
@@ -133,6 +172,8 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
         loss=loss or None,
         heatmaps=[(p, p.stem) for p in heatmaps],
         diagnostics=None if diagnostics is None else diagnostics.outputs.get("diagnostics"),
+        external=external,
+        external_internal=comparison,
         timings=timings,
         notes=notes,
     )

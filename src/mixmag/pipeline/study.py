@@ -8,6 +8,7 @@ Stages and their folders below ``config.out``::
     mil/         <target>/<method>/ folds, predictions     (mixmag.mil)
     compare/     comparison.md/.csv/.png                   (mixmag.evaluate)
     heatmaps/    <slide>_attention.png ...                 (mixmag.report)
+    external/    predictions, metrics, plots of a new cohort (mixmag.pipeline.predict; with `external.inputs`)
     diagnostics/ pretraining, probes, ceiling, attention   (mixmag.diagnose)
     report.html, stages.json, config.resolved.yaml, env.json, run.log
 
@@ -21,7 +22,9 @@ These imports all point down the layers (see ``[tool.importlinter]`` in pyprojec
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,7 @@ from mixmag.pipeline.diagnostics_stage import (
     run_plan,
 )
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
-from mixmag.pipeline.report import RESOLVED_CONFIG, write_study_report
+from mixmag.pipeline.report import EXTERNAL_DIR, RESOLVED_CONFIG, write_study_report
 from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
@@ -59,12 +62,15 @@ class StudyResult:
         run_dir: The run folder.
         stages: Ledger record per stage (``skipped`` tells which were reused).
         comparison: The methods x tasks table (None without labels).
+        external: External AUROC per run (``target, method, model, n_bags, auroc, ci_lo, ci_hi``)
+            of the ``external`` stage; None without ``external.inputs``, empty without its labels.
         report: Path of ``report.html``.
     """
 
     run_dir: Path
     stages: dict[str, StageRecord] = field(default_factory=dict)
     comparison: pd.DataFrame | None = None
+    external: pd.DataFrame | None = None
     report: Path | None = None
 
     @property
@@ -77,6 +83,42 @@ def _section(config: PipelineConfig, name: str, *, exclude: Iterable[str] = ()) 
     data = getattr(config, name).model_dump(mode="json")
     skip = set(exclude)
     return {k: v for k, v in data.items() if k not in skip}
+
+
+#: The columns of ``StudyResult.external`` (and of the external stage's recorded ``metrics``).
+EXTERNAL_COLUMNS = ("target", "method", "model", "n_bags", "n_unlabelled", "auroc", "ci_lo", "ci_hi", "n_boot")
+#: ``external/inputs.json``: the inputs the new cohort's tiles and features were made from.
+EXTERNAL_INPUTS = "inputs.json"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready scalar (numpy numbers become Python numbers) for the stage ledger."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _clear_external(out: Path, inputs: list[str]) -> None:
+    """Remove an earlier external stage's results before it runs again; record ``inputs``.
+
+    ``predict_cohort`` scores every feature file in its folder and writes metrics and plots only
+    for what it scores now, so files of another cohort, or of runs gone since, would otherwise be
+    scored or shown again. The new cohort's tiles and features stay when they were made from the
+    same inputs (``EXTERNAL_INPUTS`` says which; their tiling and embedding resume per slide, so an
+    interrupted stage does not embed again).
+    """
+    marker = out / EXTERNAL_INPUTS
+    try:
+        same = json.loads(marker.read_text(encoding="utf-8")) == inputs
+    except (OSError, ValueError):
+        same = False
+    if out.is_dir():
+        for child in out.iterdir():
+            if same and child.name in ("tiles", "features"):
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    atomic_write_json(marker, inputs)
 
 
 class Study:
@@ -278,6 +320,43 @@ class Study:
 
         return self.ledger.run("heatmaps", fp, run)
 
+    def external(self, comparison: pd.DataFrame | None = None) -> StageRecord:
+        """The trained runs applied to the ``external`` cohort (:func:`~mixmag.pipeline.predict.predict_cohort`).
+
+        The new slides are tiled and embedded into ``external/`` exactly like the training slides
+        (geometry, encoder and weights come from the training features' provenance). Its outputs
+        record the external AUROC of every run (``metrics``) so a reused stage still reports them.
+        Heatmaps are drawn for the method the study's own heatmaps show (``comparison`` picks it).
+        """
+        from mixmag.pipeline.heatmaps import pick_method
+        from mixmag.pipeline.predict import METRICS_CSV, PREDICTIONS_CSV, predict_cohort
+
+        x, r = self.config.external, self.config.report
+        # what the predictions, their bootstrap CI and the heatmaps of the new cohort depend on;
+        # device and tiling workers only change the speed
+        fp = self._fp("external", {"external": self._settings("external"), "bootstrap": self.config.evaluate.bootstrap,
+                                   "seed": self.config.mil.seed, "report": self._settings("report")},
+                      ["embed", "train"])
+        out = self.out / EXTERNAL_DIR
+        inputs = [str(p) for p in x.inputs]
+        picked = pick_method(comparison) if comparison is not None else None
+
+        def run() -> dict[str, Any]:
+            _clear_external(out, inputs)
+            result = predict_cohort(
+                self.out, x.inputs, out, labels=x.labels, methods=x.methods or None, device=self.config.mil.device,
+                workers=self.config.tiling.workers, n_boot=self.config.evaluate.bootstrap, seed=self.config.mil.seed,
+                report=r, heatmap_methods=[picked[1]] if picked else [], write_report=False,
+                progress=self.progress)
+            metrics = [{k: _plain(row[k]) for k in EXTERNAL_COLUMNS if k in row}
+                       for row in result.metrics.to_dict("records")]
+            return {"external": str(out), "predictions": str(out / PREDICTIONS_CSV),
+                    "metrics_csv": str(out / METRICS_CSV) if metrics else None,
+                    "features": str(result.features_dir), "n_bags": int(result.predictions["bag_id"].nunique()),
+                    "n_problems": len(result.problems), "metrics": metrics}
+
+        return self.ledger.run("external", fp, run)
+
     def diagnose(self, objectives: list[str], result: StudyResult) -> StageRecord | None:
         """``mixmag diagnose`` on the study's features, pretrained encoders and (with region labels) MIL run.
 
@@ -319,11 +398,17 @@ class Study:
                 checkpoints[objective] = rec.outputs["checkpoint"]
             if self.config.mil.labels is None:
                 logger.warning("mil.labels is not set: no biomarker evaluation (pretraining and its diagnostics only)")
+                if self.config.external.inputs:
+                    logger.warning("external.inputs is set but nothing is trained to score them: no external stage")
             else:
                 result.stages["train"] = self.train(checkpoints)
                 result.stages["compare"], result.comparison = self.compare()
                 if self.config.report.heatmap_slides:
                     result.stages["heatmaps"] = self.heatmaps(result.comparison)
+                if self.config.external.inputs:
+                    result.stages["external"] = self.external(result.comparison)
+                    result.external = pd.DataFrame(result.stages["external"].outputs.get("metrics") or [],
+                                                   columns=list(EXTERNAL_COLUMNS))
             diagnose = self.diagnose(list(checkpoints), result)
             if diagnose is not None:
                 result.stages["diagnose"] = diagnose

@@ -21,6 +21,7 @@ import yaml
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.report.diagnostics_section import add_diagnostics_section
+from mixmag.report.external import add_external_section
 from mixmag.report.html import ImageLike, Report, flatten
 from mixmag.report.plots import (
     MetricsSource,
@@ -102,6 +103,8 @@ def build_report(
     loss: Mapping[str, MetricsSource] | None = None,
     heatmaps: Sequence[Captioned] = (),
     diagnostics: str | os.PathLike[str] | None = None,
+    external: str | os.PathLike[str] | None = None,
+    external_internal: pd.DataFrame | None = None,
     timings: Mapping[str, float] | None = None,
     environment: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
@@ -121,6 +124,9 @@ def build_report(
         loss: ``{run name: metrics}`` (DataFrame, CSV or JSONL with ``step`` and ``loss``).
         heatmaps: Heatmap PNGs (or ``(image, caption)``).
         diagnostics: A ``mixmag diagnose`` output folder (skipped when it holds no result).
+        external: A ``mixmag predict`` output folder: the "External validation" section.
+        external_internal: The study's comparison table (``target, method, mean_auroc, ci_lo,
+            ci_hi``), shown beside the external AUROC.
         timings: ``{stage: seconds}`` in pipeline order.
         environment: From :func:`mixmag.utils.env.environment_info`; collected now when None.
         notes: Paragraphs shown in the summary.
@@ -197,6 +203,9 @@ def build_report(
         sec.text("Region attention of the trained model over each slide, which magnification drove "
                  "the top region, and the top regions at every magnification.")
         sec.figures(_captioned(heatmaps), min_px=520)
+
+    if external is not None:
+        add_external_section(report, external, internal=external_internal)
 
     if diagnostics is not None:
         add_diagnostics_section(report, diagnostics)
