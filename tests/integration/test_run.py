@@ -208,3 +208,23 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "min_tisue" in result.output and "min_tissue" in result.output and ":3" in result.output
     missing = CliRunner().invoke(build_app(), ["run", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "config init" in missing.output
+
+
+def test_a_corrupt_feature_file_is_left_out_and_named_in_the_report(tiny_study: Path) -> None:
+    """With mil.allow_missing_slides every method trains on the other slides; the report says which and why."""
+    run_dir = tiny_study.parent / "run"
+    labelled = pd.read_csv(tiny_study.parent / "cohort" / "labels.csv")["slide_id"]
+    victim = run_dir / "features" / "tiny.d16" / f"{sorted(labelled)[0]}.h5"
+    victim.write_bytes(victim.read_bytes()[:2000])  # a truncated copy, as a full disk leaves it
+    retrain = ["run", str(tiny_study), "--no-progress", "--set", "mil.epochs=3"]  # the train stage runs again
+    result = CliRunner().invoke(build_app(), retrain)
+    assert result.exit_code == 2 and victim.stem in result.output and "allow_missing_slides" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(build_app(), [*retrain, "--set", "mil.allow_missing_slides=true"])
+    assert result.exit_code == 0, result.output
+    excluded = pd.read_csv(run_dir / "mil" / "label" / "excluded.csv")
+    assert victim.stem in set(excluded["slide_id"])
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "left out of training" in html and victim.stem in html
+    table = pd.read_csv(run_dir / "compare" / "comparison.csv")
+    assert table["mean_auroc"].notna().all()

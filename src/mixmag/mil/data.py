@@ -22,8 +22,7 @@ import numpy as np
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.geometry import RegionSpec
-from mixmag.io.features import FeatureFile, iter_feature_files
-from mixmag.io.h5common import FormatError
+from mixmag.io.features import FeatureFile, iter_feature_files, open_feature_file
 from mixmag.mil.labels import Bag
 
 logger = logging.getLogger(__name__)
@@ -96,19 +95,23 @@ class FeatureStore:
         self.encoder: str | None = None
         self.reference_attrs: dict[str, Any] = {}
 
-    def check(self, slide_ids: Iterable[str]) -> dict[str, str]:
-        """Open the header of each slide's file and check they agree on geometry and encoder.
+    def check(self, slide_ids: Iterable[str], *, check_values: bool = True) -> dict[str, str]:
+        """Open each slide's file once, check it, and check the files agree on geometry and encoder.
 
-        Sets :attr:`spec`, :attr:`tile_dim`, :attr:`encoder` and :attr:`reference_attrs`
-        (:meth:`provenance_of`) from the first readable file.
+        Each file gets every check of :func:`~mixmag.io.features.feature_file_problem`: readable
+        HDF5, format, ``complete``, shapes against ``coords``/``tile_valid``/``region_spec``/``embed_dim``,
+        an encoder stamp and, with ``check_values``, no NaN/inf among valid tokens (one pass over the
+        features, chunk by chunk). Sets :attr:`spec`, :attr:`tile_dim`, :attr:`encoder` and
+        :attr:`reference_attrs` (:meth:`provenance_of`) from the first usable file.
 
         Returns:
-            ``{slide_id: reason}`` for slides whose file is absent, unreadable or has no regions
-            (the caller decides whether that is an error; nothing is dropped here).
+            ``{slide_id: reason}`` for slides whose file is absent ("no feature file"), unusable
+            (the one-line reason) or has no regions (the caller decides whether that is an error;
+            nothing is dropped here).
 
         Raises:
-            ValueError: files disagree on region geometry, embedding dimension or encoder (features
-                of different encoders must never be mixed in one bag or comparison).
+            ValueError: usable files disagree on region geometry, embedding dimension or encoder
+                (features of different encoders must never be mixed in one bag or comparison).
         """
         problems: dict[str, str] = {}
         for sid in sorted(set(slide_ids)):
@@ -116,23 +119,23 @@ class FeatureStore:
             if path is None:
                 problems[sid] = "no feature file"
                 continue
-            try:
-                ff = FeatureFile(path)
-            except FormatError as exc:
-                problems[sid] = f"unreadable feature file: {exc}"
+            ff, reason = open_feature_file(path, check_values=check_values)
+            if ff is None:
+                problems[sid] = reason or "unusable feature file"
                 continue
-            if ff.n_regions == 0:
-                problems[sid] = "feature file has no regions (no tissue found)"
-                continue
-            if self.spec is None:
-                self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
-                self.reference_attrs = self.provenance_of(ff)
-            elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
-                raise MixmagValueError(
-                    f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
-                    f"the other slides ({self.encoder!r}, dim {self.tile_dim}, {self.spec}); keep one "
-                    "encoder and one region geometry per features folder"
-                )
+            with ff:
+                if ff.n_regions == 0:
+                    problems[sid] = "feature file has no regions (no tissue found)"
+                    continue
+                if self.spec is None:
+                    self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
+                    self.reference_attrs = self.provenance_of(ff)
+                elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
+                    raise MixmagValueError(
+                        f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
+                        f"the other slides ({self.encoder!r}, dim {self.tile_dim}, {self.spec}); keep one "
+                        "encoder and one region geometry per features folder"
+                    )
         return problems
 
     @staticmethod

@@ -38,7 +38,7 @@ from mixmag.mil.artifacts import explain, safe_name, save_fold_model, write_atte
 from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.encoders import MissingCheckpointError, RegionEncoderRecipe, resolve_encoder
 from mixmag.mil.estimator import MILClassifier
-from mixmag.mil.labels import TargetBags, build_bags, label_columns, read_labels
+from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, label_columns, read_labels
 from mixmag.mil.methods import METHODS
 from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
 from mixmag.mil.settings import PAPER_METHODS, MilSettings
@@ -75,12 +75,19 @@ class SkippedRun:
 
 @dataclass
 class TrainSummary:
-    """What :func:`train_methods` did: finished runs and skipped methods."""
+    """What :func:`train_methods` did: finished runs, skipped methods and excluded slides.
+
+    Attributes:
+        excluded: Per target, the labelled slides left out (the rows of ``<target>/excluded.csv``)
+            and the patients left with no slide: ``{"slides", "patients", "missing_label",
+            "no_usable_features"}`` counts (the last: no feature file, or one that failed its checks).
+    """
 
     out_dir: str
     targets: list[str]
     runs: list[RunResult] = field(default_factory=list)
     skipped: list[SkippedRun] = field(default_factory=list)
+    excluded: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row per run (target, method, AUROC mean/sd, pooled AUROC, CI)."""
@@ -89,7 +96,7 @@ class TrainSummary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (written to ``<out>/summary.json``)."""
         return {"out_dir": self.out_dir, "targets": self.targets, "runs": [asdict(r) for r in self.runs],
-                "skipped": [asdict(s) for s in self.skipped]}
+                "skipped": [asdict(s) for s in self.skipped], "excluded": self.excluded}
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,14 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
         table = make_splits(patients, folds=folds, val_frac=val_frac, seed=seed)
     write_splits(table, target_dir / "splits.csv")
     return table
+
+
+def _exclusion_counts(tb: TargetBags) -> dict[str, int]:
+    """Slides excluded from a target (by kind) and the patients left without any slide."""
+    kept = {b.patient_id for b in tb.bags}
+    no_label = sum(e.reason == MISSING_LABEL for e in tb.exclusions)
+    return {"slides": len(tb.exclusions), "patients": len({e.patient_id for e in tb.exclusions} - kept),
+            "missing_label": no_label, "no_usable_features": len(tb.exclusions) - no_label}
 
 
 def _run_config(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, job: _Job,
@@ -297,17 +312,20 @@ def train_methods(
     job = _Job(settings=s, device=str(resolve_device(s.device)), bootstrap=ev.bootstrap, overwrite=overwrite,
                progress=progress, labels={"path": str(labels_path), "sha256": sha256_file(labels_path)})
     target_list = label_columns(table, list(targets) if targets else None)
-    problems = store.check(table["slide_id"])
+    problems = store.check(table["slide_id"])  # every labelled file, checked once (values included)
     for sid, reason in list(problems.items())[:5]:
         logger.warning("slide %s: %s", sid, reason)
+    if len(problems) > 5:
+        logger.warning("... and %d more slides without usable features", len(problems) - 5)
     available = set(store.paths) - set(problems)
     unlabelled = len(set(store.paths) - set(table["slide_id"]))
     if unlabelled:
         logger.info("%d feature files in %s have no row in the labels table (not used)", unlabelled, store.folder)
     target_bags = [build_bags(table, t, available_slides=available, bag_level=s.bag_level,
-                              allow_missing_slides=s.allow_missing_slides) for t in target_list]
+                              allow_missing_slides=s.allow_missing_slides, unusable=problems) for t in target_list]
     assert store.spec is not None and store.tile_dim is not None
-    summary = TrainSummary(out_dir=str(out), targets=target_list)
+    summary = TrainSummary(out_dir=str(out), targets=target_list,
+                           excluded={tb.target: _exclusion_counts(tb) for tb in target_bags})
     recipes: dict[str, RegionEncoderRecipe | None] = {}
     for key in method_keys:
         spec = METHODS.get(key)

@@ -3,8 +3,9 @@
 A labels table is CSV or TSV (delimiter sniffed) with columns ``patient_id``, ``slide_id`` and one
 or more label columns. Every problem is reported with what is wrong and how to fix it:
 
-- slide ids without a feature file (the first few are listed, plus the count) -> error, or, with
-  ``allow_missing_slides``, excluded and recorded;
+- slide ids without a feature file (the first few are listed, plus the count), or whose file is
+  unusable (corrupt, incomplete, NaN/inf ...: each listed with its reason) -> one error, or, with
+  ``allow_missing_slides``, excluded and recorded with the reason;
 - a slide listed under two patients, or twice with different labels -> error;
 - a patient whose slides disagree on a label with patient-level bags -> error (listed);
 - missing label values -> those rows are excluded for that target, counted in the log and recorded;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 ID_COLUMNS = ("patient_id", "slide_id")
 BAG_LEVELS = ("patient", "slide")
 _SHOW = 5  # how many offending ids an error message lists
+NO_FEATURE_FILE = "no feature file"
+MISSING_LABEL = "missing label"
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,26 @@ def label_columns(df: pd.DataFrame, targets: list[str] | None = None) -> list[st
     return available
 
 
+def _with_reasons(reasons: Mapping[str, str]) -> str:
+    """``'S1': reason; 'S2': reason ... (n in total)`` for the first few slides."""
+    shown = "; ".join(f"{s!r}: {r}" for s, r in list(reasons.items())[:_SHOW])
+    return shown + (f" ... ({len(reasons)} in total)" if len(reasons) > _SHOW else "")
+
+
+def _unusable_message(target: str, reasons: Mapping[str, str]) -> str:
+    """One error for labelled slides without usable features: missing files listed, bad files with reasons."""
+    missing = [s for s, r in reasons.items() if r == NO_FEATURE_FILE]
+    bad = {s: r for s, r in reasons.items() if r != NO_FEATURE_FILE}
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} labelled slides have no feature file: {_few(missing)}. Check the slide_id "
+                     "column against the feature file names (<slide_id>.h5), or run `mixmag embed` for them")
+    if bad:
+        parts.append(f"{len(bad)} labelled slides have an unusable feature file: {_with_reasons(bad)}")
+    return (f"target {target!r}: " + ". ".join(parts) + ". To train without them, set mil.allow_missing_slides: "
+            "true (--set mil.allow_missing_slides=true): they are then excluded and recorded in excluded.csv")
+
+
 def _class_order(values: pd.Series) -> list[str]:
     """Classes in natural order: numeric when every value parses as a number, else lexicographic."""
     uniq = values.unique().tolist()
@@ -152,7 +175,7 @@ def _class_order(values: pd.Series) -> list[str]:
 
 
 def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str], bag_level: str = "patient",
-               allow_missing_slides: bool = False) -> TargetBags:
+               allow_missing_slides: bool = False, unusable: Mapping[str, str] | None = None) -> TargetBags:
     """Validate one label column and group its slides into bags.
 
     Args:
@@ -160,7 +183,10 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
         target: Label column.
         available_slides: Slide ids that have a usable feature file.
         bag_level: ``"patient"`` (all of a patient's slides form one bag) or ``"slide"``.
-        allow_missing_slides: Exclude (and record) labelled slides without features instead of failing.
+        allow_missing_slides: Exclude (and record) labelled slides without usable features instead of failing.
+        unusable: ``{slide_id: reason}`` of slides whose feature file exists but cannot be used
+            (:meth:`~mixmag.mil.data.FeatureStore.check`); a labelled slide not in ``available_slides``
+            is excluded with this reason, else with "no feature file".
 
     Returns:
         The bags, class names (``classes[i]`` is class index i; for binary tasks the probability
@@ -175,18 +201,17 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
     na = part[target].isna() | (part[target] == "")
     if na.any():
         logger.warning("target %r: %d of %d slides have no label and are excluded", target, int(na.sum()), len(part))
-        exclusions += [Exclusion(target, r.patient_id, r.slide_id, "missing label") for r in part[na].itertuples()]
+        exclusions += [Exclusion(target, r.patient_id, r.slide_id, MISSING_LABEL) for r in part[na].itertuples()]
         part = part[~na]
     no_feat = ~part["slide_id"].isin(available)
     if no_feat.any():
-        msg = (f"target {target!r}: {int(no_feat.sum())} labelled slides have no feature file: "
-               f"{_few(part.loc[no_feat, 'slide_id'])}. Check the slide_id column against the feature "
-               "file names (<slide_id>.h5), run `mixmag embed` for them, or set mil.allow_missing_slides: true "
-               "(--set mil.allow_missing_slides=true) to exclude them")
+        reasons = {str(sid): (unusable or {}).get(str(sid), NO_FEATURE_FILE) for sid in part.loc[no_feat, "slide_id"]}
         if not allow_missing_slides:
-            raise MixmagValueError(msg)
-        logger.warning("%s; excluded", msg.split(". Check")[0])
-        exclusions += [Exclusion(target, r.patient_id, r.slide_id, "no feature file")
+            raise MixmagValueError(_unusable_message(target, reasons))
+        lost = set(part.loc[no_feat, "patient_id"]) - set(part.loc[~no_feat, "patient_id"])
+        logger.warning("target %r: %d labelled slides without usable features excluded (%d patients lose every "
+                       "slide; recorded in excluded.csv): %s", target, len(reasons), len(lost), _with_reasons(reasons))
+        exclusions += [Exclusion(target, r.patient_id, r.slide_id, reasons[str(r.slide_id)])
                        for r in part[no_feat].itertuples()]
         part = part[~no_feat]
     per_patient = part.groupby("patient_id")[target].nunique()

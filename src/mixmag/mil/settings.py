@@ -85,7 +85,8 @@ class MilSettings(StageSettings):
     region_preset: str = "base"
     """Architecture of a fresh `mix-random` encoder when no checkpoint is given at all."""
     allow_missing_slides: bool = False
-    """Exclude (and record) labelled slides without features instead of failing."""
+    """Exclude (and record, with the reason) labelled slides without usable features (no file, or one
+    failing the feature-file checks: incomplete, inconsistent shapes, NaN/inf) instead of failing."""
     seed: int = 0
     """Seed of the splits, initialisation, bag order, subsampling and bootstrap (fold k: seed + k)."""
     refit_all: bool = False

@@ -109,6 +109,28 @@ def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
     return text + "ROC, calibration, attention and left-out slides: section External validation below."
 
 
+#: Excluded slides named in the report summary per target (the rest are counted; all are in excluded.csv).
+MAX_EXCLUDED_NAMED = 8
+
+
+def excluded_notes(mil_dir: Path) -> list[str]:
+    """One summary line per target whose training left labelled slides out, naming them and why.
+
+    Read from each target's ``excluded.csv`` (docs/formats/mil-run.md): slides without usable
+    features (with ``mil.allow_missing_slides``) and slides without a label for that target.
+    """
+    notes = []
+    for path in sorted(mil_dir.glob("*/excluded.csv")):
+        table = pd.read_csv(path, dtype=str)
+        if table.empty:
+            continue
+        named = "; ".join(f"{r.slide_id} ({r.reason})" for r in table.head(MAX_EXCLUDED_NAMED).itertuples())
+        more = f"; and {len(table) - MAX_EXCLUDED_NAMED} more" if len(table) > MAX_EXCLUDED_NAMED else ""
+        notes.append(f"**{len(table)} labelled slide(s) left out of training** for target `{path.parent.name}` "
+                     f"(every method trained on the others; `{path.relative_to(mil_dir.parent)}`): {named}{more}.")
+    return notes
+
+
 def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, StageRecord],
                        comparison: pd.DataFrame | None) -> Path:
     """Write ``<out>/report.html`` (and ``timings.json``) from a study's stage outputs.
@@ -137,6 +159,8 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
     if train is not None:
         for method, reason in (train.outputs.get("skipped") or {}).items():
             notes.append(f"Method {method} was not run: {reason}")
+    if train is not None:
+        notes.extend(excluded_notes(out / "mil"))
     external: Path | None = out / EXTERNAL_DIR
     # only while the config asks for it: the folder of an earlier run may hold another cohort
     if config.external.inputs and (out / EXTERNAL_DIR / "predictions.csv").is_file():

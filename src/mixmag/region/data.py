@@ -2,9 +2,18 @@
 
 Nothing here loads a cohort into memory. :func:`scan_feature_cohort` opens each feature file once to
 validate it and keeps, per slide, only the indices of its usable regions (those with at least one
-valid token: 4 bytes per region). Training batches are read region-chunk by region-chunk from the
-HDF5 files by :class:`RegionStream`, an ``IterableDataset`` that can run in several DataLoader
-worker processes, each with its own small LRU cache of open files.
+valid token: 4 bytes per region). A file that fails its checks (not HDF5, incomplete, shapes that
+disagree ...) is skipped and listed in :attr:`FeatureCohort.skipped`, never fatal to the others.
+
+Feature *values* are checked where they are read, not at the scan (that would read the whole cohort
+once more before the first step): a valid token whose embedding holds NaN/inf is treated as invalid
+(zeroed and masked, :func:`mask_nonfinite`) and reported. Masking is a pure function of the file's
+contents, so the data stream stays exactly reproducible across resumes, ranks and workers; skipping
+the whole slide at that point would change the epoch plan mid-run and break that.
+
+Training batches are read region-chunk by region-chunk from the HDF5 files by
+:class:`RegionStream`, an ``IterableDataset`` that can run in several DataLoader worker processes,
+each with its own small LRU cache of open files.
 
 The order in which regions are visited is a pure function of ``(seed, epoch)`` (see
 :func:`epoch_plan`), computed from region *indices* only. Global step ``s`` consumes positions
@@ -32,7 +41,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.geometry import RegionSpec
-from mixmag.io.features import FeatureFile, iter_feature_files
+from mixmag.io.features import FeatureFile, iter_feature_files, nonfinite_tokens, open_feature_file
 from mixmag.io.h5common import FormatError
 from mixmag.region.masking import make_batch_views
 from mixmag.utils.hashing import sha256_text
@@ -66,7 +75,8 @@ class FeatureCohort:
         tile_dim: Tile embedding dimension D.
         spec: Region layout shared by every slide.
         encoder: Tile-encoder key recorded in the files.
-        skipped: ``(slide_id, path, status, reason)`` for files left out (empty, unreadable).
+        skipped: ``(slide_id, path, status, reason)`` for files left out: ``error`` (the file failed its
+            checks, :func:`~mixmag.io.features.feature_file_problem`) or ``empty`` (no usable region).
     """
 
     slides: tuple[SlideEntry, ...]
@@ -105,8 +115,10 @@ def feature_paths(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[s
 def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> FeatureCohort:
     """Open every feature file once, validate the cohort and index its usable regions.
 
-    Unreadable files and slides without usable regions are skipped with a warning (and listed in
-    ``skipped``); everything else that is inconsistent is an error.
+    Each file gets the header checks of :func:`~mixmag.io.features.feature_file_problem` (attrs and
+    shapes; the values are checked as regions are read). A failing file and a slide without usable
+    regions are skipped with a warning naming the slide and the reason (and listed in ``skipped``);
+    files that disagree with each other (dimension, layout) are an error.
 
     Args:
         sources: A folder of per-slide feature files, one file, or a list of files.
@@ -122,11 +134,10 @@ def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.Path
     encoders: set[str] = set()
     spec: RegionSpec | None = None
     for path in feature_paths(sources):
-        try:
-            ff = FeatureFile(path)
-        except FormatError as exc:
-            logger.warning("skipping %s: %s", path.name, exc)
-            skipped.append((path.stem, str(path), "error", str(exc)))
+        ff, reason = open_feature_file(path, check_values=False)
+        if ff is None:
+            logger.warning("skipping slide %s: %s", path.stem, reason)
+            skipped.append((path.stem, str(path), "error", str(reason)))
             continue
         slide_id = ff.index.slide_id or path.stem
         dims.setdefault(ff.embed_dim, []).append(slide_id)
@@ -152,8 +163,10 @@ def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.Path
         logger.warning("feature files come from several tile encoders %s with the same dimension",
                        sorted(encoders))
     if not slides:
+        listing = "; ".join(f"{sid}: {reason}" for sid, _, _, reason in skipped[:3])
         raise MixmagValueError(f"no usable regions in {len(skipped)} feature file(s): every slide is empty or "
-                               "unreadable (see the warnings); check the tiling/tissue settings")
+                               f"failed its checks ({listing}{' ...' if len(skipped) > 3 else ''}); re-embed "
+                               "the broken files or check the tiling/tissue settings")
     assert spec is not None
     return FeatureCohort(slides=tuple(slides), tile_dim=next(iter(dims)), spec=spec,
                          encoder=sorted(encoders)[0], skipped=tuple(skipped))
@@ -194,23 +207,49 @@ class TargetMoments:
         return mean.astype(np.float32), std.astype(np.float32)
 
 
-def check_finite(feats: np.ndarray, slide_id: str, regions: np.ndarray) -> None:
-    """Raise :class:`FormatError` naming the slide and regions when ``feats`` holds NaN/inf."""
-    bad = ~np.isfinite(feats).reshape(len(feats), -1).all(axis=1)
+def check_finite(feats: np.ndarray, slide_id: str, regions: np.ndarray, valid: np.ndarray | None = None) -> None:
+    """Raise :class:`FormatError` naming the slide and regions when ``feats`` (n, T, D) holds NaN/inf.
+
+    With ``valid`` (n, T), only valid tokens count (invalid ones are masked by every consumer).
+    """
+    bad_tokens = nonfinite_tokens(feats) if valid is None else nonfinite_tokens(feats) & valid
+    bad = bad_tokens.any(axis=1)
     if bad.any():
         raise FormatError(f"slide {slide_id}: NaN/inf tile features in regions {regions[bad][:5].tolist()}; "
                           "the feature file is corrupt: delete it and re-run `mixmag embed`")
 
 
+def mask_nonfinite(feats: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Zero every token of ``feats`` (n, T, D) holding NaN/inf and mark it invalid in ``valid`` (n, T), in place.
+
+    A non-finite *valid* token then neither feeds the encoder nor serves as a MEM target: the
+    region is trained on its finite tokens (or, with none left, contributes nothing).
+
+    Returns:
+        (n,) bool: regions in which a *valid* token was masked (those to report).
+    """
+    bad = nonfinite_tokens(feats)
+    if not bad.any():
+        return np.zeros(len(feats), dtype=bool)
+    flagged = (bad & valid).any(axis=1)
+    feats[bad] = 0
+    valid &= ~bad
+    return flagged
+
+
 def accumulate_target_moments(cohort: FeatureCohort, slide_indices: Sequence[int], *,
-                              regions_per_slide: int | None, seed: int) -> TargetMoments:
+                              regions_per_slide: int | None, seed: int,
+                              nonfinite: dict[int, set[int]] | None = None) -> TargetMoments:
     """Sum valid-token embeddings of (a sample of) regions of the given slides.
+
+    Valid tokens holding NaN/inf are left out (:func:`mask_nonfinite`), with a warning per slide.
 
     Args:
         cohort: The scanned cohort.
         slide_indices: Which slides this process reads (ranks split the cohort).
         regions_per_slide: Usable regions sampled per slide (None = all of them).
         seed: Seeds the region sample (one generator per slide, independent of the split).
+        nonfinite: When given, receives ``{slide index: {region indices}}`` of the masked regions.
     """
     d = cohort.tile_dim
     moments = TargetMoments.empty(d)
@@ -220,12 +259,19 @@ def accumulate_target_moments(cohort: FeatureCohort, slide_indices: Sequence[int
         if regions_per_slide is not None and regions.size > regions_per_slide:
             rng = np.random.default_rng([seed, 0x57A7, i])
             regions = np.sort(rng.choice(regions, size=regions_per_slide, replace=False))
+        bad: list[int] = []
         with FeatureFile(entry.path) as ff:
             for start in range(0, regions.size, 256):  # bounded memory per read
                 chunk = regions[start : start + 256]
                 feats, valid = ff.read(chunk)
-                check_finite(feats, entry.slide_id, chunk)
+                bad += chunk[mask_nonfinite(feats, valid)].tolist()
                 moments.add(feats[valid])  # (n_valid_tokens, D)
+        if bad:
+            logger.warning("slide %s: NaN/inf tile features in %d sampled regions (first: %s); those tokens are "
+                           "treated as invalid; the file is corrupt: delete it and re-run `mixmag embed`",
+                           entry.slide_id, len(bad), bad[:5])
+            if nonfinite is not None:
+                nonfinite.setdefault(int(i), set()).update(bad)
     return moments
 
 
@@ -316,7 +362,9 @@ class RegionStream(IterableDataset):
 
     Each item is one batch (use ``DataLoader(stream, batch_size=None)``): a dict with ``step``,
     ``index`` (B,) global sample positions, ``x`` (B, T, D) float32 raw FM embeddings, ``valid``
-    (B, T) bool, and per view ``keep`` / ``mask`` (V, B, T) bool. With W DataLoader workers, worker w
+    (B, T) bool, per view ``keep`` / ``mask`` (V, B, T) bool, and ``nonfinite`` (k, 2) int64
+    (slide index, region index) of regions whose NaN/inf valid tokens were masked
+    (:func:`mask_nonfinite`; usually empty). With W DataLoader workers, worker w
     produces the steps ``s`` with ``s % W == w``; the DataLoader returns them in step order.
 
     Args:
@@ -384,10 +432,11 @@ class RegionStream(IterableDataset):
             out[sel] = self._plan(int(e))[offsets[sel]]
         return out
 
-    def _read(self, ids: np.ndarray, files: _OpenFiles) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, ids: np.ndarray, files: _OpenFiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t, d = self.cohort.spec.n_tokens, self.cohort.tile_dim
         x = np.empty((len(ids), t, d), dtype=np.float32)
         valid = np.empty((len(ids), t), dtype=bool)
+        nonfinite: list[tuple[int, int]] = []
         for s in np.unique(ids[:, 0]):
             rows = np.flatnonzero(ids[:, 0] == s)
             regions, inverse = np.unique(ids[rows, 1], return_inverse=True)  # h5py needs increasing indices
@@ -396,20 +445,23 @@ class RegionStream(IterableDataset):
             # a single region (the common case with a well-mixed buffer) takes h5py's fast slice path
             block = f.features[regions[0] : regions[0] + 1] if regions.size == 1 else f.features[regions]
             feats = block.astype(np.float32)
-            check_finite(feats, entry.slide_id, regions)
+            region_valid = f.valid[regions]  # a copy (fancy indexing): masking leaves the cache intact
+            flagged = mask_nonfinite(feats, region_valid)
+            nonfinite += [(int(s), int(r)) for r in regions[flagged]]
             x[rows] = feats[inverse]
-            valid[rows] = f.valid[regions][inverse]
-        return x, valid
+            valid[rows] = region_valid[inverse]
+        return x, valid, np.asarray(nonfinite, dtype=np.int64).reshape(-1, 2)
 
     def batch(self, step: int, files: _OpenFiles) -> dict[str, Any]:
         """Build this rank's share of global batch ``step``."""
         first = step * self.batch_size + self.rank * self.local_batch
         positions = np.arange(first, first + self.local_batch, dtype=np.int64)
-        x, valid = self._read(self.sample_ids(positions), files)
+        x, valid, nonfinite = self._read(self.sample_ids(positions), files)
         keep, mask = make_batch_views(valid, self.mag_index, positions, seed=self.seed,
                                       n_views=self.n_views, **self.view_kwargs)
         return {"step": step, "index": torch.from_numpy(positions), "x": torch.from_numpy(x),
-                "valid": torch.from_numpy(valid), "keep": torch.from_numpy(keep), "mask": torch.from_numpy(mask)}
+                "valid": torch.from_numpy(valid), "keep": torch.from_numpy(keep), "mask": torch.from_numpy(mask),
+                "nonfinite": torch.from_numpy(nonfinite)}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

@@ -4,7 +4,10 @@ One output file per slide (format in :mod:`mixmag.io.region_embeddings`): the CL
 region (``mode="cls"``: the compressed, ~21x shorter MIL sequence) or every contextualised token
 (``mode="tokens"``). The encoder runs in eval mode without masking, so outputs are deterministic.
 Each slide is written atomically and recorded in ``<out>/manifest.csv``; a re-run skips slides whose
-file exists with the same checkpoint, mode and source feature file.
+file exists with the same checkpoint, mode and source feature file. A feature file that fails its
+header checks (:func:`~mixmag.io.features.feature_file_problem`) or holds NaN/inf in a valid token
+(found while its regions are encoded, so no extra pass) is recorded as ``error`` with the reason and
+the other slides go on; only a run in which every slide fails is an error.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixmag.errors import MixmagValueError
-from mixmag.io.features import FeatureFile
+from mixmag.errors import MixmagRuntimeError, MixmagValueError
+from mixmag.io.features import FeatureFile, open_feature_file
 from mixmag.io.h5common import FormatError
 from mixmag.io.manifest import Manifest, Status
 from mixmag.io.region_embeddings import MODES, RegionEmbeddingWriter, is_complete_region_embeddings
 from mixmag.io.regions import RegionIndex
-from mixmag.region.checkpoints import LayoutMismatchError, check_layout, load_region_encoder
+from mixmag.region.checkpoints import check_layout, load_region_encoder
 from mixmag.region.data import check_finite, feature_paths
 from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import remove_stale_temp_files
@@ -108,19 +111,19 @@ def encode_features(encoder: RegionEncoder, features: np.ndarray, valid: np.ndar
         batch_size: Regions per forward pass.
         device: Where the encoder runs (default: where its parameters are).
         dtype: Autocast dtype (None = fp32).
-        slide_id: Named in the error when ``features`` hold NaN/inf.
+        slide_id: Named in the error when valid tokens of ``features`` hold NaN/inf.
 
     Returns:
         float32 ``(cls (R, W), tokens (R, T, W))``.
 
     Raises:
-        FormatError: NaN/inf in ``features``.
+        FormatError: NaN/inf in a valid token of ``features``.
     """
     if batch_size < 1:
         raise MixmagValueError("batch_size must be >= 1")
     dev = device if device is not None else next(encoder.parameters()).device
     n, t = valid.shape
-    check_finite(features, slide_id, np.arange(n))
+    check_finite(features, slide_id, np.arange(n), valid)
     cls = np.empty((n, encoder.width), dtype=np.float32)
     tokens = np.empty((n, t, encoder.width), dtype=np.float32)
     for start in range(0, n, batch_size):
@@ -137,7 +140,7 @@ def _encode_slide(ff: FeatureFile, path: Path, encoder: RegionEncoder, *, mode: 
         for start in range(0, ff.n_regions, batch_size):
             regions = slice(start, min(start + batch_size, ff.n_regions))
             feats, valid = ff.read(regions)
-            check_finite(feats, ff.index.slide_id or ff.path.stem, np.arange(regions.start, regions.stop))
+            check_finite(feats, ff.index.slide_id or ff.path.stem, np.arange(regions.start, regions.stop), valid)
             cls, tokens = encode_feature_batch(encoder, feats, valid, device=device, dtype=dtype)
             writer.write(start, cls=cls, tokens=tokens)
     return ff.n_regions
@@ -169,10 +172,13 @@ def encode_regions(
         progress: Show a progress bar over slides.
 
     Returns:
-        An :class:`EncodeSummary`. A failing slide is recorded in the manifest and the batch goes on.
+        An :class:`EncodeSummary`. A failing slide (a feature file that fails its checks, NaN/inf in
+        a valid token) is logged, recorded in the manifest as ``error`` with the reason, and the batch
+        goes on.
 
     Raises:
         FormatError: The features do not fit the checkpoint (tile dim or region layout).
+        MixmagRuntimeError: Every slide failed (the manifest lists each reason).
     """
     if mode not in MODES:
         raise MixmagValueError(f"unknown mode {mode!r}; use one of {MODES}")
@@ -199,18 +205,17 @@ def encode_regions(
     for src in tqdm(paths, desc=f"encode ({mode})", unit="slide", disable=not progress):
         t0 = time.perf_counter()
         slide_id = src.stem
-        try:
-            ff = FeatureFile(src)
-            slide_id = ff.index.slide_id or src.stem
-            check_layout(info, tile_dim=ff.embed_dim, spec=ff.index.spec, source=str(src))
-        except LayoutMismatchError:
-            raise  # the checkpoint does not fit this cohort at all: stop with one clear message
-        except FormatError as exc:
-            logger.warning("slide %s: %s", slide_id, exc)
-            manifest.update(slide_id, status=Status.ERROR, path=src, error=str(exc))
+        # header checks only: the values are checked as the regions are encoded (no second pass)
+        ff, reason = open_feature_file(src, check_values=False)
+        if ff is None:
+            logger.warning("slide %s skipped: %s", slide_id, reason)
+            manifest.update(slide_id, status=Status.ERROR, path=src, error=reason)
             counts[Status.ERROR] += 1
-            errors[slide_id] = str(exc)
+            errors[slide_id] = str(reason)
             continue
+        slide_id = ff.index.slide_id or src.stem
+        # the checkpoint does not fit this cohort at all: LayoutMismatchError stops with one clear message
+        check_layout(info, tile_dim=ff.embed_dim, spec=ff.index.spec, source=str(src))
         dest = out / f"{slide_id}.h5"
         source_hash = quick_file_hash(src)
         attrs = dict(base_attrs, source_feature_file=str(src), source_feature_hash=source_hash,
@@ -235,6 +240,10 @@ def encode_regions(
         manifest.update(slide_id, status=status, path=src, n_items=n, output=dest, seconds=time.perf_counter() - t0)
         counts[status] += 1
         files.append(dest)
+    if paths and counts[Status.ERROR] == len(paths):
+        first = next(iter(errors.items()))
+        raise MixmagRuntimeError(f"every one of the {len(paths)} feature files failed (see {manifest.path}); first: "
+                                 f"{first[0]}: {first[1]}")
     return EncodeSummary(out_dir=out, manifest=manifest.path, mode=mode, checkpoint_hash=info["checkpoint_hash"],
                          n_ok=counts[Status.OK], n_skipped=counts[Status.SKIPPED], n_empty=counts[Status.EMPTY],
                          n_error=counts[Status.ERROR], files=files, errors=errors)

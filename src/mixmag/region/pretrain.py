@@ -4,7 +4,9 @@ Run folder written by rank 0::
 
     <out>/config.resolved.json   settings, cohort fingerprint, feature source
     <out>/env.json               versions, device, git sha
-    <out>/manifest.csv           slides used / skipped (and why)
+    <out>/manifest.csv           slides used / skipped (and why): a file that failed its checks is
+                                 ``error`` with the reason; a slide found holding NaN/inf while
+                                 training (its bad tokens were masked) is ``error`` at the end
     <out>/metrics.jsonl          one record per optimizer step (loss terms, lr, grad norm, regions/s)
     <out>/loss_curve.png         updated at every checkpoint and at the end
     <out>/checkpoints/step_NNNNNNN/   resumable checkpoints (see mixmag.region.checkpoints)
@@ -34,7 +36,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixmag.errors import MixmagValueError
-from mixmag.io.manifest import BASE_COLUMNS
+from mixmag.io.features import FeatureFile
+from mixmag.io.manifest import BASE_COLUMNS, read_manifest
 from mixmag.region.checkpoints import (
     CONFIG_FILE,
     STATE_FILE,
@@ -50,6 +53,7 @@ from mixmag.region.checkpoints import (
 from mixmag.region.data import (
     FeatureCohort,
     RegionStream,
+    SlideEntry,
     accumulate_target_moments,
     scan_feature_cohort,
 )
@@ -81,6 +85,9 @@ class PretrainResult:
         resumed_from: Step the run resumed from (None for a fresh run).
         n_slides: Slides used.
         n_regions: Usable regions in those slides.
+        n_skipped: Feature files left out (failed their checks, or no usable region).
+        n_nonfinite: Slides found holding NaN/inf in valid tokens while training (those tokens
+            were masked; listed as ``error`` in ``manifest.csv``).
     """
 
     checkpoint: Path
@@ -93,20 +100,36 @@ class PretrainResult:
     resumed_from: int | None
     n_slides: int
     n_regions: int
+    n_skipped: int = 0
+    n_nonfinite: int = 0
 
 
-def _write_manifest(path: Path, cohort: FeatureCohort) -> None:
+def _write_manifest(path: Path, cohort: FeatureCohort, nonfinite: dict[str, str] | None = None) -> None:
+    """One row per slide: ``ok``, or ``error``/``empty`` with the reason; ``nonfinite`` = {slide_id: reason}."""
     # One write for the whole cohort (Manifest.update rewrites the file per row: quadratic here).
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS)
     writer.writeheader()
-    rows = [{"slide_id": s.slide_id, "path": str(s.path), "status": "ok", "n_items": s.usable.size}
-            for s in cohort.slides]
+    nonfinite = nonfinite or {}
+    rows = [{"slide_id": s.slide_id, "path": str(s.path), "status": "error" if s.slide_id in nonfinite else "ok",
+             "n_items": s.usable.size, "error": nonfinite.get(s.slide_id, "")} for s in cohort.slides]
     rows += [{"slide_id": sid, "path": p, "status": status, "error": reason}
              for sid, p, status, reason in cohort.skipped]
     for row in sorted(rows, key=lambda r: str(r["slide_id"])):
         writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def _nonfinite_reason(entry: SlideEntry) -> str:
+    """What a full read of a slide flagged while training finds: how many regions hold NaN/inf."""
+    with FeatureFile(entry.path) as ff:
+        bad = ff.nonfinite_regions()
+    lost = bool(np.isin(entry.usable, bad).all())
+    used = ("every usable region has such tokens, so the slide contributed nothing" if lost
+            else "its finite tokens were used")
+    return (f"NaN/inf tile features in valid tokens of {bad.size} of {entry.n_regions} regions (first: "
+            f"{bad[:5].tolist()}); those tokens were masked during pretraining and {used}; the file is corrupt: "
+            "delete it and re-run `mixmag embed`")
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -117,11 +140,16 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def _target_stats(cohort: FeatureCohort, s: PretrainSettings, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
-    """Cohort mean/std of valid tile embeddings; ranks read disjoint slides and sum their moments."""
+def _target_stats(cohort: FeatureCohort, s: PretrainSettings, ctx: DistContext,
+                  nonfinite: dict[int, set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Cohort mean/std of valid tile embeddings; ranks read disjoint slides and sum their moments.
+
+    Regions found holding NaN/inf are added to ``nonfinite`` ({slide index: regions}).
+    """
     t0 = time.perf_counter()
     mine = range(ctx.rank, len(cohort.slides), ctx.world_size)
-    m = accumulate_target_moments(cohort, mine, regions_per_slide=s.stats_regions_per_slide, seed=s.seed)
+    m = accumulate_target_moments(cohort, mine, regions_per_slide=s.stats_regions_per_slide, seed=s.seed,
+                                  nonfinite=nonfinite)
     local = torch.from_numpy(np.concatenate([[m.count], m.total, m.total_sq]))
     packed = ctx.all_reduce_sum(local).numpy()
     d = cohort.tile_dim
@@ -179,6 +207,10 @@ class _Run:
         self.cohort = scan_feature_cohort(features)
         self.metrics = MetricsLog(out / "metrics.jsonl")
         self.run_id = {"settings": s.result_defining(), "cohort": self.cohort.fingerprint()}
+        # {slide index: region indices} whose NaN/inf valid tokens this process masked (stats + stream)
+        self.nonfinite: dict[int, set[int]] = {}
+        self.flagged_before: dict[str, str] = {}  # {slide_id: reason} a resumed run's manifest lists as NaN/inf
+        self.n_nonfinite = 0
 
     # ------------------------------------------------------------------ set-up
     def _prepare_folder(self) -> Path | None:
@@ -193,6 +225,11 @@ class _Run:
                 raise MixmagValueError(f"{out} holds a pretraining run with other settings or another cohort; "
                                        "resume it with the same options, or pass --no-resume / a new --out")
         if self.ctx.is_main:
+            if latest is not None:  # NaN/inf found before the interruption stays on record
+                used = {e.slide_id for e in c.slides}
+                self.flagged_before = {sid: row.get("error") or "NaN/inf tile features"
+                                       for sid, row in read_manifest(out / "manifest.csv").items()
+                                       if sid in used and row.get("status") == "error"}
             out.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(out)
             if latest is None:  # fresh start: clear what an earlier run of this folder left
@@ -205,7 +242,7 @@ class _Run:
                 "tile_dim": c.tile_dim, "spec": c.spec.to_dict(), "tile_encoder": c.encoder,
                 "n_slides": len(c.slides), "n_regions": c.n_regions, "world_size": self.ctx.world_size})
             atomic_write_json(out / "env.json", environment_info())
-            _write_manifest(out / "manifest.csv", c)
+            _write_manifest(out / "manifest.csv", c, self.flagged_before)
         self.ctx.barrier()
         return latest
 
@@ -226,7 +263,35 @@ class _Run:
             checkpoint=self.out / "final", final_loss=final_loss, metrics_path=self.metrics.path,
             plot_path=plot if plot.exists() else None, steps=self.s.steps, objective=self.s.objective,
             out_dir=self.out, resumed_from=resumed_from, n_slides=len(self.cohort.slides),
-            n_regions=self.cohort.n_regions)
+            n_regions=self.cohort.n_regions, n_skipped=len(self.cohort.skipped),
+            n_nonfinite=self.n_nonfinite)
+
+    def _note_nonfinite(self, pairs: np.ndarray) -> None:
+        """Remember (slide, region) pairs whose NaN/inf tokens were masked; warn once per slide."""
+        for slide, region in pairs.tolist():
+            if slide not in self.nonfinite:
+                logger.warning("slide %s: NaN/inf tile features in region %d; its NaN/inf tokens are treated as "
+                               "invalid for the rest of the run; the file is corrupt: delete it and re-run "
+                               "`mixmag embed`", self.cohort.slides[slide].slide_id, region)
+            self.nonfinite.setdefault(slide, set()).add(region)
+
+    def _record_nonfinite(self) -> None:
+        """Mark every slide found holding NaN/inf (on any rank) as ``error`` in the manifest, with the reason.
+
+        Collective: every rank calls it. Only the flagged slides are read again in full (by rank 0),
+        for an exact count of their bad regions.
+        """
+        # this rank's finds, plus (rank 0) the slides a resumed run's manifest already lists
+        flags = torch.zeros(len(self.cohort.slides), dtype=torch.float32, device=self.ctx.device)
+        flags[list(self.nonfinite)] = 1.0
+        flags[[i for i, e in enumerate(self.cohort.slides) if e.slide_id in self.flagged_before]] = 1.0
+        flagged = set(np.flatnonzero(self.ctx.all_reduce_sum(flags).cpu().numpy() > 0).tolist())
+        self.n_nonfinite = len(flagged)
+        if flagged and self.ctx.is_main:
+            reasons = {self.cohort.slides[i].slide_id: _nonfinite_reason(self.cohort.slides[i]) for i in sorted(flagged)}
+            _write_manifest(self.out / "manifest.csv", self.cohort, reasons)
+            logger.warning("%d slides hold NaN/inf tile features (their bad tokens were masked); listed as error "
+                           "in %s", len(flagged), self.out / "manifest.csv")
 
     # ------------------------------------------------------------------ main
     def execute(self) -> PretrainResult:
@@ -254,15 +319,17 @@ class _Run:
             if ctx.is_main:
                 self.metrics.truncate(start)
         else:
-            self.mean, self.std = _target_stats(self.cohort, s, ctx)
+            self.mean, self.std = _target_stats(self.cohort, s, ctx, self.nonfinite)
             # The encoder standardises its inputs with the same statistics as the MEM targets; a
             # `random` encoder gets them too, so random-vs-pretrained differs only in the weights.
             self.trainer.encoder.set_input_stats(self.mean, self.std)
         if not self.objective.trains:  # `random`: the initialised encoder *is* the result
+            self._record_nonfinite()
             self._save(self.out / "final", 0, with_state=False)
             return self._result(None, None)
         self.trainer.set_target_stats(self.mean, self.std)
         final_loss = self._train(start)
+        self._record_nonfinite()
         self._save(self.out / "final", s.steps, with_state=False)
         if ctx.is_main:
             plot_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{s.objective} ({s.preset})")
@@ -289,6 +356,8 @@ class _Run:
         for expected, batch in enumerate(loader, start=start):
             step = int(batch["step"])
             assert step == expected, "data stream out of step with the optimizer"
+            if len(batch["nonfinite"]):
+                self._note_nonfinite(batch["nonfinite"].numpy())
             t_data = time.perf_counter() - t_prev
             record = self.trainer.step(batch)
             now = time.perf_counter()
