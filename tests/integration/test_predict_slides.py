@@ -84,6 +84,12 @@ def test_slides_and_features_give_identical_scores(study: Path, new_cohort: Coho
     assert list(a["bag_id"]) == list(b["bag_id"])
     np.testing.assert_allclose(a["prob"].to_numpy(), b["prob"].to_numpy(), rtol=0, atol=1e-6)
 
+    # unlabelled: every slide scored as its own patient, heatmaps drawn, no metrics
+    unlabelled = predict_cohort(study, [feats], tmp_path / "c", methods=["mix-mem"], progress=False)
+    assert unlabelled.metrics.empty and len(unlabelled.predictions) == 4
+    assert (unlabelled.predictions["label"].fillna("") == "").all()
+    assert list((tmp_path / "c" / "heatmaps").glob("label_mix-mem_*_attention.png"))
+
 
 def test_features_of_another_region_geometry_are_refused(study: Path, new_cohort: CohortInfo,
                                                          tmp_path: Path) -> None:
