@@ -313,10 +313,11 @@ def train_methods(
                progress=progress, labels={"path": str(labels_path), "sha256": sha256_file(labels_path)})
     target_list = label_columns(table, list(targets) if targets else None)
     problems = store.check(table["slide_id"])  # every labelled file, checked once (values included)
-    for sid, reason in list(problems.items())[:5]:
-        logger.warning("slide %s: %s", sid, reason)
-    if len(problems) > 5:
-        logger.warning("... and %d more slides without usable features", len(problems) - 5)
+    if s.allow_missing_slides:  # else build_bags stops with one error that names them all
+        for sid, reason in list(problems.items())[:5]:
+            logger.warning("slide %s: %s", sid, reason)
+        if len(problems) > 5:
+            logger.warning("... and %d more slides without usable features", len(problems) - 5)
     available = set(store.paths) - set(problems)
     unlabelled = len(set(store.paths) - set(table["slide_id"]))
     if unlabelled:
