@@ -20,23 +20,44 @@ The ratio (b)/(a) is measured two ways:
   not. With worker processes a decoder could run during the probes, so the paired run is skipped.
 
 Peak RSS comes from the unprobed (b) run. Tiles come from a synthetic pyramidal WSI (streamed to
-disk, any size) or ``--slide``. Examples::
+disk, any size) or ``--slide``.
+
+Shared CPUs (instead of (a)/(b); :mod:`mixmag.utils.cpus`):
+
+* ``--contention K``: for each thread policy (``--policies``; ``MIXMAG_THREAD_POLICY`` of the child,
+  plus ``one`` = ``MIXMAG_THREADS=1`` for reference) the same (b) run idle and next to K
+  single-threaded busy-loop processes, alternately (``--rounds``). Prints tiles/s idle and busy,
+  busy/idle, and each policy's throughput relative to ``all`` (idle and busy), so the best
+  policy under contention and its idle cost can be read off one table. The busy loops stop when
+  the run ends, on Ctrl-C/SIGTERM/errors, with the benchmark process (Linux), and after
+  ``--busy-timeout`` seconds whatever happens.
+* ``--affinity-one``: (b) in a child pinned to one core (``sched_setaffinity``), started with
+  ``--threads`` torch threads (mixmag must lower them to 1), against an unpinned explicit
+  one-thread run; also the pinned run forced to ``--threads`` threads (``MIXMAG_THREADS``: the old
+  behaviour). Prints the ratios.
+
+Examples::
 
     python benchmarks/embed.py --quick
     python benchmarks/embed.py --encoders efficientnet-lite0-imagenet vit-small-random --threads 2
     python benchmarks/embed.py --device cuda --encoders virchow2 --batch-size 256 --workers 8 --gpu-util
+    python benchmarks/embed.py --encoders efficientnet-lite0-imagenet --contention 1 --rounds 3
+    python benchmarks/embed.py --encoders efficientnet-lite0-imagenet --affinity-one --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +265,7 @@ def end_to_end_child(args: argparse.Namespace) -> None:
     result = {"tiles": summary.n_tiles, "seconds": seconds, "tiles_per_s": summary.n_tiles / seconds,
               "precision": summary.precision, "peak_rss_main_mb": _proc_field_mb(os.getpid(), "VmHWM"),
               "peak_rss_worker_mb": peak["worker_rss"], "peak_pss_total_mb": peak["pss"],
-              "errors": summary.errors}
+              "errors": summary.errors, "threads": summary.threads}
     if probe is not None:
         result.update(probe_tiles=probe.tiles, probe_seconds=probe.seconds,
                       probe_tiles_per_s=probe.tiles / probe.seconds if probe.seconds else 0.0)
@@ -256,19 +277,134 @@ def end_to_end_child(args: argparse.Namespace) -> None:
 
 
 def _end_to_end(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool,
-                probe_tiles_dir: Path | None = None) -> dict:
-    """One (b) measurement in a fresh child process (paired with probes if ``probe_tiles_dir``)."""
+                probe_tiles_dir: Path | None = None, env: dict[str, str] | None = None,
+                pin_cpu: int | None = None) -> dict:
+    """One (b) measurement in a fresh child process (paired with probes if ``probe_tiles_dir``).
+
+    ``env``: the child's environment (default: this one); ``pin_cpu``: run it on that core only.
+    """
     cmd = [sys.executable, __file__, "--child-encoder", key, "--tiles-dir", str(tiles_dir),
            "--out-dir", str(work / f"feats_{key}"), "--batch-size", str(args.batch_size),
            "--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
     cmd += ["--random-weights"] * random_weights + ["--gpu-util"] * args.gpu_util
     if probe_tiles_dir is not None:
         cmd += ["--probe-tiles-dir", str(probe_tiles_dir)]
-    child = subprocess.run(cmd, capture_output=True, text=True)
+    pin = (lambda: os.sched_setaffinity(0, {pin_cpu})) if pin_cpu is not None else None
+    bounded = args.contention or args.affinity_one  # next to busy loops: never outlive them
+    child = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin,
+                           timeout=args.busy_timeout if bounded else None)
     line = [ln for ln in child.stdout.splitlines() if ln.startswith("RESULT ")]
     if child.returncode or not line:
         raise SystemExit(f"end-to-end child failed:\n{child.stderr[-3000:]}")
     return json.loads(line[-1][len("RESULT "):])
+
+
+# A single-threaded busy loop: dies with its parent (Linux), and after argv[1] seconds in any case.
+_BUSY_LOOP = """
+import ctypes, signal, sys, time
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for _ in range(100_000):
+        pass
+"""
+#: Child environment of each thread option (``one``: an explicit single thread, for reference).
+POLICY_OPTIONS = ("all", "spare", "passive", "adapt", "one")
+
+
+@contextlib.contextmanager
+def busy_processes(k: int, timeout_s: float) -> Iterator[list[subprocess.Popen]]:
+    """``k`` single-threaded busy-loop processes for the ``with`` block (stopped on any exit)."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(k):
+            procs.append(subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(timeout_s)]))
+        time.sleep(0.5)  # let them start spinning before the measured run does
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def policy_env(option: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a child run with thread ``option`` (a :class:`ThreadPolicy` value or ``one``).
+
+    ``passive`` also sets ``OMP_WAIT_POLICY=PASSIVE``: OpenMP reads it when torch loads, so it must
+    be in the child's environment from the start.
+    """
+    env = {k: v for k, v in (base if base is not None else os.environ).items()
+           if k not in ("MIXMAG_THREADS", "MIXMAG_THREAD_POLICY", "OMP_WAIT_POLICY")}
+    if option == "one":
+        return {**env, "MIXMAG_THREADS": "1"}
+    env["MIXMAG_THREAD_POLICY"] = option
+    if option == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so ``busy_processes`` stops its loops."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def contention(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool) -> dict:
+    """Each thread option idle and next to ``args.contention`` busy processes; prints the ratios."""
+    runs: dict[str, dict[str, list[dict]]] = {o: {"idle": [], "busy": []} for o in args.policies}
+    for i in range(args.rounds):
+        for option in args.policies:
+            env = policy_env(option)
+            runs[option]["idle"].append(_end_to_end(key, tiles_dir, work, args, random_weights, env=env))
+            with busy_processes(args.contention, args.busy_timeout):
+                runs[option]["busy"].append(_end_to_end(key, tiles_dir, work, args, random_weights, env=env))
+            idle, busy = runs[option]["idle"][-1], runs[option]["busy"][-1]
+            print(f"  round {i + 1} {option:8s} idle {idle['tiles_per_s']:7.1f} tiles/s ({idle['threads']} threads)  "
+                  f"busy {busy['tiles_per_s']:7.1f} tiles/s ({busy['threads']} threads at the end)", flush=True)
+    tps = {o: {m: _median([r["tiles_per_s"] for r in runs[o][m]]) for m in ("idle", "busy")} for o in args.policies}
+    ref = tps.get("all")
+    print(f"  {key}, {args.contention} busy process(es), {args.threads} threads requested, median of "
+          f"{args.rounds} round(s):", flush=True)
+    print(f"  {'option':8s} {'idle t/s':>9s} {'busy t/s':>9s} {'busy/idle':>9s} {'idle/all':>9s} {'busy/all':>9s}")
+    summary = {}
+    for o in args.policies:
+        idle, busy = tps[o]["idle"], tps[o]["busy"]
+        vs = (idle / ref["idle"], busy / ref["busy"]) if ref else (float("nan"), float("nan"))
+        print(f"  {o:8s} {idle:9.1f} {busy:9.1f} {busy / idle:9.2f} {vs[0]:9.2f} {vs[1]:9.2f}", flush=True)
+        summary[o] = {"idle_tiles_per_s": idle, "busy_tiles_per_s": busy, "busy_over_idle": busy / idle,
+                      "idle_over_all": vs[0], "busy_over_all": vs[1], "runs": runs[o]}
+    return summary
+
+
+def affinity_one(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool) -> dict:
+    """(b) pinned to one core (mixmag must see 1 usable core) vs an explicit one-thread run."""
+    cpu = min(os.sched_getaffinity(0))
+    forced = {**policy_env("all"), "MIXMAG_THREADS": str(args.threads)}
+    cases = {"pinned": (policy_env("all"), cpu), "one_thread": (policy_env("one"), None),
+             f"pinned_forced_{args.threads}": (forced, cpu)}
+    runs: dict[str, list[dict]] = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, (env, pin) in cases.items():
+            runs[name].append(_end_to_end(key, tiles_dir, work, args, random_weights, env=env, pin_cpu=pin))
+    tps = {name: _median([r["tiles_per_s"] for r in rs]) for name, rs in runs.items()}
+    threads = {name: rs[-1]["threads"] for name, rs in runs.items()}
+    one = tps["one_thread"]
+    for name in cases:
+        print(f"  {name:18s} {tps[name]:7.1f} tiles/s ({threads[name]} threads)  / one_thread = {tps[name] / one:.2f}",
+              flush=True)
+    return {name: {"tiles_per_s": tps[name], "threads": threads[name], "over_one_thread": tps[name] / one,
+                   "runs": runs[name]} for name in cases}
 
 
 def main() -> None:
@@ -298,6 +434,14 @@ def main() -> None:
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
     p.add_argument("--probe-tiles-dir", help=argparse.SUPPRESS)
     p.add_argument("--no-paired", action="store_true", help="skip the paired (probed) run")
+    p.add_argument("--contention", type=int, default=0, metavar="K",
+                   help="compare thread options idle vs next to K busy-loop processes (instead of (a)/(b))")
+    p.add_argument("--policies", nargs="+", default=list(POLICY_OPTIONS), choices=POLICY_OPTIONS,
+                   help="thread options compared by --contention (MIXMAG_THREAD_POLICY; one = MIXMAG_THREADS=1)")
+    p.add_argument("--affinity-one", action="store_true",
+                   help="compare a run pinned to one core with an explicit one-thread run (instead of (a)/(b))")
+    p.add_argument("--busy-timeout", type=float, default=1800.0,
+                   help="hard limit (s) of each busy loop and each child run")
     args = p.parse_args()
     if args.child_encoder:
         end_to_end_child(args)
@@ -307,10 +451,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     n_model = 96 if args.quick else args.model_tiles
     report: dict[str, object] = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
-                                 "workers": args.workers, "torch": torch.__version__}
+                                 "workers": args.workers, "torch": torch.__version__,
+                                 "contention": args.contention, "policies": args.policies}
     with tempfile.TemporaryDirectory(prefix="mixmag_bench_") as tmp:
         work = Path(tmp)
         tiles_dir = _prepare_slide(args, work)
+        if args.contention or args.affinity_one:
+            _stop_on_sigterm()
+            for key in args.encoders:
+                random_weights = args.random_weights or ENCODERS.meta(key).default_weights == "random"
+                print(f"{key} (batch {args.batch_size}, {args.threads} threads, {args.device}):", flush=True)
+                entry: dict[str, object] = {}
+                if args.contention:
+                    entry["contention"] = contention(key, tiles_dir, work, args, random_weights)
+                if args.affinity_one:
+                    entry["affinity_one"] = affinity_one(key, tiles_dir, work, args, random_weights)
+                report[key] = entry
+            if args.json:
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            return
         # (a) times and compares on real H&E tiles when the sample slide is available
         real = Path(args.real_slide)
         real_tiles_dir = tiles_dir

@@ -14,9 +14,13 @@ its peak memory is its own (peak RSS on CPU, peak allocated CUDA memory on GPU):
   default base: W 768, depth 6), and ``abmil-20x`` on its training subsample of
   ``--max-instances`` tiles (default 4096).
 
+``--contention K`` runs every configuration also next to K busy-loop processes (see
+``benchmarks/embed.py``) for each thread policy of ``--policies`` and prints ms/step busy/idle.
+
 Examples::
 
     python benchmarks/mil.py --quick                # small preset, 3 timed steps
+    python benchmarks/mil.py --quick --threads 2 --contention 1 --policies all spare passive
     python benchmarks/mil.py --device cuda --steps 20
     python benchmarks/mil.py --write-docs           # update the MIL section of docs/performance.md
 """
@@ -56,9 +60,11 @@ def _one(cfg: dict) -> dict:
     from mixmag.mil.model import MILModel
     from mixmag.mil.train import TrainParams, make_optimizer, train_one_epoch
     from mixmag.region.model import build_region_encoder
+    from mixmag.utils.cpus import apply_thread_budget
 
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
+    threads = apply_thread_budget()  # MIXMAG_THREAD_POLICY, as fit() applies it
     device = torch.device(cfg["device"])
     params = TrainParams(max_instances=cfg["max_instances"], max_regions=cfg["max_regions"],
                          precision=cfg["precision"], freeze_encoder=cfg.get("freeze", False))
@@ -113,7 +119,7 @@ def _one(cfg: dict) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         step_mb = max(peak - rss_before, 0.0)
     return {"step_ms": 1000 * statistics.median(times), "peak_mb": peak, "step_mb": step_mb,
-            "instances": n_instances}
+            "instances": n_instances, "threads": threads}
 
 
 def _rss_mb() -> float:
@@ -125,9 +131,9 @@ def _rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _run_child(cfg: dict) -> dict:
+def _run_child(cfg: dict, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True,
-                         check=False)
+                         check=False, env=env, timeout=timeout)
     if out.returncode != 0:
         raise SystemExit(f"benchmark child failed for {cfg}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -147,6 +153,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="small preset, 3 steps")
     p.add_argument("--write-docs", action="store_true", help="update the MIL section of docs/performance.md")
+    p.add_argument("--contention", type=int, default=0, metavar="K",
+                   help="time every configuration idle and next to K busy-loop processes instead")
+    p.add_argument("--policies", nargs="+", default=["all"], help="thread policies (MIXMAG_THREAD_POLICY), --contention")
+    p.add_argument("--busy-timeout", type=float, default=1800.0, help="hard limit (s) of each busy loop")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -170,6 +180,9 @@ def main() -> None:
         ("training step", f"mix-mem-cls, frozen encoder ({args.max_regions}-region subsample)",
          {**base, "kind": "method", "method": "mix-mem-cls", "subsample": True, "freeze": True}),
     ]
+    if args.contention:
+        _contention(args, rows)
+        return
     results = []
     for group, name, cfg in rows:
         r = _run_child(cfg)
@@ -181,6 +194,22 @@ def main() -> None:
     print(f"sequence reduction {seq_ratio:.1f}x -> AB-MIL head step {head_ratio:.1f}x faster on CLS vectors")
     if args.write_docs:
         _write_docs(args, results, head_ratio, seq_ratio)
+
+
+def _contention(args: argparse.Namespace, rows: list[tuple[str, str, dict]]) -> None:
+    """ms/step of every configuration and thread policy, idle and next to ``args.contention`` busy loops."""
+    # benchmarks/embed.py (this folder is on sys.path): the shared contention helpers
+    from embed import busy_processes, policy_env
+
+    print(f"next to {args.contention} busy-loop process(es), {args.threads} threads requested:")
+    for group, name, cfg in rows:
+        for policy in args.policies:
+            env = policy_env(policy)
+            idle = _run_child(cfg, env)
+            with busy_processes(args.contention, args.busy_timeout):
+                busy = _run_child(cfg, env, timeout=args.busy_timeout)
+            print(f"{group:22s} {name:55s} {policy:8s} {idle['threads']} thr  {idle['step_ms']:9.1f} -> "
+                  f"{busy['step_ms']:9.1f} ms/step  busy/idle time {busy['step_ms'] / idle['step_ms']:.2f}", flush=True)
 
 
 def _write_docs(args: argparse.Namespace, results: list, head_ratio: float, seq_ratio: float) -> None:

@@ -10,10 +10,15 @@ process measures, in one run:
   and the ratio end-to-end / step-only (target >= 0.9: the loader keeps the step fed);
 * peak RSS of the process and of its data-loader workers, which must not grow with the cohort.
 
+With ``--contention K`` every child runs twice, idle and next to K busy-loop processes (see
+``benchmarks/embed.py``), for each thread policy of ``--policies`` (``MIXMAG_THREAD_POLICY``), and a
+second table gives step-only and end-to-end busy/idle ratios.
+
 Usage::
 
     python benchmarks/pretrain.py --quick            # ~1-2 min on a 2-core machine
     python benchmarks/pretrain.py --tile-dim 2560    # Virchow2-sized tile embeddings
+    python benchmarks/pretrain.py --quick --files 200 --threads 2 --contention 1 --policies all spare passive
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ def _child(args: argparse.Namespace) -> dict:
     from mixmag.region.pretrain import pretrain_region_encoder
     from mixmag.region.settings import PretrainSettings
     from mixmag.region.trainer import Trainer
+    from mixmag.utils.cpus import apply_thread_budget
     from mixmag.utils.seed import seed_everything
 
     torch.set_num_threads(args.threads)
+    threads = apply_thread_budget()  # the thread policy of MIXMAG_THREAD_POLICY, as the engine applies it
     folder = Path(args.child)
     total = args.warmup + args.steps
     settings = PretrainSettings(objective=args.objective, preset=args.preset, steps=total, batch_size=args.batch_size,
@@ -112,7 +119,7 @@ def _child(args: argparse.Namespace) -> dict:
         "scan_s": round(scan_s, 2), "step_only": round(step_ref, 1), "step_only_before_after": [
             round(step_before, 1), round(step_after, 1)], "loader_only": round(loader_only, 1),
         "end_to_end": round(e2e, 1), "ratio": round(e2e / step_ref, 3), "mean_data_wait_s": round(data_wait, 4),
-        "engine_wall_s": round(wall, 1),
+        "engine_wall_s": round(wall, 1), "threads": threads,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
@@ -133,6 +140,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     p.add_argument("--regions-per-slide", type=int, default=64)
+    p.add_argument("--contention", type=int, default=0, metavar="K",
+                   help="also run each child next to K busy-loop processes and print busy/idle ratios")
+    p.add_argument("--policies", nargs="+", default=["all"], help="thread policies (MIXMAG_THREAD_POLICY) to run")
+    p.add_argument("--busy-timeout", type=float, default=1800.0, help="hard limit (s) of each busy loop")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.regions = args.regions or (32 if args.quick else 64)
@@ -141,14 +152,25 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args)))
         return
-    rows = []
+    # benchmarks/embed.py (this folder is on sys.path): the shared contention helpers
+    from embed import busy_processes, policy_env
+
+    rows, contended = [], []
     for n in args.files:
         folder = _cohort(args.cache, n, args.regions, args.tile_dim)
         cmd = [sys.executable, __file__, "--child", str(folder), *sys.argv[1:]]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        for policy in args.policies:
+            env = policy_env(policy, dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), policy=policy))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            if args.contention:
+                with busy_processes(args.contention, args.busy_timeout):
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True,
+                                         timeout=args.busy_timeout)
+                busy = json.loads(out.stdout.strip().splitlines()[-1])
+                print(json.dumps(busy), file=sys.stderr)
+                contended.append((rows[-1], busy))
     print(f"\nregion pretraining, preset {args.preset}, objective {args.objective}, batch {args.batch_size}, "
           f"{args.workers} loader worker(s), {args.threads} torch thread(s), D={args.tile_dim}, "
           f"{args.regions} regions/file")
@@ -157,8 +179,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ba = "/".join(str(v) for v in r["step_only_before_after"])
-        print(f"| {r['files']} | {r['step_only']} ({ba}) | {r['loader_only']} | {r['end_to_end']} | {r['ratio']} | "
+        files = r["files"] if len(args.policies) == 1 else f"{r['files']} ({r['policy']})"
+        print(f"| {files} | {r['step_only']} ({ba}) | {r['loader_only']} | {r['end_to_end']} | {r['ratio']} | "
               f"{r['peak_rss_mib']} / {r['worker_peak_rss_mib']} | {r['scan_s']} |")
+    if contended:
+        print(f"\nnext to {args.contention} busy-loop process(es): regions/s idle -> busy")
+        print("| files | policy | threads | step-only idle / busy | busy/idle | end-to-end idle / busy | busy/idle |")
+        print("|---|---|---|---|---|---|---|")
+        for idle, busy in contended:
+            print(f"| {idle['files']} | {idle['policy']} | {idle['threads']} | {idle['step_only']} / {busy['step_only']} "
+                  f"| {busy['step_only'] / idle['step_only']:.2f} | {idle['end_to_end']} / {busy['end_to_end']} | "
+                  f"{busy['end_to_end'] / idle['end_to_end']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,13 @@ SHARED_TILES = REPO_ROOT.parent / "shared" / "data" / "tiles"
 
 # Keep the suite predictable on the 2-core CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _mixmag_logs_reach_caplog() -> None:
+    # a CLI test runs configure_logging(), which stops propagation of the "mixmag" logger to the
+    # root handler that pytest's caplog listens on; every test starts with it propagating again
+    logging.getLogger("mixmag").propagate = True
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from mixmag.cli.app import build_app
 from mixmag.config import PipelineConfig, load_config
-from mixmag.config_errors import ConfigError, describe_type, load_config_checked, yaml_line
+from mixmag.config_errors import (
+    ConfigError,
+    describe_type,
+    load_config_checked,
+    split_dotted,
+    where_prefix,
+    yaml_line,
+)
 from mixmag.config_template import config_template
 
 
@@ -155,3 +162,26 @@ def test_external_section_is_in_the_template_and_config_show(tmp_path: Path) -> 
     assert yaml.safe_load(shown.output)["external"] == {"inputs": [], "labels": None, "methods": ["mix-mem"]}
     with pytest.raises(ConfigError, match="external.input"):
         load_config_checked(_write(tmp_path, "external:\n  input: [a]\n"))
+
+
+def test_a_validator_message_is_shown_whole(tmp_path: Path) -> None:
+    path = _write(tmp_path, "embed:\n  encoder: unii\ntiling:\n  magnifications: [20x, 2Ox]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_checked(path)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith(f"{path}:2: 'embed.encoder' = unii is invalid: unknown tile encoder 'unii'. "
+                               "Did you mean: uni")
+    assert lines[1] == (f"{path}:4: 'tiling.magnifications[1]' = 2Ox is invalid: '2Ox' is not a magnification: "
+                        "write a label such as 20x (or 20), or an exact resolution such as 0.5mpp (or 0.5um)")
+    assert "Value error" not in str(info.value) and "; set a string" not in str(info.value)
+
+
+def test_where_prefix_blames_option_then_set_then_file_line() -> None:
+    text = "slides:\n  inputs:\n    - a\n    - b\n"
+    assert split_dotted("slides.inputs[1]") == ["slides", "inputs", 1]
+    assert where_prefix("slides.inputs[1]", path="s.yaml", text=text) == "s.yaml:4: "
+    assert where_prefix("mil.labels", path="s.yaml", text=text) == "s.yaml: "  # set nowhere
+    assert where_prefix("slides.inputs[0]", path="s.yaml", text=text, overrides=["slides.inputs=[x]"]) == (
+        "--set slides.inputs=[x]: ")
+    assert where_prefix("slides.inputs[0]", path="s.yaml", text=text, overrides=["slides.inputs=[x]"],
+                        sources={"slides.inputs": "INPUTS"}) == "INPUTS: "

@@ -29,11 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mixmag.embed.settings import EmbedSettings
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.evaluate.settings import EvaluateSettings
-from mixmag.mil.settings import MilSettings
+from mixmag.mil.settings import MethodKey, MilSettings
 from mixmag.region.settings import RegionSettings
+from mixmag.registry import KnownKeys
 from mixmag.report.settings import ReportSettings
 from mixmag.tiling.settings import TilingSettings
 from mixmag.utils.settings import StageSettings
+
+#: Keys of the slide-reader registry (:data:`mixmag.slides.READERS`; plugins of ``mixmag.readers``).
+READER_KEYS = KnownKeys("slide reader", ("image", "openslide", "tiffslide"), "mixmag.slides.base:READERS",
+                        entry_point_group="mixmag.readers")
 
 
 class SlidesConfig(StageSettings):
@@ -52,6 +57,11 @@ class SlidesConfig(StageSettings):
     pretrain_inputs: list[Path] = Field(default_factory=list)
     """Extra unlabeled slides (files, folders or CSV) used only for region-encoder pretraining."""
 
+    @field_validator("reader")
+    @classmethod
+    def _reader(cls, value: str | None) -> str | None:
+        return value if value is None else READER_KEYS.check(value)
+
 
 class ExternalConfig(StageSettings):
     """External validation: a second cohort, never trained on, scored by the trained models."""
@@ -64,7 +74,7 @@ class ExternalConfig(StageSettings):
     labels: Path | None = None
     """Labels table of the new cohort (patient_id, slide_id and the training's label columns): groups
     slides into patients and gives the external AUROC; without it, predictions only."""
-    methods: list[str] = Field(default_factory=list)
+    methods: list[MethodKey] = Field(default_factory=list)
     """Trained methods to apply (empty = every trained one)."""
 
 
@@ -130,6 +140,18 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     ``values`` maps dotted keys to values that need no parsing (a command's named options, e.g.
     ``{"mil.epochs": 3}``); they win over the ``--set`` items.
     """
+    return PipelineConfig.model_validate(merge_config_data(path, overrides, values))
+
+
+def merge_config_data(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
+                      values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The unvalidated nested mapping :func:`load_config` validates: file < ``overrides`` < ``values``.
+
+    Raises:
+        MixmagFileNotFoundError: ``path`` does not exist.
+        MixmagValueError: The file's top level is not a mapping, or an override is malformed.
+        yaml.YAMLError: The file is not YAML.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -142,7 +164,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     apply_overrides(data, overrides or [])
     for dotted, value in (values or {}).items():
         set_dotted(data, dotted, value)
-    return PipelineConfig.model_validate(data)
+    return data
 
 
 def dump_config(config: PipelineConfig) -> str:

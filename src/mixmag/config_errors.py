@@ -6,10 +6,13 @@ pydantic reports *what* is wrong with a dotted location; a person editing ``stud
 and default for a bad value). :func:`load_config_checked` is :func:`mixmag.config.load_config`
 with every failure (missing file, YAML syntax, unknown key, wrong type) raised as a
 :class:`ConfigError` carrying that text, so CLI commands print it without a traceback.
+:func:`where_prefix` and :func:`validate_valid_part` serve :func:`mixmag.preflight.check_config`,
+which adds the checks of the files a config names and reports every problem at once.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import enum
 import os
@@ -22,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mixmag.config import PipelineConfig, load_config
+from mixmag.config import PipelineConfig, merge_config_data
 from mixmag.errors import MixmagValueError
 
 
@@ -152,22 +155,57 @@ def _override_for(dotted: str, overrides: Sequence[str]) -> str | None:
     return None
 
 
+def split_dotted(dotted: str) -> list[str | int]:
+    """``"slides.inputs[2]"`` -> ``["slides", "inputs", 2]`` (the inverse of the dotted form in messages)."""
+    keys: list[str | int] = []
+    for part in dotted.split("."):
+        name, *indices = part.split("[")
+        if name:
+            keys.append(name)
+        keys += [int(i.rstrip("]")) for i in indices if i.rstrip("]").isdigit()]
+    return keys
+
+
+def where_prefix(dotted: str, *, path: str | os.PathLike[str] | None = None, text: str | None = None,
+                 overrides: Sequence[str] = (), sources: Mapping[str, str] | None = None,
+                 key_line: bool = False) -> str:
+    """Where the value of ``dotted`` came from, as a message prefix: ``"study.yaml:12: "``.
+
+    A named command option (``sources``, applied last) wins over a ``--set`` item, which wins over
+    the file; a key set nowhere (a default) gets the file without a line, or nothing.
+
+    Args:
+        dotted: The key, e.g. ``"mil.labels"`` or ``"slides.inputs[1]"``.
+        path: The YAML file the config came from.
+        text: That file's text (line numbers); read from ``path`` when omitted.
+        overrides: The ``--set a.b=c`` items.
+        sources: Dotted keys set by named options and how each was given (``{"mil.lr": "--lr"}``).
+        key_line: The line of the key itself rather than of its value.
+    """
+    source = next((how for key, how in (sources or {}).items() if _covers(key, dotted)), None)
+    if source is not None:  # named options are applied last: they win over --set and the file
+        return f"{source}: "
+    override = _override_for(dotted, overrides)
+    if override is not None:
+        return f"--set {override}: "
+    if path is None:
+        return ""
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            text = None
+    line = yaml_line(text, split_dotted(dotted), key_line=key_line) if text is not None else None
+    return f"{path}:{line}: " if line else f"{path}: "
+
+
 def _one(err: dict[str, Any], where_file: str | None, text: str | None, overrides: Sequence[str],
          root: type[BaseModel], sources: Mapping[str, str]) -> str:
     keys, field = _field_path(err["loc"], root)
     dotted = _dotted(keys)
     unknown = err["type"] == "extra_forbidden"
-    override = _override_for(dotted, overrides)
-    source = next((how for key, how in sources.items() if _covers(key, dotted)), None)
-    if source is not None:  # named options are applied last: they win over --set and the file
-        where = f"{source}: "
-    elif override is not None:
-        where = f"--set {override}: "
-    elif where_file is not None:
-        line = yaml_line(text, keys, key_line=unknown) if text is not None else None
-        where = f"{where_file}:{line}: " if line else f"{where_file}: "
-    else:
-        where = ""
+    where = where_prefix(dotted, path=where_file, text=text if text is not None else "", overrides=overrides,
+                         sources=sources, key_line=unknown)
     if unknown:
         model = _section_model(keys, root)
         valid = list(model.model_fields) if model is not None else []
@@ -182,6 +220,8 @@ def _one(err: dict[str, Any], where_file: str | None, text: str | None, override
     msg = err["msg"].rstrip(".")
     if err["type"] == "missing":
         return f"{where}missing key '{dotted}'; add it ({expected})"
+    if err["type"] == "value_error":  # raised by a validator of mixmag's: the message is complete
+        return f"{where}'{dotted}' = {got} is invalid: {msg.removeprefix('Value error, ')}"
     return f"{where}'{dotted}' = {got} is invalid: {msg}; set {expected}{_default_text(field)}"
 
 
@@ -215,10 +255,10 @@ def format_config_error(
             text = None
     where_file = str(path) if path is not None else None
     lines = [_one(dict(e), where_file, text, overrides, root, sources or {}) for e in exc.errors()]
-    return "\n".join(sorted(lines, key=_line_number))
+    return "\n".join(sorted(lines, key=message_order))
 
 
-def _line_number(message: str) -> tuple[int, int]:
+def message_order(message: str) -> tuple[int, int]:
     """Sort key: problems in file order, then ``--set`` problems, then the rest."""
     head = message.split(": ", 1)[0]
     tail = head.rsplit(":", 1)[-1]
@@ -227,23 +267,57 @@ def _line_number(message: str) -> tuple[int, int]:
     return (1, 0) if head.startswith("--set") else (2, 0)
 
 
-def load_config_checked(path: str | os.PathLike[str] | None = None,
-                        overrides: Sequence[str] | None = None, *, values: Mapping[str, Any] | None = None,
-                        sources: Mapping[str, str] | None = None) -> PipelineConfig:
-    """:func:`~mixmag.config.load_config` raising :class:`ConfigError` with a readable message.
+def invalid_keys(exc: ValidationError, root: type[BaseModel] = PipelineConfig) -> list[str]:
+    """The dotted keys (whole fields, not list items) that ``exc`` rejects, in its order."""
+    out: list[str] = []
+    for err in exc.errors():
+        keys, _ = _field_path(err["loc"], root)
+        while keys and isinstance(keys[-1], int):  # a bad list item: the whole list
+            keys = keys[:-1]
+        dotted = _dotted(keys)
+        if dotted and dotted not in out:
+            out.append(dotted)
+    return out
 
-    ``values`` (dotted key -> value, applied last) are a command's named options; ``sources`` says
-    how each was given, for the message (see :func:`format_config_error`).
+
+def validate_valid_part(data: Mapping[str, Any], exc: ValidationError, root: type[BaseModel] = PipelineConfig
+                        ) -> tuple[BaseModel | None, list[str]]:
+    """The config ``data`` would give without the keys ``exc`` rejects (their defaults instead).
+
+    Lets the file and data checks (:func:`mixmag.preflight.preflight`) run on everything else, so
+    every problem of a config is reported at once.
+
+    Returns:
+        The validated remainder (None when it still does not validate) and the rejected keys.
+    """
+    work = copy.deepcopy(dict(data))
+    rejected: list[str] = []
+    for _ in range(5):  # removing a key can only leave fewer problems; a few rounds always end it
+        bad = invalid_keys(exc, root)
+        rejected += [k for k in bad if k not in rejected]
+        for dotted in bad:
+            node: Any = work
+            *parents, last = split_dotted(dotted)
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+        try:
+            return root.model_validate(work), rejected
+        except ValidationError as again:
+            exc = again
+    return None, rejected
+
+
+def merge_data_checked(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] | None = None,
+                       values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`~mixmag.config.merge_config_data` raising :class:`ConfigError` with a readable message.
 
     Raises:
-        ConfigError: Missing file, YAML syntax error, top level not a mapping, malformed
-            ``--set``, unknown key or invalid value; the message names the file, line and key.
+        ConfigError: Missing file, YAML syntax error, top level not a mapping or malformed ``--set``.
     """
-    items = list(overrides or [])
     try:
-        return load_config(path, items, values)
-    except ValidationError as exc:
-        raise ConfigError(format_config_error(exc, path, overrides=items, sources=sources)) from None
+        return merge_config_data(path, list(overrides or []), values)
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
@@ -254,3 +328,25 @@ def load_config_checked(path: str | os.PathLike[str] | None = None,
                           f"`key: value` syntax on that line") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def load_config_checked(path: str | os.PathLike[str] | None = None,
+                        overrides: Sequence[str] | None = None, *, values: Mapping[str, Any] | None = None,
+                        sources: Mapping[str, str] | None = None) -> PipelineConfig:
+    """:func:`~mixmag.config.load_config` raising :class:`ConfigError` with a readable message.
+
+    ``values`` (dotted key -> value, applied last) are a command's named options; ``sources`` says
+    how each was given, for the message (see :func:`format_config_error`). The values are checked
+    (types, ranges, registry keys, magnifications); whether the files they name exist is checked by
+    :func:`mixmag.preflight.check_config`.
+
+    Raises:
+        ConfigError: Missing file, YAML syntax error, top level not a mapping, malformed
+            ``--set``, unknown key or invalid value; the message names the file, line and key.
+    """
+    items = list(overrides or [])
+    data = merge_data_checked(path, items, values)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_config_error(exc, path, overrides=items, sources=sources)) from None

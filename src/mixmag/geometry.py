@@ -54,6 +54,25 @@ def parse_magnification(text: str) -> float:
     return MPP_AT_10X / mag
 
 
+#: The forms of a magnification that :func:`parse_magnification` reads, for messages.
+MAGNIFICATION_FORMS = "a label such as 20x (or 20), or an exact resolution such as 0.5mpp (or 0.5um)"
+
+
+def checked_magnification(text: str) -> float:
+    """:func:`parse_magnification`, also refusing resolutions that are not finite and positive.
+
+    Raises:
+        MixmagValueError: The text is not a magnification; the message says which forms are read.
+    """
+    try:
+        mpp = parse_magnification(str(text))
+    except MixmagValueError:
+        mpp = math.nan
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise MixmagValueError(f"{text!r} is not a magnification: write {MAGNIFICATION_FORMS}")
+    return mpp
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Per-token geometry of a region, in physical units (independent of any slide).

@@ -7,22 +7,46 @@ stack trace. Registering a malformed or duplicate key is a programming error and
 ``ValueError``.
 Third-party packages can add entries through ``importlib.metadata`` entry points
 (e.g. group ``"mixmag.encoders"``); they are loaded lazily on the first lookup miss or listing.
+:class:`KnownKeys` checks a key against a registry whose module is heavy (torch) without importing
+it, with the same message (:func:`unknown_key_message`): what a study config's validation uses.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from mixmag.errors import MixmagKeyError
+from mixmag.errors import MixmagKeyError, MixmagValueError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def unknown_key_message(kind: str, key: str, available: Iterable[str], *,
+                        entry_point_group: str | None = None) -> str:
+    """The message for an unknown registry key: close matches, every key, where plugins come from.
+
+    Args:
+        kind: What is registered ("tile encoder").
+        key: The unknown key.
+        available: Every valid key.
+        entry_point_group: Group scanned for third-party entries, named in the message.
+    """
+    keys = sorted(available)
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    text = f"unknown {kind} {key!r}.{hint} Available: {', '.join(keys)}."
+    if entry_point_group:
+        text += (f" Third-party {kind}s are found through the '{entry_point_group}' entry point group once "
+                 f"their package is installed.")
+    return text
 
 
 @dataclass(frozen=True)
@@ -83,15 +107,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[key]
         except KeyError:
-            close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise MixmagKeyError(
-                f"unknown {self.kind} {key!r}.{hint} Available: {', '.join(self.keys())}. "
-                f"Third-party {self.kind}s are found through the "
-                f"'{self.entry_point_group}' entry point group once their package is installed."
-                if self.entry_point_group
-                else f"unknown {self.kind} {key!r}.{hint} Available: {', '.join(self.keys())}."
-            ) from None
+            raise MixmagKeyError(unknown_key_message(self.kind, key, self.keys(),
+                                                     entry_point_group=self.entry_point_group)) from None
 
     def get(self, key: str) -> T:
         """Return the object registered under ``key``."""
@@ -128,3 +145,55 @@ class Registry(Generic[T]):
                 row.update(meta)
             rows.append(row)
         return rows
+
+
+@dataclass(frozen=True)
+class KnownKeys:
+    """The keys of a registry that lives in a heavy module, checked without importing that module.
+
+    A config is validated long before any model is built, and ``mixmag config show`` must not load
+    torch to do it. The package's own entries are listed in ``builtin`` (a contract test keeps the
+    list equal to the registry's keys); the live registry is asked only about other keys, when its
+    module is already imported (entries added at runtime) or plugins of ``entry_point_group`` are
+    installed (then the module is imported, as building one of their entries would).
+
+    Attributes:
+        kind: What is registered, for messages ("tile encoder").
+        builtin: The keys the package registers itself.
+        registry: ``"module:attribute"`` of the live :class:`Registry`.
+        entry_point_group: Plugin group of the registry, if any.
+    """
+
+    kind: str
+    builtin: tuple[str, ...]
+    registry: str
+    entry_point_group: str | None = None
+
+    def _live(self) -> Registry[Any] | None:
+        module_name, _, attr = self.registry.partition(":")
+        module = sys.modules.get(module_name)
+        if module is None and self.entry_point_group and any(True for _ in entry_points(group=self.entry_point_group)):
+            module = importlib.import_module(module_name)
+        live = getattr(module, attr, None) if module is not None else None
+        return live if isinstance(live, Registry) else None
+
+    def keys(self) -> list[str]:
+        """Every known key, sorted: the built-in ones plus those of the live registry (when consulted)."""
+        live = self._live()
+        return sorted(set(self.builtin) | set(live.keys() if live is not None else ()))
+
+    def check(self, key: str) -> str:
+        """Return ``key`` if it is a known key.
+
+        Raises:
+            MixmagValueError: An unknown key; the message lists close matches and every key (a
+                ``ValueError``, so a pydantic validator reports it as an invalid value).
+        """
+        if key in self.builtin:
+            return key
+        live = self._live()
+        if live is not None and key in live:
+            return key
+        available = set(self.builtin) | set(live.keys() if live is not None else ())
+        raise MixmagValueError(unknown_key_message(self.kind, key, available,
+                                                   entry_point_group=self.entry_point_group))

@@ -50,6 +50,12 @@ REAL_TRAIN = experiment.train_methods
 ADDED_MIL_SETTINGS: dict[str, Any] = {"refit_all": False}
 
 
+@pytest.fixture(autouse=True)
+def _no_data_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paths here exist nowhere (the stages are recorders): the commands' data checks are off."""
+    monkeypatch.setattr("mixmag.preflight.preflight", lambda config, **kw: [])
+
+
 def _without_added(mil: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mil.items() if k not in ADDED_MIL_SETTINGS or v != ADDED_MIL_SETTINGS[k]}
 
@@ -267,12 +273,17 @@ def tile_probe(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(tile_mod, "tqdm", Bar)
     monkeypatch.setattr(tile_mod, "read_mpp_csv", lambda path: {"read from": str(path)})
     monkeypatch.setattr(tile_mod, "_environment", lambda: {})
+    # a machine with cores to spare: the worker count is the setting's, not capped by this machine
+    from mixmag.utils.cpus import CpuBudget
+
+    monkeypatch.setattr(tile_mod, "usable_cpus", lambda: CpuBudget(n=64, source="test", cores=64, machine=64))
     return seen
 
 
 def _tile_record(seen: dict[str, Any], out: Path) -> dict[str, Any]:
     run = json.loads((out / "tile_run.json").read_text(encoding="utf-8"))
     run.pop("environment")
+    run.pop("cpu_budget")  # the machine's usable cores, recorded since: not a setting
     return {"tile_run": run, "collect": seen["collect"], "options": seen["options"], "workers": seen["workers"],
             "progress": seen["progress"], "slides_tiled": len(seen["options"])}
 

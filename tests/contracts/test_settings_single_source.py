@@ -55,7 +55,7 @@ SAMPLES: dict[str, list[Any]] = {
     "bag_level": ["slide"], "region_preset": ["tiny"], "precision": ["fp32"], "methods": [["abmil-5x", "mix-mem"]],
     # a region geometry that tiles (the study builds it when it starts)
     "region_um": [224.0], "tile_px": [112], "magnifications": [["10x", "20x"]], "workers": [2],
-    "encoder": ["tiny.d16"],
+    "encoder": ["tiny.d16"], "reader": ["tiffslide"],
 }
 
 
@@ -179,6 +179,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         table = pd.DataFrame(columns=["target", "method", "mean_auroc", "sd_auroc", "ci_lo", "ci_hi"])
         return SimpleNamespace(skipped=[], runs=[1], targets=["label"], table=lambda: table)
 
+    # the paths here are samples that exist nowhere: the commands' data checks (preflight) are off
+    monkeypatch.setattr("mixmag.preflight.preflight", lambda config, **kw: [])
     monkeypatch.setattr(tile_mod, "tile_slides", fake_tile)
     monkeypatch.setattr(engine, "embed_slides", fake_embed)
     monkeypatch.setattr("mixmag.embed.embed_slides", fake_embed)

@@ -22,10 +22,9 @@ def _features(path):
 def test_auto_decodes_inline_on_a_cpu_and_in_processes_next_to_a_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
     assert plan_decoding("auto", torch.device("cpu")) == DecodePlan(workers=0, threads=6)
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert plan_decoding("auto", torch.device("cuda")) == DecodePlan(workers=8, threads=1)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert plan_decoding("auto", torch.device("cuda")) == DecodePlan(workers=1, threads=1)
+    # next to a GPU: decoding processes sized from the usable cores (not the machine), one kept for the loop
+    assert plan_decoding("auto", torch.device("cuda"), cpus=16) == DecodePlan(workers=8, threads=1)
+    assert plan_decoding("auto", torch.device("cuda"), cpus=2) == DecodePlan(workers=1, threads=1)
     assert plan_decoding(0, torch.device("cpu")) == DecodePlan(workers=0, threads=6)
     assert plan_decoding("3", torch.device("cpu")) == DecodePlan(workers=3, threads=1)
     assert plan_decoding(0, torch.device("cpu"), threads=2) == DecodePlan(workers=0, threads=2)

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         from mixmag.embed import embed_slides, parse_shard
 
         values, sources = given_settings(ctx, SECTIONS)
-        cfg = load_study_config(config, overrides, values, sources)
+        cfg = load_study_config(config, overrides, values, sources, stages=("embed",))
         with friendly_errors():
             summary = embed_slides(region_dir, out, settings=cfg.embed, shard=parse_shard(shard),
                                    overwrite=overwrite, fail_fast=fail_fast, progress=progress)

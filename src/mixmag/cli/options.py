@@ -14,7 +14,7 @@ This module is imported when the app is built: it imports only typer (click) and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -92,17 +92,48 @@ def given_settings(ctx: typer.Context, sections: Mapping[str, type[BaseModel]]
     return values, sources
 
 
+def print_problems(errors: Sequence[str], warnings: Sequence[str] = ()) -> None:
+    """Print ``warning: ...`` and ``error: ...`` lines (stderr), one per problem."""
+    for line in warnings:
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+    for line in errors:
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+
+
 def load_study_config(config: Path | None, overrides: list[str] | None, values: Mapping[str, Any] | None = None,
-                      sources: Mapping[str, str] | None = None) -> PipelineConfig:
-    """Defaults < ``config`` < ``--set`` ``overrides`` < named-option ``values``, validated.
+                      sources: Mapping[str, str] | None = None, *, stages: Collection[str] | str | None = (),
+                      features: Path | None = None, features_name: str = "FEATURES_DIR",
+                      warn: bool = True) -> PipelineConfig:
+    """Defaults < ``config`` < ``--set`` ``overrides`` < named-option ``values``, validated and checked.
 
     Exits with status 2 and one line per problem (``study.yaml:4: unknown key 'mil.epoch'; did you
-    mean 'mil.epochs'?``), exactly as ``mixmag run`` does.
+    mean 'mil.epochs'?``), every problem at once, exactly as ``mixmag run`` does.
+
+    Args:
+        config: Study config YAML.
+        overrides: ``--set`` items.
+        values: Dotted keys set by the command's named options (see :func:`given_settings`).
+        sources: How each of ``values`` was given.
+        stages: The stages the command runs: the files and data they read are checked too
+            (:func:`mixmag.preflight.preflight`); ``()`` checks the values only, None checks
+            everything the config sets (``mixmag config show``), ``"study"`` what ``mixmag run`` runs.
+        features: A feature folder the command reads (checked; labels are matched against it).
+        features_name: The command's name for that argument, in messages.
+        warn: Print the warnings (``mixmag run`` leaves them to the study's log).
     """
-    from mixmag.cli.common import fail
+    from mixmag.cli.common import EXIT_USAGE
     from mixmag.config_errors import ConfigError, load_config_checked
 
     try:
-        return load_config_checked(config, overrides or [], values=values, sources=sources)
+        if stages == ():
+            return load_config_checked(config, overrides or [], values=values, sources=sources)
+        from mixmag.preflight import check_config
+
+        cfg, warnings = check_config(config, overrides or [], values=values, sources=sources, stages=stages,
+                                     features=features, features_name=features_name)
     except ConfigError as exc:
-        fail(str(exc))
+        print_problems(str(exc).splitlines(), getattr(exc, "warnings", []))
+        raise typer.Exit(EXIT_USAGE) from None
+    if warn:
+        print_problems((), warnings)
+    return cfg

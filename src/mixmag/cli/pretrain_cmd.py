@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         from mixmag.cli.common import friendly_errors
 
         values, sources = given_settings(ctx, SECTIONS)
-        cfg = load_study_config(config, overrides, values, sources)
+        cfg = load_study_config(config, overrides, values, sources, stages=("pretrain",), features=features,
+                                features_name="FEATURES")
         with friendly_errors():
             from mixmag.region.pretrain import pretrain_region_encoder
             from mixmag.utils.logging import add_file_handler

@@ -92,7 +92,9 @@ def register(app: typer.Typer) -> None:
         from mixmag.cli.options import load_study_config
         from mixmag.pipeline.study import run_study
 
-        cfg = load_study_config(config, overrides)
+        # every problem of the config and its files, with file:line, before any stage starts (the
+        # study checks again, for the API; its warnings go to the run's log, so none are printed here)
+        cfg = load_study_config(config, overrides, stages="study", warn=False)
         started = time.perf_counter()
         with friendly_errors():
             result = run_study(cfg, progress=progress)
@@ -108,11 +110,20 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     ) -> None:
         """Generate a synthetic multi-scale cohort and run the whole study on it (CPU, no download)."""
-        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.common import EXIT_USAGE, friendly_errors
+        from mixmag.cli.options import load_study_config, print_problems
         from mixmag.pipeline.demo import run_demo
+        from mixmag.preflight import PreflightError
 
+        if slides:  # your slides are checked before the cohort is generated (minutes)
+            load_study_config(None, [], {"slides.inputs": list(slides)}, {"slides.inputs": "--slides"},
+                              stages=("tile",))
         started = time.perf_counter()
         with friendly_errors():
-            result = run_demo(out, user_slides=slides, quick=quick, seed=seed, progress=progress)
+            try:
+                result = run_demo(out, user_slides=slides, quick=quick, seed=seed, progress=progress)
+            except PreflightError as exc:  # e.g. a --slides path that does not exist: one line each
+                print_problems(exc.errors, exc.warnings)
+                raise typer.Exit(EXIT_USAGE) from None
         _print_outcome(result, started)
         _print_demo_verdict(result)

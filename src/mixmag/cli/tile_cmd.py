@@ -70,9 +70,12 @@ def register(app: typer.Typer) -> None:
         values, sources = given_settings(ctx, SECTIONS)
         if "tiling.magnifications" in values:
             values["tiling.magnifications"] = split_list(values["tiling.magnifications"])
-        cfg = load_study_config(config, overrides, values, sources)
+        if inputs:  # INPUTS replace the config's slides; checked (and blamed) like them
+            values.update({"slides.inputs": list(inputs), "slides.pretrain_inputs": []})
+            sources.update({"slides.inputs": "INPUTS", "slides.pretrain_inputs": "INPUTS"})
+        cfg = load_study_config(config, overrides, values, sources, stages=("tile",))
         s = cfg.slides
-        slides = list(inputs) if inputs else [*s.inputs, *s.pretrain_inputs]
+        slides = [*s.inputs, *s.pretrain_inputs]
         if not slides:
             fail("no slides: give INPUTS, or set slides.inputs in the --config file")
         with friendly_errors():

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
             if path is not None:
                 values[f"mil.checkpoints.{role}"] = path
                 sources[f"mil.checkpoints.{role}"] = f"--{role}-checkpoint"
-        cfg = load_study_config(config, overrides, values, sources)
+        cfg = load_study_config(config, overrides, values, sources, stages=("train",), features=features_dir)
         m, ev = cfg.mil, cfg.evaluate
         if m.labels is None:
             fail("no labels table: pass --labels CSV, or set mil.labels in the --config file")

@@ -71,12 +71,17 @@ class TileBatcher:
             once with (encoder, uint8 tiles) and returning (B, D) embeddings (the "auto" precision
             check, which may change the encoder's precision for the rest of the run).
         after_batch: Called after every forward pass (e.g. :meth:`HeapTrimmer.tick`).
+        on_forward: Called after every forward pass with (tiles, seconds of the pass) (e.g. the
+            :class:`~mixmag.utils.cpus.ThreadAdapter` of thread policy ``adapt``).
+        run_attrs: Extra attrs stamped into every feature file (e.g. the run's thread plan).
     """
 
     def __init__(self, encoder: TileEncoder, *, batch_size: int, manifest: Manifest, claims: ClaimBoard,
                  jobs: list[EmbedJob], summary: Any, fail_fast: bool = False, progress: bool = True,
                  first_batch_hook: Callable[[TileEncoder, torch.Tensor], torch.Tensor] | None = None,
-                 after_batch: Callable[[], None] | None = None) -> None:
+                 after_batch: Callable[[], None] | None = None,
+                 on_forward: Callable[[int, float], None] | None = None,
+                 run_attrs: dict[str, Any] | None = None) -> None:
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self.manifest = manifest
@@ -86,6 +91,8 @@ class TileBatcher:
         self.fail_fast = fail_fast
         self.first_batch_hook = first_batch_hook
         self.after_batch = after_batch
+        self.on_forward = on_forward
+        self.run_attrs = dict(run_attrs or {})
         self._slides: dict[int, _Slide] = {}
         self._failed: set[int] = set()
         # chunks that overtook their slide's SlideStart (they come from other workers)
@@ -110,7 +117,7 @@ class TileBatcher:
             return
         job = self.jobs[msg.job]
         index = msg.index
-        attrs = dict(self.encoder.provenance(), **msg.provenance,
+        attrs = dict(self.encoder.provenance(), **msg.provenance, **self.run_attrs,
                      source_region_index=str(job.region_path.resolve()), embed_mixmag_version=__version__)
         writer = FeatureWriter(job.out_path, index, embed_dim=self.encoder.embed_dim, attrs=attrs)
         writer.__enter__()
@@ -186,11 +193,14 @@ class TileBatcher:
         tiles = torch.cat([c.tiles[lo:hi] for c, lo, hi in parts]) if len(parts) > 1 else \
             parts[0][0].tiles[parts[0][1]:parts[0][2]]
         self._queued -= tiles.shape[0]
+        t_forward = time.perf_counter()
         if self.first_batch_hook is not None:
             hook, self.first_batch_hook = self.first_batch_hook, None
             emb = hook(self.encoder, tiles).cpu().numpy()
         else:
             emb = self.encoder.encode(tiles).cpu().numpy()
+        if self.on_forward is not None:  # .cpu() above waited for an accelerator, so this is the pass's time
+            self.on_forward(tiles.shape[0], time.perf_counter() - t_forward)
         offset = 0
         for chunk, lo, hi in parts:
             chunk.out[lo:hi] = emb[offset: offset + hi - lo]

@@ -132,7 +132,8 @@ class RegionTileStream(IterableDataset):
         open_tiles: Factory of a :class:`TileSource` for a region index (tests inject fakes).
         decode_threads: Threads decoding the regions of one chunk at once (each iterating process
             has its own). On a CPU-only run the engine decodes between forward passes with one
-            thread per core, so decoding and the model never compete for the same cores.
+            thread per compute thread (sized from the usable cores, not the machine's), so decoding
+            and the model never compete for the same cores.
     """
 
     def __init__(self, jobs: list[EmbedJob], claims: ClaimBoard, encoder_attrs: dict[str, Any], *,

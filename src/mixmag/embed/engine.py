@@ -10,11 +10,12 @@ Data flow (one process; run the same command several times, or as a Slurm array,
                                                        -> FeatureWriter (temp file, renamed when complete)
 
 Where decoding runs (``workers="auto"``): with a GPU, in DataLoader worker processes that decode
-while the GPU computes. On a CPU-only run the model's threads already use every core, so a
+while the GPU computes. On a CPU-only run the model's threads already use every usable core, so a
 concurrent decoder would only preempt them (a preempted OpenMP thread stalls its partners at the
 next barrier: a decoder using 6 % of one core cost a two-thread model 6.4 %); there the regions of
-each chunk are decoded in this process between forward passes, on one thread per core
-(docs/performance.md, "Embedding").
+each chunk are decoded in this process between forward passes, on one thread per compute thread
+(docs/performance.md, "Embedding"). Cores are those this process may use (affinity, cgroup quota,
+Slurm, ``MIXMAG_THREADS``: :func:`mixmag.utils.cpus.usable_cpus`), never the machine's count.
 
 Memory is bounded by the loader's prefetch (``workers x 2`` chunks of a few regions) plus one batch:
 no slide is ever held whole. All workers help with the slides already open before opening new ones,
@@ -46,6 +47,7 @@ from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
 from mixmag.utils.atomic import remove_stale_temp_files
+from mixmag.utils.cpus import ThreadAdapter, ThreadPolicy, thread_budget, usable_cpus
 from mixmag.utils.device import resolve_device
 from mixmag.utils.malloc import HeapTrimmer
 
@@ -82,17 +84,20 @@ class DecodePlan:
     threads: int
 
 
-def plan_decoding(workers: int | str, device: torch.device, threads: int | None = None) -> DecodePlan:
+def plan_decoding(workers: int | str, device: torch.device, threads: int | None = None, *,
+                  cpus: int | None = None) -> DecodePlan:
     """Resolve ``workers`` (an int, or ``"auto"``) for a model on ``device``.
 
     ``"auto"``: on a CPU, decode inline with one thread per torch thread (no process competes with
-    the model's threads); on an accelerator, ``min(8, cores - 1)`` worker processes overlap
+    the model's threads); on an accelerator, ``min(8, cpus - 1)`` worker processes overlap
     decoding with the forward passes. An explicit ``0`` also decodes inline on one thread per torch
     thread; ``n >= 1`` starts ``n`` single-threaded worker processes. ``threads`` overrides the
-    decode threads per process.
+    decode threads per process; ``cpus`` the cores of the allocation (default
+    :attr:`usable_cpus().cores <mixmag.utils.cpus.CpuBudget.cores>`, not the machine's count).
     """
     if workers == "auto":
-        n = 0 if device.type == "cpu" else max(1, min(AUTO_MAX_GPU_WORKERS, (os.cpu_count() or 2) - 1))
+        cores = cpus if cpus is not None else usable_cpus().cores
+        n = 0 if device.type == "cpu" else max(1, min(AUTO_MAX_GPU_WORKERS, cores - 1))
     else:
         try:
             n = int(workers)
@@ -120,6 +125,8 @@ class EmbedSummary:
         errors: slide_id -> error message.
         n_tiles: Tiles embedded by this process.
         seconds: Wall time.
+        threads: Compute (torch intra-op) threads at the end of the run (policy ``adapt`` may
+            have lowered them from the start count).
     """
 
     out_dir: Path
@@ -131,6 +138,7 @@ class EmbedSummary:
     errors: dict[str, str] = field(default_factory=dict)
     n_tiles: int = 0
     seconds: float = 0.0
+    threads: int = 0
 
     @property
     def tiles_per_s(self) -> float:
@@ -231,43 +239,51 @@ def embed_slides(
         options["encoder"] = encoder
     s = (settings if settings is not None else EmbedSettings()).updated(**options)
     precision, batch_size = s.precision, s.batch_size
-    decode = plan_decoding(s.workers, built.device if built is not None else resolve_device(s.device), decode_threads)
-    enc = built if built is not None else build_encoder(
-        s.encoder, weights=s.weights, random_weights=s.random_weights, device=s.device, precision=precision)
-    if precision != "auto":  # final already: store the weights in the compute dtype (bit-identical, smaller)
-        enc.cast_weights_for_autocast()
-    jobs = discover_jobs(region_dir, out, shard)
-    check_folder(out, enc.provenance(), overwrite=overwrite)
-    # leftovers of killed runs (manifest/stamp writes, slides no run will revisit); a live writer's
-    # files are kept, and a slide's own temp files are removed again once it is claimed
-    if n := remove_stale_temp_files(out, stale_after_s=None):
-        logger.info("removed %d unfinished temporary file(s) of killed runs from %s", n, out)
-    summary = EmbedSummary(out_dir=out, encoder=enc.meta.key)
-    claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
-    logger.info("decoding: %s", f"{decode.workers} worker process(es)" if decode.workers
-                else f"in this process, {decode.threads} thread(s)")
-    # about one batch of tiles per message (small enough to bound memory, large enough to amortise
-    # IPC), and at least one region per decode thread
-    stream = RegionTileStream(jobs, claims, enc.provenance(), overwrite=overwrite, open_tiles=open_tiles,
-                              regions_per_chunk=max(math.ceil(batch_size / TOKENS_PER_REGION_HINT), decode.threads),
-                              max_workers=decode.workers, decode_threads=decode.threads)
-    loader = DataLoader(stream, batch_size=None, num_workers=decode.workers,
-                        prefetch_factor=2 if decode.workers > 0 else None,
-                        pin_memory=enc.device.type == "cuda", persistent_workers=False)
-    batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
-                          jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
-                          first_batch_hook=_check_precision if precision == "auto" else None,
-                          after_batch=HeapTrimmer(every=TRIM_EVERY_BATCHES).tick)  # flat RSS over long runs
-    try:
-        for msg in loader:
-            batcher.handle(msg)
-        batcher.flush()
-    finally:
-        batcher.abort_open()
-        batcher.close()
-    summary.precision = enc.precision
-    summary.seconds = time.perf_counter() - t0
-    logger.info("embed: %d ok, %d skipped, %d elsewhere, %d errors; %d tiles in %.1f s (%.1f tiles/s)",
-                len(summary.ok), len(summary.skipped), len(summary.claimed_elsewhere), len(summary.errors),
-                summary.n_tiles, summary.seconds, summary.tiles_per_s)
-    return summary
+    # compute threads from the usable cores (affinity, cgroup quota, Slurm, MIXMAG_THREADS), restored
+    # when done; inline decode threads and "auto" worker processes are sized from the same budget
+    with thread_budget(getattr(s, "threads", None)) as threads:  # EmbedSettings.threads, once it exists
+        device = built.device if built is not None else resolve_device(s.device)
+        decode = plan_decoding(s.workers, device, decode_threads)
+        enc = built if built is not None else build_encoder(
+            s.encoder, weights=s.weights, random_weights=s.random_weights, device=s.device, precision=precision)
+        if precision != "auto":  # final already: store the weights in the compute dtype (bit-identical, smaller)
+            enc.cast_weights_for_autocast()
+        jobs = discover_jobs(region_dir, out, shard)
+        check_folder(out, enc.provenance(), overwrite=overwrite)
+        # leftovers of killed runs (manifest/stamp writes, slides no run will revisit); a live writer's
+        # files are kept, and a slide's own temp files are removed again once it is claimed
+        if n := remove_stale_temp_files(out, stale_after_s=None):
+            logger.info("removed %d unfinished temporary file(s) of killed runs from %s", n, out)
+        summary = EmbedSummary(out_dir=out, encoder=enc.meta.key, threads=threads.threads)
+        claims = ClaimBoard(out, ClaimOwner.current(), stale_after_s=stale_after_s)
+        logger.info("decoding: %s", f"{decode.workers} worker process(es)" if decode.workers
+                    else f"in this process, {decode.threads} thread(s)")
+        # about one batch of tiles per message (small enough to bound memory, large enough to amortise
+        # IPC), and at least one region per decode thread
+        stream = RegionTileStream(jobs, claims, enc.provenance(), overwrite=overwrite, open_tiles=open_tiles,
+                                  regions_per_chunk=max(math.ceil(batch_size / TOKENS_PER_REGION_HINT), decode.threads),
+                                  max_workers=decode.workers, decode_threads=decode.threads)
+        loader = DataLoader(stream, batch_size=None, num_workers=decode.workers,
+                            prefetch_factor=2 if decode.workers > 0 else None,
+                            pin_memory=enc.device.type == "cuda", persistent_workers=False)
+        # policy adapt: only the CPU's compute threads are worth adapting (a GPU's forward pass needs one)
+        adapter = ThreadAdapter() if threads.policy is ThreadPolicy.ADAPT and enc.device.type == "cpu" else None
+        batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
+                              jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
+                              first_batch_hook=_check_precision if precision == "auto" else None,
+                              after_batch=HeapTrimmer(every=TRIM_EVERY_BATCHES).tick,  # flat RSS over long runs
+                              on_forward=adapter, run_attrs={"embed_cpu_threads": threads.to_dict()})
+        try:
+            for msg in loader:
+                batcher.handle(msg)
+            batcher.flush()
+        finally:
+            batcher.abort_open()
+            batcher.close()
+        summary.precision = enc.precision
+        summary.threads = adapter.threads if adapter is not None else threads.threads
+        summary.seconds = time.perf_counter() - t0
+        logger.info("embed: %d ok, %d skipped, %d elsewhere, %d errors; %d tiles in %.1f s (%.1f tiles/s)",
+                    len(summary.ok), len(summary.skipped), len(summary.claimed_elsewhere), len(summary.errors),
+                    summary.n_tiles, summary.seconds, summary.tiles_per_s)
+        return summary

@@ -4,17 +4,53 @@
 :func:`~mixmag.embed.engine.embed_slides` takes as ``settings=``; ``mixmag embed`` builds its
 options from it. ``device`` and ``workers`` carry the :data:`~mixmag.utils.settings.RUNTIME` mark:
 where the tiles are decoded and the model runs never changes a feature file's provenance.
-This module imports no torch.
+This module imports no torch: ``encoder`` is checked against :data:`ENCODER_KEYS` (the built-in
+zoo's keys, the live registry only for other keys) and ``weights`` only for its form (whether a
+local file exists is a question for :func:`mixmag.preflight.preflight`, not for a saved config).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from mixmag.registry import KnownKeys
 from mixmag.utils.settings import RUNTIME, Precision, StageSettings
+
+#: Keys of the tile-encoder registry (:data:`mixmag.encoders.ENCODERS`, which needs torch).
+ENCODER_KEYS = KnownKeys(
+    "tile encoder",
+    ("efficientnet-lite0-imagenet", "h-optimus-0", "h-optimus-1", "phikon-v2", "prov-gigapath", "tiny.d16",
+     "tiny.vit-d32", "uni", "uni2-h", "virchow2", "virchow2-cls", "vit-small-random"),
+    "mixmag.encoders.base:ENCODERS", entry_point_group="mixmag.encoders")
+
+#: ``weights`` values that name no file: the entry's packaged weights or random initialisation.
+WEIGHT_WORDS = ("package", "random")
+#: Prefixes of a hub id (``hf-hub:org/name``); the bare ``org/name`` is one too.
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: File suffixes that make a ``weights`` value a local file, never a hub id.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def weights_kind(spec: str) -> Literal["word", "hub", "path"]:
+    """How a ``weights`` value is read: a word (``random``, ``package``), a hub id or a local path.
+
+    A value with a weights-file suffix, a backslash, more than one ``/``, or starting with ``/``,
+    ``.`` or ``~`` is a local path, as is any value that is not ``org/name`` (a bare ``uni_weights``
+    can only be a file or folder); so a missing local file is reported as missing instead of being
+    looked up on the hub. :func:`mixmag.encoders.weights.resolve_weights` applies the same rule.
+    """
+    if spec in WEIGHT_WORDS:
+        return "word"
+    if spec.startswith(HUB_PREFIXES):
+        return "hub"
+    local = ("\\" in spec or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+             or spec.lower().endswith(WEIGHT_SUFFIXES) or not _HUB_ID.match(spec))
+    return "path" if local else "hub"
 
 
 class EmbedSettings(StageSettings):
@@ -39,10 +75,25 @@ class EmbedSettings(StageSettings):
     """Region decoding: `auto` (inline between forward passes on a CPU, up to 8 worker processes
     next to a GPU), 0 (inline, one thread per core) or a number of worker processes."""
 
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, value: str) -> str:
+        return ENCODER_KEYS.check(value)
+
     @field_validator("weights", mode="before")
     @classmethod
     def _weights(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value  # a local path as given
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_form(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(HUB_PREFIXES):
+            repo = value.split(":", 1)[1]
+            if not _HUB_ID.match(repo):
+                raise ValueError(f"{value!r} is not a hub id: write hf-hub:org/name (e.g. hf-hub:MahmoodLab/UNI), "
+                                 "or give a local weights file or folder")
+        return value
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -65,7 +65,7 @@ def build_encoder(
     if not resolved.is_random:
         assert resolved.path is not None
         logger.info("loading %s weights from %s", key, resolved.source)
-        fit_state_dict(backbone, load_state_dict_file(resolved.path), recipe, key=key)
+        fit_state_dict(backbone, load_state_dict_file(resolved.path), recipe, key=key, source=resolved.path)
     else:
         logger.info("%s: random weights (seed %d); embeddings are meaningless except for tests/benchmarks",
                     key, RANDOM_INIT_SEED)

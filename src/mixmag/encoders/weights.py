@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,15 @@ from mixmag.encoders.base import (
     EncoderRecipe,
     StateDict,
 )
-from mixmag.errors import MixmagRuntimeError
+from mixmag.errors import MixmagError, MixmagRuntimeError
 from mixmag.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A weights value with one of these suffixes is a local file, never a hub id (see looks_like_path).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 # Files looked for, in order, inside a weights folder (a hub snapshot or a user's export).
 FOLDER_CANDIDATES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pt", "model.pth",
                      "checkpoint.pth", "model.pt")
@@ -69,11 +73,26 @@ class ResolvedWeights:
 RANDOM = ResolvedWeights(path=None, source=RANDOM_WEIGHTS, sha256=RANDOM_WEIGHTS)
 
 
+def looks_like_path(spec: str) -> bool:
+    """True when a ``weights`` value can only be a local path, so it is never looked up on the hub.
+
+    That is a value with a weights-file suffix, a backslash, more than one ``/``, a leading ``/``,
+    ``.`` or ``~``, or anything else that is not ``org/name`` (a bare ``uni_weights``): a missing file
+    is then reported as missing instead of costing a minute of hub retries.
+    (:func:`mixmag.embed.settings.weights_kind` reads config values the same way.)
+    """
+    if spec.startswith(HUB_PREFIXES):
+        return False
+    return ("\\" in spec or spec.startswith(("/", ".", "~")) or spec.count("/") > 1
+            or spec.lower().endswith(WEIGHT_SUFFIXES) or not _HUB_ID.match(spec))
+
+
 def _hub_id(spec: str) -> str | None:
     for prefix in HUB_PREFIXES:
         if spec.startswith(prefix):
-            return spec[len(prefix):]
-    return spec if _HUB_ID.match(spec) else None
+            repo = spec[len(prefix):]
+            return repo if _HUB_ID.match(repo) else None
+    return None if looks_like_path(spec) else spec
 
 
 def _file_in_folder(folder: Path) -> Path:
@@ -141,34 +160,159 @@ def resolve_weights(meta: EncoderMeta, recipe: EncoderRecipe, weights: str | os.
         path = _file_in_folder(local) if local.is_dir() else local
         return ResolvedWeights(path=path.resolve(), source=str(path.resolve()), sha256=sha256_file(path))
     repo_id = _hub_id(spec)
+    if repo_id is None and looks_like_path(spec):
+        raise WeightsError(f"{meta.key}: weights file not found: {local} (neither an existing file/folder nor a "
+                           f"hub id such as org/name or hf-hub:org/name); check the path")
     if repo_id is None:
         raise WeightsError(f"{meta.key}: weights {spec!r} is neither an existing file/folder nor a hub id "
-                           f"(org/name); check the path")
+                           f"(org/name or hf-hub:org/name); check the id")
     path = _download(meta, recipe, repo_id)
     return ResolvedWeights(path=path, source=f"hf-hub:{repo_id}", sha256=sha256_file(path))
+
+
+_REDOWNLOAD = "re-download or re-copy it"
+_NO_PICKLES = "mixmag never loads pickled code (weights_only=True)"
+# What a file starts with, for telling the user what it is instead of weights.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # torch.save (zip container since torch 1.6)
+_LFS_POINTER = b"version https://git-lfs"
+# torch's weights_only refusal names the first class it met, e.g. "GLOBAL argparse.Namespace was not ..."
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def sniff_weights_format(path: str | os.PathLike[str]) -> str:
+    """What a weights file holds, judged from its first bytes (the suffix is not trusted).
+
+    Returns:
+        ``"safetensors"``, ``"torch-zip"`` (``torch.save``), ``"torch-legacy"`` (a pickle stream:
+        ``torch.save(..., _use_new_zipfile_serialization=False)`` or a plain pickle),
+        ``"empty"``, ``"lfs-pointer"`` (a Git LFS pointer, not the file), ``"html"`` (a web page
+        saved instead of the download) or ``"unknown"``.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        return "empty"
+    if head.startswith(_ZIP_MAGIC):
+        return "torch-zip"
+    if head.startswith(_LFS_POINTER):
+        return "lfs-pointer"
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "html"
+    # safetensors: u64 little-endian header length, then the JSON header itself
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"
+    if head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode with a known protocol
+        return "torch-legacy"
+    return "unknown"
+
+
+def _bad_file_message(p: Path, kind: str, exc: BaseException) -> str:
+    """One line saying what ``p`` is instead of a loadable file, and what to do."""
+    size = p.stat().st_size
+    if kind == "empty":
+        return f"{p}: the file is empty (0 bytes); {_REDOWNLOAD}"
+    if kind == "lfs-pointer":
+        return (f"{p}: a Git LFS pointer ({size} bytes), not the weights; fetch the real file (`git lfs pull` "
+                "in its repository) or download it again")
+    if kind == "html":
+        return f"{p}: an HTML page ({size} bytes), not weights (a failed or login-page download?); download it again"
+    text = " ".join(str(exc).split())
+    if kind in ("torch-zip", "torch-legacy") and isinstance(exc, pickle.UnpicklingError):
+        found = _UNSUPPORTED_GLOBAL.search(text)
+        if found:  # a readable file that holds Python objects besides tensors
+            return (f"{p}: the checkpoint holds pickled Python objects ({found.group(1)}), not only tensors; "
+                    f"{_NO_PICKLES}. Re-save its tensors where it was made: "
+                    "torch.save(model.state_dict(), PATH) or safetensors.torch.save_file(...)")
+    if kind == "safetensors":
+        # the library's own wording is short and exact ("incomplete metadata, file not fully covered")
+        return (f"{p}: a damaged or truncated safetensors file ({size} bytes; {text[:120]}); {_REDOWNLOAD}")
+    if kind == "torch-zip":
+        return f"{p}: a damaged or truncated PyTorch file ({size} bytes, the zip archive is incomplete); {_REDOWNLOAD}"
+    return (f"{p}: not a PyTorch state dict or safetensors file, or truncated ({size} bytes); {_REDOWNLOAD}. "
+            f"{_NO_PICKLES}")
+
+
+def read_safetensors_file(
+    path: str | os.PathLike[str], *, device: str = "cpu", error: type[MixmagError] = WeightsError
+) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` whose failures are one :class:`MixmagError` line naming the file.
+
+    A damaged file otherwise surfaces as a bare ``SafetensorError: Error while deserializing
+    header: ...`` without the path. Used for encoder weights, region-encoder checkpoints and by
+    :func:`load_state_dict_file`.
+
+    Args:
+        path: The ``.safetensors`` file.
+        device: Device the tensors are placed on.
+        error: Class raised for a missing or unreadable file (e.g. ``FormatError`` for artifacts).
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: file not found")
+    try:
+        return dict(load_file(str(p), device=device))
+    except (OSError, MemoryError):  # the machine's state (permissions, memory), not the file's content
+        raise
+    except Exception as exc:  # SafetensorError and the header's JSON/UTF-8 errors
+        raise error(_bad_file_message(p, sniff_weights_format(p), exc)) from exc
+
+
+def read_torch_file(path: str | os.PathLike[str], *, error: type[MixmagError] = WeightsError) -> Any:
+    """``torch.load(weights_only=True)`` whose failures are one :class:`MixmagError` line naming the file.
+
+    Without it a bad file shows PyTorch's several-paragraph refusal that recommends
+    ``weights_only=False`` (running the file's code), or a zip-reader error without the path.
+    Objects other than tensors and plain containers are always refused.
+
+    Args:
+        path: A ``torch.save`` file.
+        error: Class raised for a missing or unreadable file (e.g. ``FormatError`` for artifacts).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: file not found")
+    try:
+        with warnings.catch_warnings():
+            # legacy pickles with protocol > 2 load fine but warn with a paragraph about it
+            warnings.filterwarnings("ignore", message=".*[Dd]etected pickle protocol", category=UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip reader), EOFError, ValueError ...
+        raise error(_bad_file_message(p, sniff_weights_format(p), exc)) from exc
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> StateDict:
     """Read a ``.safetensors`` file or a torch checkpoint (``weights_only=True``) into a flat state dict.
 
-    Torch checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``,
+    The format is recognised from the file's first bytes (a safetensors file named ``.bin`` loads);
+    torch checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``,
     ``{"teacher": ...}``) are unwrapped.
+
+    Raises:
+        WeightsError: The file is empty, truncated, not a weights file (a Git LFS pointer, an HTML
+            page, text), holds pickled Python objects, or holds no dict of tensors; one line naming
+            the file and what to do.
     """
     p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(p), device="cpu"))
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types; report them as one
-        raise WeightsError(f"{p}: not a readable torch state dict ({type(exc).__name__}: {exc}). Checkpoints "
-                           "are loaded with weights_only=True; re-save plain tensors with torch.save(model.state_dict())") from exc
+    if not p.is_file():
+        raise WeightsError(f"{p}: file not found")
+    kind = sniff_weights_format(p)
+    if kind == "safetensors" or (kind == "unknown" and p.suffix == ".safetensors"):
+        return read_safetensors_file(p)
+    if kind not in ("torch-zip", "torch-legacy", "unknown"):
+        raise WeightsError(_bad_file_message(p, kind, ValueError()))
+    obj = read_torch_file(p)
     for wrapper in ("state_dict", "model", "teacher", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: expected a dict of tensors (a state dict)")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = f"a {type(obj).__name__}" if not isinstance(obj, dict) else (
+            "an empty dict" if not obj else "a dict whose values are not all tensors")
+        raise WeightsError(f"{p}: holds {what}, not a state dict (a dict of tensors); save one with "
+                           "torch.save(model.state_dict(), PATH)")
     return dict(obj)
 
 
@@ -204,15 +348,28 @@ def resample_pos_embed(state: StateDict, model: nn.Module) -> StateDict:
     return state
 
 
-def fit_state_dict(model: nn.Module, state: StateDict, recipe: EncoderRecipe, *, key: str) -> None:
+def fit_state_dict(
+    model: nn.Module, state: StateDict, recipe: EncoderRecipe, *, key: str, source: str | os.PathLike[str] | None = None
+) -> None:
     """Load ``state`` into ``model`` strictly, after prefix stripping, conversion and pos-embed resampling.
+
+    Args:
+        model: The freshly built backbone (modified in place).
+        state: Tensors read from the weights file.
+        recipe: The entry's recipe (converter, ignored keys).
+        key: Registry key, for messages.
+        source: The weights file, named in messages.
 
     Raises:
         WeightsError: Keys missing/unexpected or shapes differ (the message lists the first few).
     """
+    where = f"{source}: " if source is not None else ""
     model_state = model.state_dict()
     if recipe.convert_state_dict is not None:
-        state = recipe.convert_state_dict(state, model)
+        try:
+            state = recipe.convert_state_dict(state, model)
+        except WeightsError as exc:
+            raise WeightsError(f"{where}{exc}") from exc
     state = strip_prefix(state, set(model_state))
     state = {k: v for k, v in state.items() if not (k.startswith(recipe.ignore_keys) and k not in model_state)}
     state = resample_pos_embed(state, model)
@@ -221,10 +378,12 @@ def fit_state_dict(model: nn.Module, state: StateDict, recipe: EncoderRecipe, *,
     wrong = sorted(k for k in set(state) & set(model_state) if state[k].shape != model_state[k].shape)
     if missing or unexpected or wrong:
         detail = "; ".join(
-            f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            f"{label} ({len(keys)}): {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
             if keys
         )
-        raise WeightsError(f"weights do not fit encoder {key!r}: {detail}. Check that the file belongs to this "
-                           f"model (see `mixmag list encoders`)")
+        if not set(state) & set(model_state):
+            detail = f"no tensor name in common; {detail}"
+        raise WeightsError(f"{where}weights do not fit encoder {key!r}: {detail}. Check that the file belongs to "
+                           f"this model (see `mixmag list encoders`)")
     model.load_state_dict(state, strict=True)

@@ -33,8 +33,10 @@ from mixmag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-#: Preferred column order (the paper's); other methods follow alphabetically.
-METHOD_ORDER = ("abmil-5x", "abmil-10x", "abmil-20x", "mix-random", "mix-mem", "mix-cmem", "mix-mem-cls")
+#: Preferred column order: the paper's seven, then the reviewers' baselines (20x-only aggregators
+#: beside each other, then the frozen encoders); other methods follow alphabetically.
+METHOD_ORDER = ("abmil-5x", "abmil-10x", "abmil-20x", "mix-random", "mix-mem", "mix-cmem", "mix-mem-cls",
+                "abmil-20x-context", "transmil-20x", "mix-mem-frozen", "mix-cmem-frozen")
 AVERAGE = "Average"
 
 

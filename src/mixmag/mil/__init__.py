@@ -5,7 +5,8 @@ Main entry points (imported lazily, so ``import mixmag.mil`` stays cheap):
 - :func:`train_methods` — the paper's comparison under one cross-validation protocol;
 - :class:`MILClassifier` — one model, scikit-learn style;
 - :class:`MilSettings` — every training setting, declared once (the ``mil:`` config section);
-- :data:`METHODS` — the methods as a table of configurations;
+- :data:`METHODS` — the methods as a table of configurations (:data:`BASELINE_METHODS`: the
+  reviewers' baselines, not run by default);
 - :func:`predict_bag` / :func:`load_fold_model` — reuse a saved fold model (heatmaps);
 - :func:`write_synthetic_cohort` — cohorts with a known answer for tests and demos.
 """
@@ -19,9 +20,11 @@ _LAZY: dict[str, str] = {
     "TrainSummary": "mixmag.mil.experiment",
     "MILClassifier": "mixmag.mil.estimator",
     "GatedABMIL": "mixmag.mil.abmil",
+    "TransMIL": "mixmag.mil.transmil",
     "HEADS": "mixmag.mil.abmil",
     "METHODS": "mixmag.mil.methods",
     "MethodSpec": "mixmag.mil.methods",
+    "BASELINE_METHODS": "mixmag.mil.methods",
     "PAPER_METHODS": "mixmag.mil.settings",
     "MilSettings": "mixmag.mil.settings",
     "MILModel": "mixmag.mil.model",

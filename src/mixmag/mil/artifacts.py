@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import torch
 
+from mixmag.encoders.weights import read_torch_file
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError, check_format, write_attrs
@@ -79,9 +80,11 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
     p = Path(path)
     if not p.exists():
         raise MixmagFileNotFoundError(f"model file {p} does not exist")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
-    if payload.get("artifact") != MODEL_ARTIFACT or payload.get("format_version") != MODEL_VERSION:
-        raise FormatError(f"{p}: not a mixmag {MODEL_ARTIFACT} v{MODEL_VERSION} file")
+    payload = read_torch_file(p, error=FormatError)  # one line for a damaged or foreign file
+    if not isinstance(payload, dict) or payload.get("artifact") != MODEL_ARTIFACT \
+            or payload.get("format_version") != MODEL_VERSION:
+        raise FormatError(f"{p}: not a mixmag {MODEL_ARTIFACT} v{MODEL_VERSION} file; use the model.pt that "
+                          "`mixmag train` wrote")
     spec = RegionSpec.from_dict(payload["spec"])
     encoder = None
     if payload["encoder_kwargs"] is not None:

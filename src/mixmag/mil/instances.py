@@ -1,6 +1,6 @@
 """Instance sources: what one MIL method treats as an instance of a bag.
 
-Three sources cover the paper's comparison (docs/concepts/evaluation.md):
+These sources cover the paper's comparison and its baselines (docs/concepts/evaluation.md):
 
 - ``tiles``: the FM embeddings of the valid tiles of one magnification (``abmil-5x|10x|20x``);
   no encoder; ``(N, D)`` with N = valid tiles of that magnification in the bag.
@@ -10,6 +10,11 @@ Three sources cover the paper's comparison (docs/concepts/evaluation.md):
 - ``concat``: one vector per region, the mean valid tile of each magnification concatenated,
   ``(R, M * D)`` (``abmil-ms-concat``): multi-scale without a transformer, the baseline that
   tells whether the mixing encoder adds anything over seeing the scales side by side.
+- ``context``: every valid tile of one magnification with context pooled from that magnification
+  alone, ``(N, 3 * D)`` (``abmil-20x-context``): ``[tile, mean of its 2x2 block, mean of its
+  region]``, i.e. pseudo-10x and pseudo-5x vectors made from 20x features (MSPN-style), so no
+  5x/10x pixels are needed. It asks whether mixing needs real low-magnification pixels or only
+  wider context.
 
 A source works in two steps so that data preparation stays on the CPU and the encoder runs inside
 the model's forward pass (which is what makes end-to-end fine-tuning possible):
@@ -287,3 +292,99 @@ class ScaleConcatSource(InstanceSource):
     def instance_dim(self, tile_dim: int, encoder: nn.Module | None) -> int:
         """``M * D``: one tile embedding per magnification."""
         return tile_dim * len(self.parts)
+
+
+def _block_of_slot(spec: RegionSpec, sl: slice, label: str) -> tuple[np.ndarray, int]:
+    """2x2 block of each token of one magnification, from the spec's layout.
+
+    Returns:
+        ``(block (n*n,), n_blocks)``: block index (row-major over the (n/2 x n/2) block grid) of
+        every token slot in ``sl``, where n is that magnification's tiles per side.
+
+    Raises:
+        MixmagValueError: n is odd (1 included): 2x2 blocks do not tile the grid.
+    """
+    grid_rc = spec.layout().grid_rc[sl]  # (n*n, 2) (row, col) of each tile of that magnification
+    n = int(grid_rc.max()) + 1
+    if n % 2:
+        raise MixmagValueError(
+            f"the context source pools 2x2 blocks of {label} tiles (the footprint of one tile at half "
+            f"that magnification), but a region of {spec.region_um:g} µm is {n}x{n} {label} tiles; it needs "
+            f"an even number per side (region_um a multiple of {2 * spec.tile_px * parse_magnification(label):g} µm)"
+        )
+    half = n // 2
+    return (grid_rc[:, 0] // 2) * half + grid_rc[:, 1] // 2, half * half
+
+
+@INSTANCE_SOURCES.register("context")
+class ContextSource(InstanceSource):
+    """Each valid tile of one magnification with context pooled from that magnification only (no encoder).
+
+    The instance of a valid tile is ``[tile, pseudo-coarse block, pseudo-coarse region]`` (3 * D):
+
+    - ``tile``: its own embedding;
+    - block: the mean of the *valid* tiles of its 2x2 block (the footprint of one tile at half the
+      magnification: a pseudo-10x vector for 20x tiles; 4 blocks per default region);
+    - region: the mean of the valid tiles of its region (a pseudo-5x vector for 20x tiles: with the
+      default 448 µm region that is exactly the footprint of the 5x tile).
+
+    Only the token slots of ``magnification`` are read, so the features of other magnifications
+    may be absent or anything. Invalid (background) tiles are not instances and are left out of
+    every mean (they may hold anything, NaN included); as for ``tiles``, a bag without any valid tile
+    of the magnification uses all of them. Blocks follow the spec's token layout (row, col of
+    each tile), so any spec whose grid at that magnification has an even side works.
+
+    Args:
+        magnification: The tiles' label (``"20x"``) or exact resolution (``"0.5mpp"``).
+    """
+
+    def __init__(self, *, magnification: str | None = None) -> None:
+        super().__init__(magnification=magnification)
+        self.tiles = TileInstanceSource(magnification=magnification)
+
+    def _geometry(self, spec: RegionSpec) -> tuple[slice, np.ndarray, int]:
+        """Token slots of the magnification, the 2x2 block of each, and the number of blocks."""
+        try:
+            sl = self.tiles._slice(spec)
+        except MixmagValueError as exc:
+            raise MixmagValueError(
+                f"{exc}: the context source builds its instances and their context from {self.magnification} "
+                f"tiles alone, so the features must hold that magnification; embed with a region spec that "
+                f"includes it, or choose another method") from None
+        return (sl, *_block_of_slot(spec, sl, str(self.magnification)))
+
+    def prepare(self, bag: BagRegions, *, limit: int | None = None,
+                rng: np.random.Generator | None = None) -> ModelInput:
+        """(N, 3 * D) instances of the valid tiles, region-major then row-major (like ``tiles``).
+
+        The means are taken over every valid tile of the region before subsampling, so a training
+        subset changes which instances are seen, never their context.
+        """
+        sl, block, n_blocks = self._geometry(bag.spec)
+        valid = bag.valid[:, sl]
+        if not valid.any():
+            logger.warning("bag of slides %s has no valid %s tile; using all its %s tiles",
+                           ",".join(bag.slide_ids), self.magnification, self.magnification)
+            valid = np.ones_like(valid)
+        rows = np.flatnonzero(valid.any(axis=1))
+        valid = valid[rows]  # (R, n*n)
+        # np.where, not a product: invalid tokens may hold NaN/inf (0 * inf = nan)
+        feats = np.where(valid[..., None], bag.feats[rows, sl].astype(np.float32), np.float32(0))  # (R, n*n, D)
+        weight = valid.astype(np.float32)
+        one_hot = np.eye(n_blocks, dtype=np.float32)[block].T  # (n_blocks, n*n)
+        block_mean = (one_hot @ feats) / np.maximum(weight @ one_hot.T, 1.0)[..., None]  # (R, n_blocks, D)
+        region_mean = feats.sum(axis=1) / weight.sum(axis=1)[:, None]  # (R, D); every kept row has a valid tile
+        local, slot = np.nonzero(valid)
+        keep = _subsample(len(local), limit, rng)
+        local, slot = local[keep], slot[keep]
+        x = np.concatenate([feats[local, slot], block_mean[local, block[slot]], region_mean[local]], axis=1)
+        return ModelInput(x=torch.from_numpy(np.ascontiguousarray(x)), valid=None,
+                          region=rows[local].astype(np.int64), token=(slot + sl.start).astype(np.int64))
+
+    def instances(self, inp: ModelInput, encoder: nn.Module | None, *, chunk: int | None = None) -> Instances:
+        """The tiles with their pooled context."""
+        return self.tiles.instances(inp, encoder, chunk=chunk)
+
+    def instance_dim(self, tile_dim: int, encoder: nn.Module | None) -> int:
+        """``3 * D``: the tile, its block mean and its region mean."""
+        return 3 * tile_dim

@@ -8,16 +8,19 @@ Fields marked :data:`ESTIMATOR` are the parameters of every fitted model
 (:class:`~mixmag.mil.estimator.MILClassifier`, :class:`~mixmag.mil.train.TrainParams`); they are
 stored, in declaration order, in each run's config hash (docs/formats/mil-run.md), so a changed
 value retrains the run and an unchanged one resumes it. Fields marked
-:data:`~mixmag.utils.settings.RUNTIME` never change a result. This module imports no torch.
+:data:`~mixmag.utils.settings.RUNTIME` never change a result. This module imports no torch:
+``methods`` are checked against :data:`METHOD_KEYS`, the keys of :data:`mixmag.mil.methods.METHODS`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from mixmag.region.settings import PRESET_KEYS, one_of
+from mixmag.registry import KnownKeys
 from mixmag.utils.settings import RUNTIME, Precision, StageSettings, marked_fields
 
 #: ``json_schema_extra`` of a field that is a hyper-parameter of every fitted model.
@@ -26,6 +29,16 @@ ESTIMATOR: dict[str, Any] = {"estimator": True}
 #: The paper's comparison, in its table order.
 PAPER_METHODS: tuple[str, ...] = (
     "abmil-5x", "abmil-10x", "abmil-20x", "mix-random", "mix-mem", "mix-cmem", "mix-mem-cls")
+
+#: Keys of the method registry (:data:`mixmag.mil.methods.METHODS`, which needs torch); methods
+#: added at runtime with ``METHODS.add`` are accepted once that module is imported.
+METHOD_KEYS = KnownKeys("MIL method", (*PAPER_METHODS, "mix-mem-mean", "abmil-ms-concat", "mix-random-mean",
+                                       "abmil-20x-context", "mix-mem-frozen", "mix-cmem-frozen", "transmil-20x"),
+                        "mixmag.mil.methods:METHODS")
+#: What one bag is (:data:`mixmag.mil.labels.BAG_LEVELS`).
+BAG_LEVELS = ("patient", "slide")
+#: A method name, checked against :data:`METHOD_KEYS`.
+MethodKey = Annotated[str, AfterValidator(METHOD_KEYS.check)]
 
 
 def estimator_fields(model: type[BaseModel]) -> tuple[str, ...]:
@@ -42,7 +55,7 @@ class MilSettings(StageSettings):
     """CSV/TSV with patient_id, slide_id and label columns."""
     targets: list[str] = Field(default_factory=list)
     """Label columns to predict (default: every column except patient_id/slide_id)."""
-    methods: list[str] = Field(default_factory=lambda: list(PAPER_METHODS))
+    methods: list[MethodKey] = Field(default_factory=lambda: list(PAPER_METHODS))
     """Methods to compare (docs/cli/train.md lists them; default: the paper's seven)."""
     bag_level: str = "patient"
     """`patient` (pool a patient's slides into one bag) or `slide`."""
@@ -97,6 +110,16 @@ class MilSettings(StageSettings):
     """In-memory feature cache shared by all methods of a run."""
     device: str = Field(default="auto", json_schema_extra=RUNTIME)
     """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
+
+    @field_validator("bag_level")
+    @classmethod
+    def _bag_level(cls, value: str) -> str:
+        return one_of(value, BAG_LEVELS, "bag level")
+
+    @field_validator("region_preset")
+    @classmethod
+    def _region_preset(cls, value: str) -> str:
+        return PRESET_KEYS.check(value)
 
     def estimator_params(self) -> dict[str, Any]:
         """The :data:`ESTIMATOR` fields as plain JSON values, in declaration order."""

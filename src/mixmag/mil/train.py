@@ -32,6 +32,7 @@ from mixmag.evaluate.metrics import auroc
 from mixmag.mil.data import BagRegions
 from mixmag.mil.model import MILModel
 from mixmag.mil.settings import MIL_DEFAULTS
+from mixmag.utils.cpus import thread_budget
 from mixmag.utils.device import resolve_amp
 from mixmag.utils.seed import torch_rng_scope
 
@@ -208,7 +209,7 @@ def _val_scores(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, *,
         val_bags: Sequence[BagRegions] | None = None, val_y: np.ndarray | None = None,
         n_classes: int, params: TrainParams, device: torch.device, seed: int = 0,
-        progress: bool = False, desc: str = "train") -> FitResult:
+        progress: bool = False, desc: str = "train", threads: int | None = None) -> FitResult:
     """Train ``model`` in place and load the weights of the selected epoch.
 
     Args:
@@ -223,11 +224,13 @@ def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, 
         seed: Seeds dropout, bag order and instance subsampling.
         progress: Show a progress bar over epochs.
         desc: Progress-bar label.
+        threads: CPU compute threads (default: the usable cores, :func:`~mixmag.utils.cpus.usable_cpus`);
+            torch's thread count is restored afterwards.
 
     Returns:
         The history (``epoch, train_loss, val_loss, val_auroc, seconds``), kept epoch and criterion.
     """
-    with torch_rng_scope(seed, device):
+    with thread_budget(threads), torch_rng_scope(seed, device):
         return _fit(model, train_bags, train_y, val_bags=val_bags, val_y=val_y, n_classes=n_classes,
                     params=params, device=device, seed=seed, progress=progress, desc=desc)
 

@@ -42,6 +42,7 @@ from mixmag.pipeline.diagnostics_stage import (
 )
 from mixmag.pipeline.ledger import StageLedger, StageRecord, fingerprint
 from mixmag.pipeline.report import EXTERNAL_DIR, RESOLVED_CONFIG, write_study_report
+from mixmag.preflight import STUDY, PreflightError, preflight
 from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 from mixmag.utils.env import environment_info
@@ -49,10 +50,6 @@ from mixmag.utils.logging import add_file_handler
 from mixmag.utils.settings import field_default, runtime_fields
 
 logger = logging.getLogger(__name__)
-
-# methods -> the pretraining objective whose checkpoint they need
-METHOD_OBJECTIVE = {"mix-random": "random", "mix-mem": "mem", "mix-cmem": "cmem", "mix-mem-cls": "mem"}
-
 
 @dataclass
 class StudyResult:
@@ -228,11 +225,17 @@ class Study:
         return self.ledger.run("embed", fp, run)
 
     def objectives(self) -> list[str]:
-        """Pretraining runs needed: configured objectives plus ``random`` for ``mix-random``."""
+        """Pretraining runs needed: configured objectives plus each method's checkpoint role.
+
+        A method's role is its registry entry's ``encoder`` (``random`` for ``mix-random``, ``mem``
+        for ``mix-mem-frozen`` ...), so a new method needs no entry here.
+        """
+        from mixmag.mil.methods import METHODS  # torch: only when the study runs
+
         wanted = list(dict.fromkeys(self.config.region.objectives))
         methods = self.config.mil.methods if self.config.mil.labels else []
         for method in methods:
-            obj = METHOD_OBJECTIVE.get(method)
+            obj = METHODS.get(method).encoder
             if obj is not None and obj not in wanted:
                 wanted.append(obj)
         return wanted
@@ -382,12 +385,23 @@ class Study:
 
     # -------------------------------------------------------------------- run
     def run(self) -> StudyResult:
-        """Run every stage in order (labels-dependent stages only when labels are configured)."""
+        """Run every stage in order (labels-dependent stages only when labels are configured).
+
+        Raises:
+            PreflightError: Before any stage, every problem :func:`~mixmag.preflight.preflight`
+                finds with the files and data the stages read (one line each).
+        """
+        problems = preflight(self.config, stages=STUDY)
+        errors = [p.line() for p in problems if p.level == "error"]
+        if errors:
+            raise PreflightError(errors, [p.line() for p in problems if p.level == "warning"])
         check_region_labels(self.config.evaluate.region_labels)
         atomic_write_text(self.out / RESOLVED_CONFIG, dump_config(self.config))
         atomic_write_json(self.out / "env.json", environment_info())
         handler = add_file_handler(self.out / "run.log")
         try:
+            for problem in problems:  # warnings only: in the run's log too
+                logger.warning("%s", problem.line())
             result = StudyResult(run_dir=self.out)
             result.stages["tile"] = self.tile()
             result.stages["embed"] = self.embed()

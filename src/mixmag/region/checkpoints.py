@@ -13,7 +13,8 @@ Format ``region_checkpoint`` v2 (documented in ``docs/formats/checkpoint.md``)::
 
 A checkpoint folder is written into a temporary sibling and renamed into place, so it is either
 complete or absent. ``config.json`` never holds weights and ``training_state.pt`` never holds
-code: weights load with safetensors and the training state with ``torch.load(weights_only=True)``.
+code: weights load with safetensors and the training state with ``torch.load(weights_only=True)``; a
+damaged or foreign file raises one :class:`~mixmag.io.h5common.FormatError` line naming it.
 
 Older versions are read through :func:`upgrade_checkpoint_tensors` (in memory; the folder on disk
 is never rewritten). v1 -> v2: the encoder's input standardisation (``encoder.input_mean`` /
@@ -37,10 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mixmag._version import __version__
+from mixmag.encoders.weights import read_safetensors_file, read_torch_file
 from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError
 from mixmag.region.model import RegionEncoder
@@ -273,7 +275,7 @@ def load_checkpoint_tensors(path: str | os.PathLike[str], *, map_location: str |
     Older format versions go through :func:`upgrade_checkpoint_tensors`.
     """
     meta = read_checkpoint_config(path)
-    tensors = load_file(str(Path(meta["path"]) / WEIGHTS_FILE), device=str(map_location))
+    tensors = read_safetensors_file(Path(meta["path"]) / WEIGHTS_FILE, device=str(map_location), error=FormatError)
     return upgrade_checkpoint_tensors(tensors, meta)
 
 
@@ -294,7 +296,8 @@ def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | tor
     """
     meta = read_checkpoint_config(path)
     folder = Path(meta["path"])
-    tensors = upgrade_checkpoint_tensors(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)), meta)
+    weights = read_safetensors_file(folder / WEIGHTS_FILE, device=str(map_location), error=FormatError)
+    tensors = upgrade_checkpoint_tensors(weights, meta)
     encoder = RegionEncoder(**meta["encoder"])
     state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
@@ -321,7 +324,10 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = folder / STATE_FILE
     if not file.is_file():
         raise FormatError(f"{folder} holds no training state (saved for inference only); it cannot be resumed")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    state = read_torch_file(file, error=FormatError)
+    if not isinstance(state, dict):
+        raise FormatError(f"{file}: holds a {type(state).__name__}, not a mixmag training state; the file is damaged")
+    return state
 
 
 def check_layout(info: dict[str, Any], *, tile_dim: int, spec: RegionSpec, source: str) -> None:

@@ -63,6 +63,7 @@ from mixmag.region.runlog import MetricsLog, plot_loss_curve
 from mixmag.region.settings import PretrainSettings
 from mixmag.region.trainer import Trainer
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from mixmag.utils.cpus import thread_budget, usable_cpus
 from mixmag.utils.device import resolve_device
 from mixmag.utils.env import environment_info
 from mixmag.utils.seed import seed_everything
@@ -191,7 +192,10 @@ def pretrain_region_encoder(
     s = (settings if settings is not None else PretrainSettings()).updated(**options)
     ctx = init_distributed(resolve_device(s.device))
     try:
-        return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()
+        # compute threads from the usable cores (torchrun sets OMP_NUM_THREADS=1 per rank unless
+        # given), restored afterwards; env.json records the budget (mixmag.utils.env)
+        with thread_budget(getattr(s, "threads", None)):  # PretrainSettings.threads, once it exists
+            return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()
     finally:
         ctx.close()
 
@@ -343,9 +347,15 @@ class _Run:
             total_steps=s.steps, seed=s.seed, n_views=self.objective.n_views, mask_ratio=s.mask_ratio,
             mag_mask_prob=s.mag_mask_prob, token_drop_max=s.token_drop_max,
             regions_per_slide=s.regions_per_slide, shuffle_buffer=s.shuffle_buffer, open_files=s.open_files)
+        # Loader processes beyond the allocation's cores only preempt the training threads (the
+        # batches do not depend on the worker count, see mixmag.region.data).
+        workers, cores = s.num_workers, usable_cpus().cores
+        if workers > cores:
+            logger.info("pretrain: %d loader workers capped at the %d usable CPU cores", workers, cores)
+            workers = cores
         # An explicit generator keeps the DataLoader from drawing on the global RNG (exact resume).
-        loader = DataLoader(stream, batch_size=None, num_workers=s.num_workers,
-                            pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if s.num_workers else None,
+        loader = DataLoader(stream, batch_size=None, num_workers=workers,
+                            pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if workers else None,
                             generator=torch.Generator())
         from tqdm.auto import tqdm
 

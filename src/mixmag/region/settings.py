@@ -11,7 +11,9 @@ Two thin models share one set of fields (:class:`PretrainOptions`):
   :meth:`~mixmag.utils.settings.StageSettings.result_defining` part must match to resume a run.
 
 Fields marked :data:`~mixmag.utils.settings.RUNTIME` (device, workers, checkpointing) may differ
-between a run and its resumption. This module imports no torch: the CLI builds its options from it.
+between a run and its resumption. This module imports no torch: the CLI builds its options from it,
+and the registry keys (objectives, presets) are checked against :data:`OBJECTIVE_KEYS` and
+:data:`PRESET_KEYS`, the keys of registries that live with the torch model code.
 """
 
 from __future__ import annotations
@@ -19,11 +21,29 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from mixmag.errors import MixmagValueError
+from mixmag.registry import KnownKeys
 from mixmag.utils.settings import RUNTIME, Precision, StageSettings
 
 _Beta = Annotated[float, Field(ge=0, lt=1)]
+
+#: Keys of the pretraining-objective registry (:data:`mixmag.region.objectives.OBJECTIVES`).
+OBJECTIVE_KEYS = KnownKeys("pretraining objective", ("cmem", "mem", "random"), "mixmag.region.objectives:OBJECTIVES")
+#: Keys of the region-encoder preset registry (:data:`mixmag.region.model.REGION_ENCODERS`).
+PRESET_KEYS = KnownKeys("region encoder preset", ("base", "small", "tiny"), "mixmag.region.model:REGION_ENCODERS")
+#: Position encodings (:data:`mixmag.region.model.POSITIONS`).
+POSITIONS = ("slot", "sincos")
+#: Reconstruction losses (:data:`mixmag.region.objectives.RECONSTRUCTION_LOSSES`).
+RECONSTRUCTION_LOSSES = ("mse", "cosine")
+
+
+def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a message listing them."""
+    if value not in choices:
+        raise MixmagValueError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+    return value
 
 
 class PretrainOptions(StageSettings):
@@ -94,6 +114,21 @@ class PretrainOptions(StageSettings):
     open_files: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
     """HDF5 files each data worker keeps open (null = sized to the shuffle buffer)."""
 
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str) -> str:
+        return PRESET_KEYS.check(value)
+
+    @field_validator("position")
+    @classmethod
+    def _position(cls, value: str) -> str:
+        return one_of(value, POSITIONS, "position encoding")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, value: str) -> str:
+        return one_of(value, RECONSTRUCTION_LOSSES, "reconstruction loss")
+
     def architecture(self) -> dict[str, Any]:
         """Overrides passed to :func:`~mixmag.region.model.build_region_encoder`."""
         return {"width": self.width, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio,
@@ -144,7 +179,7 @@ class RegionSettings(PretrainOptions):
     """Pretraining corpus: `unlabeled` (only `slides.pretrain_inputs`: no test patient is seen),
     `all` (labeled + unlabeled slides; self-supervised, labels unused, but test patients' slides are
     seen; the report says so), `auto` = `unlabeled` when `slides.pretrain_inputs` is set, else `all`."""
-    objectives: list[str] = Field(default_factory=lambda: ["mem", "cmem"])
+    objectives: list[Annotated[str, AfterValidator(OBJECTIVE_KEYS.check)]] = Field(default_factory=lambda: ["mem", "cmem"])
     """Pretraining objectives to run (each gives one checkpoint): `mem`, `cmem`."""
 
     def run_settings(self, objective: str) -> PretrainSettings:

@@ -8,6 +8,7 @@ from typing import Any
 from mixmag.slides.base import MppError
 from mixmag.slides.mpp import resolve_mpp
 from mixmag.slides.opener import open_slide
+from mixmag.slides.sanity import probe_pixel_format
 
 
 def slide_info(
@@ -17,8 +18,10 @@ def slide_info(
 
     Returns:
         Dict with ``path, reader, vendor, objective_power, mpp, mpp_y, mpp_source, mpp_error,
-        metadata_mpp, tiff_mpp, level0_width, level0_height, levels`` where each level is
-        ``{level, width, height, downsample, mpp}`` (mpp None when the resolution is unknown).
+        metadata_mpp, tiff_mpp, pixel_format, level0_width, level0_height, levels`` where each level
+        is ``{level, width, height, downsample, mpp}`` (mpp None when the resolution is unknown) and
+        ``pixel_format`` describes the stored samples (``8-bit, 3 samples (RGB)``; None when the
+        file type has no header mixmag reads).
     """
     with open_slide(path, reader) as slide:
         props = slide.properties
@@ -39,6 +42,7 @@ def slide_info(
             "mpp_error": error,
             "metadata_mpp": props.metadata_mpp,
             "tiff_mpp": props.tiff_mpp,
+            "pixel_format": None if (fmt := probe_pixel_format(slide.path)) is None else fmt.describe(),
             "level0_width": w,
             "level0_height": h,
             "levels": [

@@ -18,6 +18,7 @@ from mixmag.io.regions import REGION_INDEX_ARTIFACT, REGION_INDEX_VERSION
 
 logger = logging.getLogger(__name__)
 
+
 def complete_region_count(path: Path, slide_hash: str, params_hash: str) -> int | None:
     """Number of regions of an existing, complete, matching region file; None to (re)compute it."""
     if not path.is_file():
@@ -34,3 +35,13 @@ def complete_region_count(path: Path, slide_hash: str, params_hash: str) -> int 
         and attrs["slide_hash"] == slide_hash and attrs["params_hash"] == params_hash
     )
     return n if ok else None
+
+
+def recorded_warnings(path: Path) -> list[str]:
+    """The ``input_warnings`` attribute of a region file (empty when absent: files older than it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = from_attr(f.attrs.get("input_warnings", "[]"))
+    except (OSError, KeyError, ValueError):
+        return []
+    return [str(w) for w in value] if isinstance(value, list) else []

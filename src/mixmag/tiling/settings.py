@@ -13,15 +13,31 @@ This module imports pydantic and the geometry only.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from mixmag.geometry import DEFAULT_MPPS, RegionSpec, magnification_label, parse_magnification
+from mixmag.geometry import (
+    DEFAULT_MPPS,
+    RegionSpec,
+    checked_magnification,
+    magnification_label,
+    parse_magnification,
+)
 from mixmag.tiling import MIN_THUMBNAIL_PX
 from mixmag.utils.settings import RUNTIME, StageSettings
 
 _SPEC = RegionSpec()
+
+
+def _magnification(text: str) -> str:
+    checked_magnification(text)  # the text is kept as written; the spec parses it again
+    return text
+
+
+#: One target magnification, checked to parse (whether the region tiles at it is checked with the
+#: whole geometry, by :meth:`TilingSettings.region_spec` and :func:`mixmag.preflight.preflight`).
+Magnification = Annotated[str, AfterValidator(_magnification)]
 
 
 class TilingSettings(StageSettings):
@@ -33,7 +49,7 @@ class TilingSettings(StageSettings):
     """Side of a square region in µm; a whole number of tiles at every magnification."""
     tile_px: int = Field(default=_SPEC.tile_px, gt=0)
     """Tile side in pixels at every magnification."""
-    magnifications: list[str] = Field(default_factory=lambda: [magnification_label(m) for m in DEFAULT_MPPS])
+    magnifications: list[Magnification] = Field(default_factory=lambda: [magnification_label(m) for m in DEFAULT_MPPS])
     """Target magnifications as labels (`20x` = 0.5 µm/px exactly) or exact resolutions (`0.5mpp`)."""
     min_tissue: float = Field(default=0.25, ge=0, le=1)
     """Keep a region when its coarsest tile (the whole region) has at least this tissue fraction."""

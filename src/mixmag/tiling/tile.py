@@ -3,7 +3,8 @@
 Per slide ``<id>`` the run folder receives::
 
     regions/<id>.h5          region index (docs/formats/region-index.md), written atomically
-    regions/manifest.csv     one row per slide: status ok/skipped/error/empty, n_items = regions
+    regions/manifest.csv     one row per slide: status ok/skipped/error/empty, n_items = regions,
+                             warnings = input sanity warnings ("code: message | ...")
     qc/<id>.png              thumbnail + tissue outline + region grid + invalid 20x tiles
     tissue/<id>.geojson      tissue polygons in level-0 px (QuPath: File > Import objects)
     tile_run.json            parameters and environment of the last run
@@ -12,6 +13,12 @@ A slide is skipped when its region file is complete and carries the same slide h
 parameter fingerprint (an empty slide: when its manifest row does). A killed run leaves only
 ``.*.tmp`` files, never a partial ``.h5``; they are removed at the next start. One bad slide never
 stops the batch: it gets status ``error`` (or ``empty``) with a one-line reason.
+
+Input sanity (:mod:`mixmag.slides.sanity`): a slide whose pixels would be tiled wrongly (16-bit
+samples, several fluorescence channels) is an ``error``; a doubtful one (greyscale, a dark
+fluorescence-like background, almost no tissue) is tiled and its warnings are logged, written to
+the manifest's ``warnings`` column and the region index's ``input_warnings`` attribute, and counted
+by :attr:`TileSummary.n_warned`.
 """
 
 from __future__ import annotations
@@ -43,19 +50,24 @@ from mixmag.slides.base import MppInfo, SlideError, SlideReader
 from mixmag.slides.geojson import write_tissue_geojson
 from mixmag.slides.mpp import resolve_mpp
 from mixmag.slides.opener import open_slide
+from mixmag.slides.sanity import check_pixel_format, probe_pixel_format
 from mixmag.slides.tissue import TissueMask, TissueParams
 from mixmag.tiling.extract import ReadPlan, RegionTileReader
 from mixmag.tiling.grid import grid_coords
 from mixmag.tiling.inputs import TilingJob, collect_slides, read_mpp_csv
 from mixmag.tiling.qc import write_qc
-from mixmag.tiling.resume import complete_region_count
+from mixmag.tiling.resume import complete_region_count, recorded_warnings
 from mixmag.tiling.settings import GEOMETRY_FIELDS, TilingSettings
-from mixmag.tiling.slide import index_slide
+from mixmag.tiling.slide import PROBED_READERS, index_slide
 from mixmag.utils.atomic import atomic_write_json, remove_stale_temp_files
+from mixmag.utils.cpus import usable_cpus
 from mixmag.utils.env import git_sha
 from mixmag.utils.hashing import quick_file_hash, sha256_text
 
 logger = logging.getLogger(__name__)
+
+#: Joins a slide's input warnings in the manifest's ``warnings`` column.
+WARNING_SEPARATOR = " | "
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class SlideResult:
     error: str = ""
     output: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # "code: message" (mixmag.slides.sanity.InputWarning)
 
 
 @dataclass
@@ -120,6 +133,11 @@ class TileSummary:
     def n_regions(self) -> int:
         """Regions indexed over all ok/skipped slides."""
         return sum(r.n_regions or 0 for r in self.results if r.status in (Status.OK, Status.SKIPPED))
+
+    @property
+    def n_warned(self) -> int:
+        """Slides (of any status) that carry input sanity warnings."""
+        return sum(bool(r.warnings) for r in self.results)
 
     @property
     def all_failed(self) -> bool:
@@ -197,16 +215,24 @@ def _tile(job: TilingJob, options: TileOptions, out_dir: Path, previous: dict[st
     slide_hash = quick_file_hash(job.path)
     params_hash = options.fingerprint(job.mpp_override)
     result.extra.update(slide_hash=slide_hash, params_hash=params_hash)
+    if options.reader is None or options.reader in PROBED_READERS:
+        try:  # also before resuming: an index written before this check existed would be wrong
+            check_pixel_format(probe_pixel_format(job.path), job.path.name)
+        except SlideError:
+            region_path.unlink(missing_ok=True)
+            raise
     if not options.overwrite:
         n_done = complete_region_count(region_path, slide_hash, params_hash)
         if n_done is not None:
             result.status, result.n_regions, result.output = Status.SKIPPED, n_done, str(region_path)
+            result.warnings = recorded_warnings(region_path)
             return
         if (
             previous and previous.get("status") == Status.EMPTY.value
             and previous.get("slide_hash") == slide_hash and previous.get("params_hash") == params_hash
         ):
             result.status, result.n_regions, result.error = Status.EMPTY, 0, previous.get("error", "")
+            result.warnings = [w for w in previous.get("warnings", "").split(WARNING_SEPARATOR) if w]
             return
 
     spec = options.spec
@@ -225,14 +251,18 @@ def _tile(job: TilingJob, options: TileOptions, out_dir: Path, previous: dict[st
         regions = index_slide(  # the same per-slide core as the in-memory path (mixmag.embed_slide)
             reader, mpp.mpp, spec, min_tissue=options.min_tissue, valid_min_tissue=options.valid_min_tissue,
             thumbnail_px=options.thumbnail_px, tissue_params=options.tissue, resample=options.resample,
+            log_warnings=False,  # logged by the main process when the result is recorded (_record)
         )
         index, thumb, tissue, plan = regions.index, regions.thumbnail, regions.tissue, regions.plan
+        result.warnings = [str(w) for w in regions.warnings]
         index.attrs.update(_index_attrs(job, reader, mpp, plan, tissue, options, result.extra))
         valid_pct = 100.0 * float(index.tile_valid.mean()) if index.n_regions else 0.0
         caption = (
             f"{job.slide_id}  {mpp.mpp:.4g} um/px ({mpp.source})  {index.n_regions} regions  "
             f"{valid_pct:.0f}% tokens valid  read level {plan.level}"
         )
+        if regions.warnings:
+            caption += "  warnings: " + ", ".join(w.code for w in regions.warnings)
         write_qc(out_dir / "qc" / f"{job.slide_id}.png", thumb, tissue, index, caption)
         write_tissue_geojson(out_dir / "tissue" / f"{job.slide_id}.geojson", tissue)
         result.extra.update(tissue_pct=f"{100 * tissue.tissue_fraction_total:.1f}", valid_token_pct=f"{valid_pct:.1f}")
@@ -281,13 +311,16 @@ def _executor(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 def _record(manifest: Manifest, r: SlideResult) -> None:
     manifest.update(
         r.slide_id, status=r.status, path=r.path, n_items=r.n_regions, seconds=r.seconds,
-        error=r.error, output=r.output or None, **r.extra,
+        error=r.error, output=r.output or None, warnings=WARNING_SEPARATOR.join(r.warnings), **r.extra,
     )
     level = logging.WARNING if r.status == Status.ERROR else logging.INFO
     details = f" ({r.n_regions} regions)" if r.n_regions else ""
     if r.error:
         details += f" - {r.error}"
     logger.log(level, "%s: %s%s", r.slide_id, r.status.value, details)
+    if r.status != Status.SKIPPED:  # a resumed slide's warnings were shown by the run that tiled it
+        for w in r.warnings:
+            logger.warning("%s: %s", r.slide_id, w)
 
 
 def tile_slides(
@@ -341,7 +374,11 @@ def tile_slides(
         spec=spec, min_tissue=s.min_tissue, valid_min_tissue=s.valid_min_tissue, reader=reader,
         thumbnail_px=s.thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
     )
-    workers = s.workers
+    workers, budget = s.workers, usable_cpus()
+    if workers > budget.cores:  # more CPU-bound processes than cores only time-slice (and thrash caches)
+        logger.info("tiling: %d worker processes capped at the %d usable CPU cores (of %d on the machine)",
+                    workers, budget.cores, budget.machine)
+        workers = budget.cores
     if reader is not None:
         READERS.entry(reader)  # unknown backend: fail now with close matches, not once per slide
     table = read_mpp_csv(mpp_csv) if mpp_csv is not None else None
@@ -356,7 +393,7 @@ def tile_slides(
         "inputs": [str(i) for i in inputs], "n_slides": len(jobs), "spec": spec.to_dict(),
         "options": {k: v for k, v in asdict(tile_options).items() if k != "spec"},
         "mpp_override": mpp_override, "mpp_csv": None if mpp_csv is None else str(mpp_csv),
-        "workers": workers, "environment": _environment(),
+        "workers": workers, "cpu_budget": budget.to_dict(), "environment": _environment(),
     })
     manifest = Manifest(out / "regions" / "manifest.csv")
     previous_rows = read_manifest(manifest.path)
@@ -394,4 +431,9 @@ def tile_slides(
                         other.cancel()
                     break
     bar.close()
+    if summary.n_warned:
+        warned = sorted(r.slide_id for r in summary.results if r.warnings)
+        logger.warning("%d of %d slides have input warnings (%s%s); see the 'warnings' column of %s",
+                       summary.n_warned, len(summary.results), ", ".join(warned[:5]),
+                       " ..." if len(warned) > 5 else "", summary.manifest_path)
     return summary

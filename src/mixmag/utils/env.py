@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mixmag._version import __version__
+from mixmag.utils.cpus import thread_policy, usable_cpus
 
 _PACKAGES = ("torch", "torchvision", "timm", "numpy", "h5py", "openslide-python", "openslide-bin",
              "tiffslide", "tifffile", "scikit-learn", "pydantic")
@@ -29,7 +31,12 @@ def git_sha(path: str | Path | None = None) -> str | None:
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions, platform, device and git sha as a JSON-serialisable dict."""
+    """Versions, platform, device, git sha and CPU budget as a JSON-serialisable dict.
+
+    ``cpu_budget`` is :func:`~mixmag.utils.cpus.usable_cpus` (cores and the constraint that set
+    them), ``thread_policy`` the :class:`~mixmag.utils.cpus.ThreadPolicy` in use and
+    ``omp_wait_policy`` the OpenMP wait policy of the environment (None: libgomp's default).
+    """
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
@@ -44,6 +51,9 @@ def environment_info() -> dict[str, Any]:
         "packages": versions,
         "git_sha": git_sha(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_budget": usable_cpus().to_dict(),
+        "thread_policy": thread_policy().value,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         import torch
