@@ -35,7 +35,7 @@ from pathlib import Path
 
 
 def _cohort(cache: Path, n_files: int, regions: int, tile_dim: int) -> Path:
-    from mixmag.region.synthetic import write_synthetic_feature_cohort
+    from mixmag.synth.region_features import write_synthetic_feature_cohort
 
     folder = cache / f"cohort_{n_files}f_{regions}r_{tile_dim}d"
     done = folder / ".complete"

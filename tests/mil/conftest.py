@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixmag.mil.synthetic import SyntheticCohort, write_synthetic_cohort
+from mixmag.synth.mil_features import SyntheticCohort, write_synthetic_cohort
 
 
 @pytest.fixture(autouse=True)

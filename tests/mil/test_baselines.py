@@ -30,9 +30,9 @@ from mixmag.mil.instances import INSTANCE_SOURCES, ContextSource
 from mixmag.mil.labels import build_bags, read_labels
 from mixmag.mil.methods import BASELINE_METHODS, METHODS, PAPER_METHODS
 from mixmag.mil.settings import METHOD_KEYS
-from mixmag.mil.synthetic import SyntheticCohort
 from mixmag.mil.transmil import TransMIL, n_heads
 from mixmag.region.model import build_region_encoder
+from mixmag.synth.mil_features import SyntheticCohort
 
 # (spec, first 20x token slot, 20x tiles per side): the default three levels, two levels, 20x alone
 SPECS = [(RegionSpec(), 5, 4), (RegionSpec(mpps=(1.0, 0.5)), 4, 4), (RegionSpec(region_um=896, mpps=(0.5,)), 0, 8)]

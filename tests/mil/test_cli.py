@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mixmag.cli import app as app_module
 from mixmag.cli import train_cmd
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 
 @pytest.fixture(scope="module")

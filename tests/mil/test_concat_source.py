@@ -16,7 +16,7 @@ from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.experiment import train_methods
 from mixmag.mil.instances import INSTANCE_SOURCES, ScaleConcatSource
 from mixmag.mil.methods import METHODS
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 SPEC = RegionSpec()
 

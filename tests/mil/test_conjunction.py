@@ -1,7 +1,7 @@
 """The paper's claim in miniature: mixing magnifications inside a region finds what no single
 magnification can.
 
-Synthetic cohort (``mixmag.mil.synthetic``, task ``conjunction``): property A lives on a region's
+Synthetic cohort (``mixmag.synth.mil_features``, task ``conjunction``): property A lives on a region's
 5x/10x tokens, property B on its 20x tokens. Every bag has the same number of A-regions and
 B-regions, so the 5x, 10x and 20x token populations are identically distributed in both classes;
 only positives have A and B *in the same region*. AB-MIL over any single magnification therefore
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mixmag.mil.experiment import train_methods
-from mixmag.mil.synthetic import write_synthetic_cohort
+from mixmag.synth.mil_features import write_synthetic_cohort
 
 BASELINES = ("abmil-5x", "abmil-10x", "abmil-20x")
 MIXERS = ("mix-random", "mix-mem", "mix-mem-cls")

@@ -26,7 +26,7 @@ from mixmag.io.features import FeatureFile, feature_file_problem
 from mixmag.io.h5common import FormatError
 from mixmag.mil.data import FeatureStore
 from mixmag.mil.experiment import train_methods
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 FAST = {"folds": 2, "epochs": 1, "patience": 1, "lr": 1e-3, "hidden_dim": 8, "attention_dim": 4, "bootstrap": 20,
         "region_preset": "tiny", "device": "cpu", "progress": False}

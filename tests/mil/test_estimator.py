@@ -10,7 +10,7 @@ from mixmag.evaluate.metrics import auroc
 from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import build_bags, read_labels
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 
 def _dataset(cohort: SyntheticCohort) -> BagDataset:

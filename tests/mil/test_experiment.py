@@ -15,7 +15,7 @@ import pytest
 
 from mixmag.mil.artifacts import predict_bag, read_attention
 from mixmag.mil.experiment import train_methods
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 FAST = {"folds": 2, "epochs": 2, "patience": 2, "lr": 1e-3, "hidden_dim": 8, "attention_dim": 4, "bootstrap": 50,
         "region_preset": "tiny", "device": "cpu", "progress": False}
@@ -168,7 +168,7 @@ def test_rare_class_reduces_folds_with_a_logged_warning(small_cohort: SyntheticC
 
 @pytest.fixture(scope="module")
 def two_slide_cohort(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCohort:
-    from mixmag.mil.synthetic import write_synthetic_cohort
+    from mixmag.synth.mil_features import write_synthetic_cohort
 
     return write_synthetic_cohort(tmp_path_factory.mktemp("two"), task="rare", n_patients=12, slides_per_patient=2,
                                   regions=(2, 3), tile_dim=8, seed=1)

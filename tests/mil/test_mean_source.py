@@ -17,8 +17,8 @@ from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.experiment import train_methods
 from mixmag.mil.instances import INSTANCE_SOURCES, TokenMeanSource
 from mixmag.mil.methods import METHODS
-from mixmag.mil.synthetic import SyntheticCohort
 from mixmag.region.model import RegionEncoder, build_region_encoder
+from mixmag.synth.mil_features import SyntheticCohort
 
 SPEC = RegionSpec()
 

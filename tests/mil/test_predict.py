@@ -13,8 +13,8 @@ from mixmag.errors import MixmagError
 from mixmag.geometry import RegionSpec
 from mixmag.mil.deploy import find_trained_runs
 from mixmag.mil.experiment import train_methods
-from mixmag.mil.synthetic import SyntheticCohort, write_synthetic_cohort
 from mixmag.pipeline.predict import predict_cohort
+from mixmag.synth.mil_features import SyntheticCohort, write_synthetic_cohort
 
 TRAIN = {"methods": ["abmil-20x"], "epochs": 12, "patience": 12, "hidden_dim": 32, "attention_dim": 16, "lr": 1e-3,
          "device": "cpu", "folds": 2, "bootstrap": 0, "refit_all": True}

@@ -15,7 +15,7 @@ import mixmag.mil.experiment as experiment
 from mixmag.mil.artifacts import load_fold_model, predict_bag
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.experiment import train_methods
-from mixmag.mil.synthetic import SyntheticCohort
+from mixmag.synth.mil_features import SyntheticCohort
 
 FAST = {"folds": 2, "epochs": 3, "patience": 2, "lr": 1e-3, "hidden_dim": 8, "attention_dim": 4, "bootstrap": 0,
         "region_preset": "tiny", "device": "cpu", "progress": False}

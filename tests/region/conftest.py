@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixmag.region.synthetic import write_synthetic_feature_cohort
+from mixmag.synth.region_features import write_synthetic_feature_cohort
 
 
 @pytest.fixture(autouse=True)

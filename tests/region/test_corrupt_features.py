@@ -19,7 +19,7 @@ from mixmag.io.manifest import read_manifest
 from mixmag.region.data import RegionStream, scan_feature_cohort
 from mixmag.region.encode import encode_regions
 from mixmag.region.pretrain import pretrain_region_encoder
-from mixmag.region.synthetic import write_synthetic_feature_cohort
+from mixmag.synth.region_features import write_synthetic_feature_cohort
 
 FAST = {"preset": "tiny", "num_workers": 0, "progress": False, "device": "cpu", "checkpoint_every": 0}
 STREAM = {"batch_size": 8, "total_steps": 6, "seed": 1, "n_views": 2, "mask_ratio": 0.5, "mag_mask_prob": 0.25,

@@ -22,7 +22,7 @@ from mixmag.region.checkpoints import (
 from mixmag.region.encode import encode_regions
 from mixmag.region.model import build_region_encoder
 from mixmag.region.pretrain import pretrain_region_encoder
-from mixmag.region.synthetic import write_synthetic_feature_cohort
+from mixmag.synth.region_features import write_synthetic_feature_cohort
 
 TRIDENT_COORDS_ATTRS = {"patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
                         "overlap", "level0_width", "level0_height", "name", "savetodir"}

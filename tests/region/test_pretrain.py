@@ -17,7 +17,7 @@ from mixmag.region.data import RegionStream, scan_feature_cohort
 from mixmag.region.diagnostics import evaluate_reconstruction, evaluate_view_retrieval
 from mixmag.region.pretrain import pretrain_region_encoder
 from mixmag.region.settings import PretrainSettings
-from mixmag.region.synthetic import write_synthetic_feature_cohort
+from mixmag.synth.region_features import write_synthetic_feature_cohort
 
 FAST = {"preset": "tiny", "num_workers": 0, "progress": False, "device": "cpu", "checkpoint_every": 0}
 # small but not minimal: the learning tests need some capacity to beat the baselines clearly

@@ -8,7 +8,6 @@ Main entry points (imported lazily, so ``import mixmag.mil`` stays cheap):
 - :data:`METHODS` — the methods as a table of configurations (:data:`BASELINE_METHODS`: the
   reviewers' baselines, not run by default);
 - :func:`predict_bag` / :func:`load_fold_model` — reuse a saved fold model (heatmaps);
-- :func:`write_synthetic_cohort` — cohorts with a known answer for tests and demos.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ _LAZY: dict[str, str] = {
     "read_attention": "mixmag.mil.artifacts",
     "read_labels": "mixmag.mil.labels",
     "build_bags": "mixmag.mil.labels",
-    "write_synthetic_cohort": "mixmag.mil.synthetic",
 }
 
 __all__ = list(_LAZY)

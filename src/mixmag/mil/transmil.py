@@ -56,7 +56,7 @@ from mixmag.mil.abmil import HEADS, ABMILOutput
 #: TransMIL's number of attention heads (fewer for narrow layers, see :func:`n_heads`).
 N_HEADS = 8
 #: Narrowest head kept when splitting a layer: on the rare-instance task of
-#: :mod:`mixmag.mil.synthetic` (attention width 16), 8 heads of 2 dimensions learned in some
+#: :mod:`mixmag.synth.mil_features` (attention width 16), 8 heads of 2 dimensions learned in some
 #: seeds only (2-fold AUROC 0.63-0.98 over 4 seeds, 8 epochs), 2 heads of 8 in all (0.96-0.999).
 MIN_HEAD_DIM = 8
 #: PPEG's depthwise kernel sizes (the paper's 7, 5, 3).

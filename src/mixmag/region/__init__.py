@@ -7,7 +7,6 @@ Public API (heavy modules are imported lazily on first use)::
     PretrainSettings, RegionSettings                          mixmag.region.settings
     encode_regions, EncodeSummary                             mixmag.region.encode
     OBJECTIVES                                                mixmag.region.objectives
-    write_synthetic_feature_cohort, SyntheticFeatureModel     mixmag.region.synthetic
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ _LAZY: dict[str, str] = {
     "encode_regions": "mixmag.region.encode",
     "EncodeSummary": "mixmag.region.encode",
     "OBJECTIVES": "mixmag.region.objectives",
-    "write_synthetic_feature_cohort": "mixmag.region.synthetic",
-    "SyntheticFeatureModel": "mixmag.region.synthetic",
 }
 
 __all__ = list(_LAZY)
