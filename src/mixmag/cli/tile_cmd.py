@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
             summary = tile_slides(slides, out, settings=cfg.tiling, mpp_override=s.mpp, mpp_csv=s.mpp_csv,
                                   reader=s.reader, overwrite=overwrite, fail_fast=fail_fast, progress=not no_progress)
         counts = ", ".join(f"{summary.count(st)} {st.value}" for st in Status)
-        typer.echo(f"{summary.n_inputs} slides: {counts}; {summary.n_regions} regions -> {summary.manifest_path}")
+        warned = f"; {summary.n_warned} with input warnings (manifest 'warnings' column)" if summary.n_warned else ""
+        typer.echo(f"{summary.n_inputs} slides: {counts}{warned}; {summary.n_regions} regions -> "
+                   f"{summary.manifest_path}")
         for r in summary.results:
             if r.status in (Status.ERROR, Status.EMPTY):
                 typer.echo(f"  {r.status.value:5s} {r.slide_id}: {r.error}", err=True)
