@@ -144,7 +144,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen["tile_inputs"] = [Path(p) for p in inputs]
         seen["tile_slides"] = {k: kw[k] for k in ("mpp_override", "mpp_csv", "reader")}
         return SimpleNamespace(all_failed=False, stopped_early=False, manifest_path=Path(out) / "m.csv",
-                               n_regions=0, n_inputs=0, results=[], count=lambda status: 0)
+                               n_regions=0, n_inputs=0, n_warned=0, results=[], count=lambda status: 0)
 
     def fake_embed(region_dir: Any, out: Any, *, settings: EmbedSettings, **kw: Any) -> Any:
         seen["embed"] = settings
