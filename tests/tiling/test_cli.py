@@ -31,7 +31,7 @@ def test_tile_missing_mpp_fails_then_succeeds_with_override(runner: CliRunner, t
     tcga = shared_wsi / "tcga-cr-7395-01a-01-ts1.svs"
     out = tmp_path / "out"
     result = runner.invoke(build_app(), ["tile", str(tcga), "--out", str(out), "--no-progress"])
-    assert result.exit_code == 1  # every slide failed
+    assert result.exit_code == 1  # every slide failed (EXIT_FAILED)
     assert "--mpp 0.25" in result.output and "--mpp-csv" in result.output
     result = runner.invoke(build_app(), ["tile", str(tcga), "--out", str(out), "--mpp", "0.5", "--no-progress"])
     assert result.exit_code == 0, result.output

@@ -7,6 +7,11 @@ Two kinds of failure leave a command differently (see :mod:`mixmag.errors`):
   :data:`EXIT_USAGE`; the message already says what to change, a traceback would only hide it;
 * anything else is a bug in mixmag: the full traceback is printed, then one line asking for a
   report, and the exit status is :data:`EXIT_SOFTWARE` (``EX_SOFTWARE`` of ``sysexits.h``).
+
+A batch command (``tile``, ``embed``, ``export``, ``encode``, ``predict``, ``run``) that finishes
+ends with :func:`finish_batch`: exit :data:`EXIT_OK` when no input failed, :data:`EXIT_PARTIAL`
+when some failed (recorded in the manifest, the rest kept), :data:`EXIT_FAILED` when none
+succeeded. The table is in ``docs/cli/exit-codes.md``.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ T = TypeVar("T")
 # mixmag bug, and its message names the path; a report would not help anyone.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (MixmagError, OSError)
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
+# The exit-code contract of every command (docs/cli/exit-codes.md); scripts and schedulers branch
+# on these, so a value never changes meaning.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a batch where no input succeeded, or one that --fail-fast stopped
+EXIT_USAGE = 2  # a user error: option, config, input path, weights ... (one line)
+EXIT_PARTIAL = 3  # the batch finished; some inputs failed and are recorded in its manifest
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
@@ -84,6 +93,37 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` to stderr and exit with ``code``."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def finish_batch(n_total: int, n_failed: int, where: object, *, noun: str = "slides") -> int:
+    """The exit code of a batch that ran to its end, after one summary line when inputs failed.
+
+    Prints ``N of M <noun> failed; see <where>`` to stderr when ``n_failed`` > 0 and nothing
+    otherwise (the command has already printed its counts).
+
+    Args:
+        n_total: Inputs of the batch (done, reused and failed alike).
+        n_failed: Inputs that failed and were recorded (manifest ``status=error``, ``problems.csv``).
+        where: What to read for the reasons, usually the manifest path.
+        noun: What the inputs are, plural.
+
+    Returns:
+        :data:`EXIT_OK` when nothing failed, :data:`EXIT_FAILED` when every input failed (nothing
+        came out of the batch), else :data:`EXIT_PARTIAL`.
+    """
+    if n_failed <= 0:
+        return EXIT_OK
+    every = n_failed >= n_total
+    typer.secho(f"{n_failed} of {max(n_total, n_failed)} {noun} failed; see {where}", err=True,
+                fg=typer.colors.RED if every else typer.colors.YELLOW)
+    return EXIT_FAILED if every else EXIT_PARTIAL
+
+
+def exit_batch(n_total: int, n_failed: int, where: object, *, noun: str = "slides") -> None:
+    """:func:`finish_batch`, then leave the command with its code unless that is :data:`EXIT_OK`."""
+    code = finish_batch(n_total, n_failed, where, noun=noun)
+    if code != EXIT_OK:
+        raise typer.Exit(code)
 
 
 def report_error(exc: BaseException) -> int:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel
 
-from mixmag.cli.common import EXIT_FAILED, friendly_errors
+from mixmag.cli.common import exit_batch, friendly_errors
 from mixmag.cli.options import (
     ConfigFile,
     SetItems,
@@ -72,8 +72,8 @@ def register(app: typer.Typer) -> None:
         )
         for slide_id, error in summary.errors.items():
             typer.secho(f"  {slide_id}: {error}", err=True, fg=typer.colors.RED)
-        if summary.errors:
-            raise typer.Exit(EXIT_FAILED)
+        n_total = len(summary.ok) + len(summary.skipped) + len(summary.claimed_elsewhere) + len(summary.errors)
+        exit_batch(n_total, len(summary.errors), summary.manifest)
 
     @app.command("export")
     def export(
@@ -95,5 +95,5 @@ def register(app: typer.Typer) -> None:
                    f"{len(summary.errors)} failed -> {summary.out_dir}")
         for slide_id, error in summary.errors.items():
             typer.secho(f"  {slide_id}: {error}", err=True, fg=typer.colors.RED)
-        if summary.errors:
-            raise typer.Exit(EXIT_FAILED)
+        n_total = len(summary.written) + len(summary.skipped) + len(summary.errors)
+        exit_batch(n_total, len(summary.errors), summary.out_dir / "manifest.csv")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,9 @@ from mixmag.cli.options import setting_option, split_list
 from mixmag.evaluate.settings import EvaluateSettings
 from mixmag.report.settings import ReportSettings
 from mixmag.utils.settings import field_default
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Opt = typer.Option
 R = ReportSettings
@@ -46,7 +49,7 @@ def register(app: typer.Typer) -> None:
         """Score new slides or features with trained models; predictions.csv, AUROC when labelled, heatmaps."""
         from rich.console import Console
 
-        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.common import exit_batch, friendly_errors
 
         with friendly_errors():
             from mixmag.pipeline.predict import predict_cohort
@@ -63,5 +66,19 @@ def register(app: typer.Typer) -> None:
         n = result.predictions[["bag_id"]].drop_duplicates().shape[0]
         console.print(f"{n} bags scored; predictions: {out / 'predictions.csv'}"
                       + (f"; report: {result.report}" if result.report else ""))
-        if len(result.problems):
-            console.print(f"[yellow]{len(result.problems)} slide(s) left out[/yellow]: see {out / 'problems.csv'}")
+        n_total, n_failed = count_slides(result.predictions, result.problems)
+        exit_batch(n_total, n_failed, out / "problems.csv")
+
+
+def count_slides(predictions: pd.DataFrame, problems: pd.DataFrame) -> tuple[int, int]:
+    """Slides of a prediction run and how many were left out (``problems.csv``), each counted once.
+
+    The slides are those scored (``slide_ids`` of the predictions, ``;``-joined per bag) plus those
+    left out; a slide listed in ``problems.csv`` counts as failed even if some run scored it.
+    """
+    failed = set(problems["slide_id"].astype(str)) if len(problems) else set()
+    scored: set[str] = set()
+    if "slide_ids" in predictions.columns:
+        for joined in predictions["slide_ids"].astype(str):
+            scored.update(s for s in joined.split(";") if s)
+    return len(scored | failed), len(failed)

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     ) -> None:
         """Write region embeddings (CLS or tokens) with a region-encoder checkpoint."""
-        from mixmag.cli.common import EXIT_FAILED, fail, friendly_errors
+        from mixmag.cli.common import exit_batch, friendly_errors
 
         with friendly_errors():
             from mixmag.region.encode import encode_regions
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
                                      precision=precision, resume=resume, progress=progress)
         typer.echo(f"{summary.mode}: {summary.n_ok} encoded, {summary.n_skipped} already done, "
                    f"{summary.n_empty} empty, {summary.n_error} failed -> {summary.out_dir}")
-        if summary.n_error:
-            slide, message = next(iter(summary.errors.items()))
-            fail(f"{summary.n_error} slide(s) failed (see {summary.manifest}); first: {slide}: {message}",
-                 code=EXIT_FAILED)
+        for slide_id, error in summary.errors.items():
+            typer.secho(f"  {slide_id}: {error}", err=True, fg=typer.colors.RED)
+        n_total = summary.n_ok + summary.n_skipped + summary.n_empty + summary.n_error
+        exit_batch(n_total, summary.n_error, summary.manifest)

@@ -74,6 +74,57 @@ def _print_demo_verdict(result: object) -> None:
         Console().print(f"pretrained mixing vs the best single-magnification baseline (mean AUROC): {listed}")
 
 
+def _failed_inputs(result: object) -> tuple[int, int, list[str]]:
+    """Slides of the study (and its external cohort), how many failed, and the files that say why.
+
+    Read from what the run left on disk, so a stage reused from an earlier run still counts: the
+    ``status=error`` rows of the tile and embed manifests, and ``external/problems.csv``.
+    """
+    import pandas as pd
+
+    from mixmag.cli.predict_cmd import count_slides
+    from mixmag.io.manifest import Status, read_manifest
+    from mixmag.pipeline.study import StudyResult
+
+    assert isinstance(result, StudyResult)
+    manifests = []
+    if (tile := result.stages.get("tile")) is not None and tile.outputs.get("manifest"):
+        manifests.append(Path(tile.outputs["manifest"]))
+    if (embed := result.stages.get("embed")) is not None and embed.outputs.get("features"):
+        manifests.append(Path(embed.outputs["features"]) / "manifest.csv")
+    seen: set[str] = set()
+    failed: set[str] = set()
+    where: list[str] = []
+    for path in manifests:
+        rows = read_manifest(path)
+        seen.update(rows)
+        bad = {sid for sid, row in rows.items() if row.get("status") == Status.ERROR.value}
+        if bad:
+            failed |= bad
+            where.append(str(path))
+    n_total, n_failed = len(seen), len(failed)
+    external = result.stages.get("external")
+    if external is not None and external.outputs.get("external"):
+        folder = Path(external.outputs["external"])
+        problems, predictions = folder / "problems.csv", folder / "predictions.csv"
+        if problems.is_file() and predictions.is_file():
+            more_total, more_failed = count_slides(pd.read_csv(predictions), pd.read_csv(problems))
+            n_total, n_failed = n_total + more_total, n_failed + more_failed
+            if more_failed:
+                where.append(str(problems))
+    return n_total, n_failed, where
+
+
+def _exit_on_failed_inputs(result: object) -> None:
+    """Exit 3 (``EXIT_PARTIAL``) after a finished study in which some slides failed (see exit-codes.md)."""
+    from mixmag.cli.common import EXIT_OK, EXIT_PARTIAL, finish_batch
+
+    n_total, n_failed, where = _failed_inputs(result)
+    # the study finished, so something succeeded: never EXIT_FAILED, whatever the counts say
+    if finish_batch(n_total, n_failed, ", ".join(where)) != EXIT_OK:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``run`` and ``demo`` commands to ``app``."""
 
@@ -87,6 +138,7 @@ def register(app: typer.Typer) -> None:
         """Run the whole study: tile -> embed -> pretrain -> MIL -> heatmaps -> diagnostics -> report.
 
         Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
+        Exits 3 when the study finished but some slides failed (tile/embed manifests, external/problems.csv).
         """
         from mixmag.cli.common import friendly_errors
         from mixmag.cli.options import load_study_config
@@ -99,6 +151,7 @@ def register(app: typer.Typer) -> None:
         with friendly_errors():
             result = run_study(cfg, progress=progress)
         _print_outcome(result, started)
+        _exit_on_failed_inputs(result)
 
     @app.command("demo")
     def demo(
@@ -127,3 +180,4 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(EXIT_USAGE) from None
         _print_outcome(result, started)
         _print_demo_verdict(result)
+        _exit_on_failed_inputs(result)

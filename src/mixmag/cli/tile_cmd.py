@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         then --set section.KEY=VALUE, then the options below; e.g. --set tiling.thumbnail_px=1024
         --set tiling.valid_min_tissue=0.2.
         """
-        from mixmag.cli.common import EXIT_FAILED, fail, friendly_errors
+        from mixmag.cli.common import EXIT_FAILED, exit_batch, fail, friendly_errors
         from mixmag.io.manifest import Status
         from mixmag.tiling.tile import tile_slides
 
@@ -91,6 +91,5 @@ def register(app: typer.Typer) -> None:
         if summary.stopped_early:
             typer.echo("stopped at the first error (--fail-fast)", err=True)
             raise typer.Exit(EXIT_FAILED)
-        if summary.all_failed:
-            typer.echo("every slide failed; see the manifest for the reasons", err=True)
-            raise typer.Exit(EXIT_FAILED)
+        # `empty` (no tissue) is a finished slide, not a failure; every slide failing exits 1
+        exit_batch(summary.n_inputs, summary.count(Status.ERROR), summary.manifest_path)
