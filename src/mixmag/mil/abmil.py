@@ -25,6 +25,22 @@ class ABMILOutput(NamedTuple):
     attention: torch.Tensor
 
 
+def masked_instances(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of bags with its padding zeroed, and the mask (all True when None).
+
+    Every MIL head calls this first: padding is zeroed *before* the network so that NaN/inf or huge
+    padded values can never leak into a sum (0 * inf = nan).
+
+    Raises:
+        ValueError: A bag has no valid instance.
+    """
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("every bag needs at least one valid instance")
+    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
+
+
 @HEADS.register("abmil", meta={"paper": "Ilse et al. 2018, gated attention", "pooling": "attention"})
 class GatedABMIL(nn.Module):
     """Gated attention MIL head.
@@ -59,13 +75,7 @@ class GatedABMIL(nn.Module):
         Returns:
             ``(z (B, hidden_dim), attention (B, N))``; attention is exactly 0 on padding.
         """
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("every bag needs at least one valid instance")
-        # Padding is zeroed *before* the network so that NaN/inf or huge padded values can never
-        # leak into the sums below (0 * inf = nan).
-        x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x, mask = masked_instances(x, mask)
         h = self.embed(x)
         logits = self.attention_w(self.attention_v(h) * self.attention_u(h)).squeeze(-1)
         logits = logits.float().masked_fill(~mask, torch.finfo(torch.float32).min)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import nn
 
-from mixmag.mil.abmil import HEADS, ABMILOutput
+from mixmag.mil.abmil import HEADS, ABMILOutput, masked_instances
 
 #: TransMIL's number of attention heads (fewer for narrow layers, see :func:`n_heads`).
 N_HEADS = 8
@@ -191,12 +191,7 @@ class TransMIL(nn.Module):
             ``(z (B, hidden_dim), attention (B, N))``: the normalised class token, and its last-layer
             attention over the instances (sums to 1, exactly 0 on padding).
         """
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("every bag needs at least one valid instance")
-        # zeroed before the network, so NaN/inf padding cannot reach a sum (0 * inf = nan)
-        x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x, mask = masked_instances(x, mask)
         h = self.embed(x)
         h = torch.cat([self.cls_token.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + N, H)
         keys = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
