@@ -386,7 +386,7 @@ def test_named_options_reach_the_stage(tmp_path: Path, recorded: dict[str, Any])
 def test_estimator_and_engine_parameters_come_from_the_model() -> None:
     model_defaults = {name: field_default(MilSettings, name) for name in MilSettings.model_fields}
     # per-call or estimator-only parameters of MILClassifier (not study settings)
-    call_only = {"method", "encoder", "classes", "balanced", "device", "seed", "progress"}
+    call_only = {"method", "encoder", "classes", "balanced", "device", "seed", "progress", "threads"}
     clf = inspect.signature(MILClassifier.__init__).parameters
     hyper = [n for n in clf if n not in call_only and n != "self"]
     assert hyper == list(estimator_fields(MilSettings)), "MILClassifier and MilSettings' ESTIMATOR fields differ"

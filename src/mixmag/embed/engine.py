@@ -241,7 +241,7 @@ def embed_slides(
     precision, batch_size = s.precision, s.batch_size
     # compute threads from the usable cores (affinity, cgroup quota, Slurm, MIXMAG_THREADS), restored
     # when done; inline decode threads and "auto" worker processes are sized from the same budget
-    with thread_budget(getattr(s, "threads", None)) as threads:  # EmbedSettings.threads, once it exists
+    with thread_budget(s.threads) as threads:
         device = built.device if built is not None else resolve_device(s.device)
         decode = plan_decoding(s.workers, device, decode_threads)
         enc = built if built is not None else build_encoder(

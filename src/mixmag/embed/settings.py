@@ -71,6 +71,9 @@ class EmbedSettings(StageSettings):
     >= 0.999, else fp32; or force fp32/bf16/fp16 (docs/concepts/precision.md)."""
     device: str = Field(default="auto", json_schema_extra=RUNTIME)
     """`auto` (`cuda` if available, else `cpu`), `cpu`, `cuda`, `cuda:1` ..."""
+    threads: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """CPU compute threads (null = the usable cores: affinity mask, cgroup quota, Slurm allocation,
+    `MIXMAG_THREADS`; docs/performance.md)."""
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(default="auto", json_schema_extra=RUNTIME)
     """Region decoding: `auto` (inline between forward passes on a CPU, up to 8 worker processes
     next to a GPU), 0 (inline, one thread per core) or a number of worker processes."""

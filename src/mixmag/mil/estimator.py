@@ -57,6 +57,8 @@ class MILClassifier:
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: Seed of initialisation, bag order and subsampling.
         progress: Progress bar over epochs.
+        threads: CPU compute threads of training (None: the usable cores; a run-time choice, not
+            part of the model's settings).
 
     Attributes:
         model_: The trained :class:`~mixmag.mil.model.MILModel` (on CPU after fit).
@@ -77,7 +79,7 @@ class MILClassifier:
                  max_instances: int = _D.max_instances, max_regions: int = _D.max_regions,
                  batch_size: int = _D.batch_size, grad_accum: int = _D.grad_accum, balanced: bool = True,
                  standardize: bool = _D.standardize, precision: str = _D.precision, device: str = _D.device,
-                 seed: int = _D.seed, progress: bool = False) -> None:
+                 seed: int = _D.seed, progress: bool = False, threads: int | None = _D.threads) -> None:
         self.method = method
         self.encoder = encoder
         self.classes = classes
@@ -100,6 +102,7 @@ class MILClassifier:
         self.device = device
         self.seed = seed
         self.progress = progress
+        self.threads = threads
 
     @classmethod
     def _param_names(cls) -> tuple[str, ...]:
@@ -176,7 +179,7 @@ class MILClassifier:
         result: FitResult = fit(
             model, bags, y_idx, val_bags=val, val_y=None if val_y is None else self._encode_y(val_y),
             n_classes=len(self.classes_), params=self.train_params(), device=device, seed=self.seed,
-            progress=self.progress, desc=self.method)
+            progress=self.progress, desc=self.method, threads=self.threads)
         self.model_ = model.to("cpu")
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch

@@ -189,6 +189,7 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
         parts: dict[str, BagDataset] = {r: BagDataset(store, [tb.bags[i] for i in idx]) for r, idx in roles.items()}
         clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(), classes=list(range(n_classes)),
                             device=job.device, seed=job.settings.seed + fold, progress=job.progress,
+                            threads=job.settings.threads,
                             **job.settings.estimator_params())
         clf.fit(parts["train"], y[roles["train"]], val_bags=parts["val"] if roles["val"] else None,
                 val_y=y[roles["val"]] if roles["val"] else None)
@@ -255,6 +256,7 @@ def _refit_all(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, 
     seed = job.settings.seed + max(folds) + 1
     clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(),
                         classes=list(range(len(tb.classes))), device=job.device, seed=seed, progress=job.progress,
+                        threads=job.settings.threads,
                         **{**job.settings.estimator_params(), "epochs": epochs})
     clf.fit(dataset, dataset.labels)
     info = {"epochs": epochs, "fold_best_epochs": best, "n_train": len(dataset), "seed": seed}

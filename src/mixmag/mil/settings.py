@@ -110,6 +110,9 @@ class MilSettings(StageSettings):
     """In-memory feature cache shared by all methods of a run."""
     device: str = Field(default="auto", json_schema_extra=RUNTIME)
     """`auto`, `cpu`, `cuda`, `cuda:1` ..."""
+    threads: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """CPU compute threads (null = the usable cores: affinity mask, cgroup quota, Slurm allocation,
+    `MIXMAG_THREADS`; docs/performance.md)."""
 
     @field_validator("bag_level")
     @classmethod

@@ -194,7 +194,7 @@ def pretrain_region_encoder(
     try:
         # compute threads from the usable cores (torchrun sets OMP_NUM_THREADS=1 per rank unless
         # given), restored afterwards; env.json records the budget (mixmag.utils.env)
-        with thread_budget(getattr(s, "threads", None)):  # PretrainSettings.threads, once it exists
+        with thread_budget(s.threads):
             return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()
     finally:
         ctx.close()

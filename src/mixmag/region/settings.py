@@ -105,6 +105,9 @@ class PretrainOptions(StageSettings):
     (docs/concepts/precision.md)."""
     device: str = Field(default="auto", json_schema_extra=RUNTIME)
     """`auto`, `cpu`, `cuda`, `cuda:1` ... (DDP ranks use cuda:LOCAL_RANK)."""
+    threads: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """CPU compute threads (null = the usable cores: affinity mask, cgroup quota, Slurm allocation,
+    `MIXMAG_THREADS`; docs/performance.md)."""
     num_workers: int = Field(default=2, ge=0, json_schema_extra=RUNTIME)
     """DataLoader processes reading feature files."""
     checkpoint_every: int = Field(default=500, ge=0, json_schema_extra=RUNTIME)
