@@ -287,8 +287,9 @@ def predict_cohort(
             logger.warning("%s: training provenance unknown; only dimension and geometry were checked", r.name)
         bags, missing = new_cohort_bags(usable, bag_level=r.bag_level, table=table, target=r.target,
                                         classes=r.classes)
+        recorded = {p["slide_id"] for p in problems}  # a slide that failed earlier keeps that reason
         problems += [{"slide_id": sid, "stage": "labels", "reason": "listed in the labels table but has no usable "
-                      "features"} for sid in missing if not any(p["slide_id"] == sid for p in problems)]
+                      "features"} for sid in missing if sid not in recorded]
         scores = score_run(r, store, bags, device=device)
         all_scores.append(scores)
         frames.append(scores.frame())
