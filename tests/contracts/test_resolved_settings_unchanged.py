@@ -72,9 +72,15 @@ TINY = {
 }
 
 
+# Run-time fields of any section added after the capture, at the value that does what the code did
+# then (`threads` None: the usable cores; `confirm_above_minutes`: runs that short never stop)
+ADDED_RUNTIME_SETTINGS: dict[str, Any] = {"threads": None, "confirm_above_minutes": 60.0}
+
+
 def _norm(value: Any, root: Path) -> Any:
-    if isinstance(value, dict):  # `threads` (None: the usable cores) was added after the capture
-        return {str(k): _norm(v, root) for k, v in value.items() if not (k == "threads" and v is None)}
+    if isinstance(value, dict):
+        return {str(k): _norm(v, root) for k, v in value.items()
+                if not (k in ADDED_RUNTIME_SETTINGS and v == ADDED_RUNTIME_SETTINGS[k])}
     if isinstance(value, (list, tuple)):
         return [_norm(v, root) for v in value]
     if isinstance(value, Path):
@@ -107,7 +113,7 @@ def _study_case(config: PipelineConfig, root: Path, monkeypatch: pytest.MonkeyPa
     trains: list[tuple[dict[str, Any], list[list[Any]]]] = []
 
     def fake_pretrain(features: Any, out: Path, *, settings: PretrainSettings, **options: Any) -> Any:
-        s = settings.updated(**{k: v for k, v in options.items() if k not in ("resume", "progress")})
+        s = settings.updated(**{k: v for k, v in options.items() if k not in ("resume", "progress", "ask")})
         runs[s.objective] = s
         return SimpleNamespace(checkpoint=Path(out) / "final", metrics_path=Path(out) / "m.jsonl", final_loss=None)
 

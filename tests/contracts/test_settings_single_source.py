@@ -308,7 +308,7 @@ def test_every_report_setting_reaches_the_heatmaps_with_set(tmp_path: Path, reco
 COMMANDS: dict[str, tuple[list[type[BaseModel]], set[str]]] = {
     "tile": ([TilingSettings, SlidesConfig], {"out", "config", "overrides", "overwrite", "fail_fast", "no_progress"}),
     "embed": ([EmbedSettings], {"out", "config", "overrides", "shard", "overwrite", "fail_fast", "progress"}),
-    "pretrain": ([PretrainSettings, RegionSettings], {"out", "config", "overrides", "resume", "progress"}),
+    "pretrain": ([PretrainSettings, RegionSettings], {"out", "config", "overrides", "resume", "progress", "yes"}),
     "train": ([MilSettings, EvaluateSettings], {"out", "config", "overrides", "mem_checkpoint", "cmem_checkpoint",
                                                 "random_checkpoint", "overwrite", "progress"}),
     "report": ([ReportSettings], {"inputs", "out", "config", "overrides"}),
@@ -414,7 +414,7 @@ def test_stage_functions_take_settings_not_loose_keywords() -> None:
     assert parameters(experiment.train_methods) == {"features_dir", "labels_path", "out_dir", "settings", "evaluation",
                                                     "pretrained", "overwrite", "progress", "options"}
     assert parameters(pretrain.pretrain_region_encoder) == {"features", "out_dir", "settings", "resume", "progress",
-                                                            "options"}
+                                                            "ask", "options"}
     assert parameters(study_heatmaps.write_study_heatmaps) == {"mil_dir", "table", "features_dir", "out_dir",
                                                                "settings"}
 

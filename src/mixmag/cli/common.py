@@ -17,6 +17,7 @@ succeeded. The table is in ``docs/cli/exit-codes.md``.
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from typing import NoReturn, TypeVar
 import typer
 
 from mixmag.errors import MixmagError
+from mixmag.utils.cost import CostEstimate
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +164,22 @@ def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Call ``fn`` inside :func:`friendly_errors`."""
     with friendly_errors():
         return fn(*args, **kwargs)
+
+
+def terminal_ask(yes: bool) -> Callable[[CostEstimate], bool] | None:
+    """The ``ask`` callback of long stages (:func:`mixmag.utils.cost.check_cost`) for a command.
+
+    ``--yes`` answers every question in advance; with stdin a terminal a person is asked; otherwise
+    (a batch job, a pipe) None, so an over-limit estimate stops the stage with its message instead
+    of waiting for an answer that never comes.
+    """
+    if yes:
+        return lambda estimate: True
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(estimate: CostEstimate) -> bool:
+        typer.echo(f"{estimate.describe()}; to make it shorter: {estimate.advice}.", err=True)
+        return bool(typer.confirm("Go on?", default=False, err=True))
+
+    return ask

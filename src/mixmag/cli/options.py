@@ -30,6 +30,9 @@ ConfigFile = Annotated[Path | None, typer.Option(
                      "the named options.")]
 SetItems = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key: section.key=value (repeatable), as in `mixmag run`.")]
+AssumeYes = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Go on without asking when the first steps estimate a run longer than "
+                        "region.confirm_above_minutes (needed in batch jobs, which cannot be asked).")]
 
 
 def split_list(values: list[str] | None) -> list[str]:

@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel
 
 from mixmag.cli.options import (
+    AssumeYes,
     ConfigFile,
     SetItems,
     given_settings,
@@ -48,13 +49,14 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[Precision, setting_option(R, "precision")] = _REGION.precision,
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")] = True,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+        yes: AssumeYes = False,
     ) -> None:
         """Pretrain the region-level mixing encoder (MEM / CMEM) on a feature store.
 
         Every other setting of the `region` section: --set region.KEY=VALUE or --config FILE.
         Multi-GPU: torchrun --nproc_per_node N -m mixmag pretrain ... (--batch-size stays global).
         """
-        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.common import friendly_errors, terminal_ask
 
         values, sources = given_settings(ctx, SECTIONS)
         cfg = load_study_config(config, overrides, values, sources, stages=("pretrain",), features=features,
@@ -66,7 +68,8 @@ def register(app: typer.Typer) -> None:
             settings = cfg.region.run_settings(objective)
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes run.log
                 add_file_handler(out / "run.log")
-            result = pretrain_region_encoder(features, out, settings=settings, resume=resume, progress=progress)
+            result = pretrain_region_encoder(features, out, settings=settings, resume=resume, progress=progress,
+                                             ask=terminal_ask(yes))
         loss = "" if result.final_loss is None else f", final loss {result.final_loss:.4f}"
         typer.echo(f"{result.objective}: {result.steps} steps on {result.n_slides} slides / {result.n_regions} "
                    f"regions{loss}\ncheckpoint: {result.checkpoint}\nmetrics: {result.metrics_path}")

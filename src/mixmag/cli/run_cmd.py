@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from mixmag.cli.options import AssumeYes
+
 
 def _print_outcome(result: object, started: float) -> None:
     from rich.console import Console
@@ -134,13 +136,14 @@ def register(app: typer.Typer) -> None:
         overrides: Annotated[list[str] | None, typer.Option(
             "--set", help="Override a key: section.key=value (repeatable).")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+        yes: AssumeYes = False,
     ) -> None:
         """Run the whole study: tile -> embed -> pretrain -> MIL -> heatmaps -> diagnostics -> report.
 
         Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
         Exits 3 when the study finished but some slides failed (tile/embed manifests, external/problems.csv).
         """
-        from mixmag.cli.common import friendly_errors
+        from mixmag.cli.common import friendly_errors, terminal_ask
         from mixmag.cli.options import load_study_config
         from mixmag.pipeline.study import run_study
 
@@ -149,7 +152,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_study_config(config, overrides, stages="study", warn=False)
         started = time.perf_counter()
         with friendly_errors():
-            result = run_study(cfg, progress=progress)
+            result = run_study(cfg, progress=progress, ask=terminal_ask(yes))
         _print_outcome(result, started)
         _exit_on_failed_inputs(result)
 

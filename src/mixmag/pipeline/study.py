@@ -45,6 +45,7 @@ from mixmag.pipeline.report import EXTERNAL_DIR, RESOLVED_CONFIG, write_study_re
 from mixmag.preflight import STUDY, PreflightError, preflight
 from mixmag.tiling.inputs import collect_slides
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
+from mixmag.utils.cost import Ask
 from mixmag.utils.env import environment_info
 from mixmag.utils.logging import add_file_handler
 from mixmag.utils.settings import field_default, runtime_fields
@@ -124,11 +125,14 @@ class Study:
     Args:
         config: Validated study config.
         progress: Show progress bars.
+        ask: Asked to go on when a stage's first steps estimate it past its limit
+            (``region.confirm_above_minutes``); None stops the stage instead (batch mode).
     """
 
-    def __init__(self, config: PipelineConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: PipelineConfig, *, progress: bool = True, ask: Ask | None = None) -> None:
         self.config = config
         self.progress = progress
+        self.ask = ask
         self.out = Path(config.out).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.ledger = StageLedger(self.out)
@@ -253,7 +257,7 @@ class Study:
             files, note = self.pretrain_corpus()
             result = pretrain_region_encoder(files, self.out / "pretrain" / objective,
                                              settings=self.config.region.run_settings(objective),
-                                             progress=self.progress)
+                                             progress=self.progress, ask=self.ask)
             # `random` logs no step, so it may have no metrics file (the ledger checks listed paths exist)
             metrics = str(result.metrics_path) if result.metrics_path.exists() else None
             return {"checkpoint": str(result.checkpoint), "metrics": metrics,
@@ -433,6 +437,6 @@ class Study:
             handler.close()
 
 
-def run_study(config: PipelineConfig, *, progress: bool = True) -> StudyResult:
+def run_study(config: PipelineConfig, *, progress: bool = True, ask: Ask | None = None) -> StudyResult:
     """Run (or resume) the study described by ``config``; see the module docstring."""
-    return Study(config, progress=progress).run()
+    return Study(config, progress=progress, ask=ask).run()

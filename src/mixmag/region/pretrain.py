@@ -63,6 +63,7 @@ from mixmag.region.runlog import MetricsLog, plot_loss_curve
 from mixmag.region.settings import PretrainSettings
 from mixmag.region.trainer import Trainer
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from mixmag.utils.cost import PROBE_STEPS, Ask, CostLimitError, check_cost, estimate_from_probe
 from mixmag.utils.cpus import thread_budget, usable_cpus
 from mixmag.utils.device import resolve_device
 from mixmag.utils.env import environment_info
@@ -167,6 +168,7 @@ def pretrain_region_encoder(
     settings: PretrainSettings | None = None,
     resume: bool = True,
     progress: bool = True,
+    ask: Ask | None = None,
     **options: Any,
 ) -> PretrainResult:
     """Pretrain (or, for ``objective="random"``, initialise and save) a region encoder.
@@ -179,6 +181,9 @@ def pretrain_region_encoder(
         resume: Continue from the newest checkpoint in ``out_dir`` (its settings and cohort must
             match); False starts over and replaces the run's earlier checkpoints and metrics.
         progress: Show a progress bar (rank 0 only).
+        ask: Called on rank 0 with the duration estimate made after the first steps when it exceeds
+            ``settings.confirm_above_minutes``; True goes on. None (the default, and batch jobs)
+            stops instead (:func:`mixmag.utils.cost.check_cost`).
         **options: Any :class:`~mixmag.region.settings.PretrainSettings` field, e.g.
             ``objective="cmem", preset="small", steps=500, batch_size=64, lr=3e-4``.
 
@@ -188,6 +193,8 @@ def pretrain_region_encoder(
     Raises:
         FormatError: Inconsistent feature files, or a checkpoint of another layout in ``out_dir``.
         ValueError: Bad settings, no usable regions, or ``out_dir`` holds a run with other settings.
+        CostLimitError: The estimate from the first steps exceeds ``confirm_above_minutes`` and
+            ``ask`` did not confirm (nothing is saved but the run folder's metadata).
     """
     s = (settings if settings is not None else PretrainSettings()).updated(**options)
     ctx = init_distributed(resolve_device(s.device))
@@ -195,7 +202,7 @@ def pretrain_region_encoder(
         # compute threads from the usable cores (torchrun sets OMP_NUM_THREADS=1 per rank unless
         # given), restored afterwards; env.json records the budget (mixmag.utils.env)
         with thread_budget(s.threads):
-            return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress).execute()
+            return _Run(features, Path(out_dir), s, ctx, resume=resume, progress=progress, ask=ask).execute()
     finally:
         ctx.close()
 
@@ -204,9 +211,9 @@ class _Run:
     """State of one pretraining run (private: the public entry point is the function above)."""
 
     def __init__(self, features: Any, out: Path, s: PretrainSettings, ctx: DistContext, *,
-                 resume: bool, progress: bool) -> None:
+                 resume: bool, progress: bool, ask: Ask | None) -> None:
         self.features, self.out, self.s, self.ctx = features, out, s, ctx
-        self.resume, self.progress = resume, progress
+        self.resume, self.progress, self.ask = resume, progress, ask
         self.objective = OBJECTIVES.get(s.objective)
         self.cohort = scan_feature_cohort(features)
         self.metrics = MetricsLog(out / "metrics.jsonl")
@@ -362,6 +369,7 @@ class _Run:
         bar = tqdm(total=s.steps, initial=start, disable=not (self.progress and ctx.is_main), desc="pretrain",
                    unit="step", dynamic_ncols=True)
         final_loss = None
+        probe: list[float] = []  # wall seconds of the first steps of this process (the cost probe)
         t_prev = time.perf_counter()
         for expected, batch in enumerate(loader, start=start):
             step = int(batch["step"])
@@ -373,10 +381,20 @@ class _Run:
             now = time.perf_counter()
             record.update(step=step + 1, data_s=round(t_data, 5),
                           regions_per_s=round(s.batch_size / max(now - t_prev, 1e-9), 2))
-            t_prev = now
             final_loss = record["loss"]
             if ctx.is_main:
                 self.metrics.append(record)
+            if len(probe) < PROBE_STEPS:  # the first steps time the run (nothing is run twice)
+                probe.append(now - t_prev)
+                if len(probe) == PROBE_STEPS and step + 1 < s.steps:
+                    bar.clear()
+                    try:
+                        self._check_cost(probe, s.steps - step - 1)
+                    except CostLimitError:
+                        bar.close()
+                        raise
+                    bar.refresh()
+            t_prev = time.perf_counter()  # the time spent asking is not the next step's data time
             bar.update(1)
             bar.set_postfix(loss=f"{final_loss:.4f}")
             done = step + 1
@@ -385,6 +403,33 @@ class _Run:
         bar.close()
         self.metrics.close()
         return final_loss
+
+    def _check_cost(self, probe: list[float], steps_left: int) -> None:
+        """Estimate the rest of the run from the probe; stop (every rank) unless it may go on.
+
+        Collective: every rank calls it at the same step; rank 0 decides (and asks), the others follow.
+        """
+        s, ctx = self.s, self.ctx
+        advice = [] if ctx.device.type == "cuda" else ["use a GPU (region.device: cuda)"]
+        if s.preset != "tiny":
+            advice.append(f"a smaller region.preset than {s.preset} (small or tiny)")
+        advice.append(f"fewer region.steps than {s.steps}")
+        estimate = estimate_from_probe(
+            probe, stage=f"pretraining {s.objective} (preset {s.preset}, batch {s.batch_size})", unit="step",
+            units_left=steps_left, device=str(ctx.device),
+            advice=", ".join(advice[:-1]) + (" or " if len(advice) > 1 else "") + advice[-1])
+        refused: CostLimitError | None = None
+        if ctx.is_main:
+            try:
+                check_cost(estimate, limit_minutes=s.confirm_above_minutes, setting="region.confirm_above_minutes",
+                           ask=self.ask)
+            except CostLimitError as exc:
+                refused = exc
+        flag = torch.tensor([1.0 if refused is not None else 0.0], device=ctx.device)
+        if ctx.all_reduce_sum(flag).item() > 0:
+            self.metrics.close()
+            raise refused if refused is not None else CostLimitError(
+                "rank 0 stopped the run: its duration estimate exceeds region.confirm_above_minutes")
 
     def _checkpoint(self, step: int) -> None:
         if not self.ctx.is_main:

@@ -116,6 +116,9 @@ class PretrainOptions(StageSettings):
     """Intermediate checkpoints kept (older ones are deleted)."""
     open_files: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
     """HDF5 files each data worker keeps open (null = sized to the shuffle buffer)."""
+    confirm_above_minutes: float | None = Field(default=60.0, gt=0, json_schema_extra=RUNTIME)
+    """Stop before training on when the first steps say the run needs longer than this, unless a
+    person at a terminal confirms; batch jobs pass `--yes` (null = never stop; docs/troubleshooting.md)."""
 
     @field_validator("preset")
     @classmethod
