@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, setting_option(R, "lr")] = _REGION.lr,
         seed: Annotated[int, setting_option(R, "seed")] = _REGION.seed,
         device: Annotated[str, setting_option(R, "device")] = _REGION.device,
+        threads: Annotated[int | None, setting_option(R, "threads")] = _REGION.threads,
         precision: Annotated[Precision, setting_option(R, "precision")] = _REGION.precision,
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the newest checkpoint.")] = True,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,

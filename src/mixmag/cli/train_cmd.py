@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, setting_option(M, "batch_size")] = _MIL.batch_size,
         seed: Annotated[int, setting_option(M, "seed")] = _MIL.seed,
         device: Annotated[str, setting_option(M, "device")] = _MIL.device,
+        threads: Annotated[int | None, setting_option(M, "threads")] = _MIL.threads,
         precision: Annotated[Precision, setting_option(M, "precision")] = _MIL.precision,
         refit_all: Annotated[bool, setting_option(M, "refit_all")] = _MIL.refit_all,
         overwrite: Annotated[bool, Opt("--overwrite", help="Replace runs made with other settings.")] = False,
