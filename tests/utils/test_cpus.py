@@ -18,7 +18,6 @@ from mixmag.errors import MixmagValueError
 from mixmag.tiling import tile as tile_mod
 from mixmag.utils import cpus
 from mixmag.utils.cpus import (
-    ThreadAdapter,
     apply_thread_budget,
     detect_cpu_budget,
     plan_threads,
@@ -178,24 +177,6 @@ def test_gpu_decode_workers_come_from_the_allocation(monkeypatch: pytest.MonkeyP
     _affinity(monkeypatch, 3)
     assert plan_decoding("auto", torch.device("cuda")) == DecodePlan(workers=2, threads=1)
     assert plan_decoding("auto", torch.device("cuda"), cpus=16) == DecodePlan(workers=8, threads=1)
-
-
-def test_adapter_drops_a_thread_when_throughput_falls_and_keeps_it_only_if_faster() -> None:
-    torch.set_num_threads(2)
-    adapter = ThreadAdapter(window=1, warmup=0, probe_every=1000)
-    adapter(100, 1.0)  # 100/s at 2 threads
-    adapter(100, 2.0)  # 50/s: fell below 0.8x -> try 1 thread
-    assert adapter.threads == torch.get_num_threads() == 1
-    adapter(100, 1.25)  # 80/s at 1 thread: better than 50, kept
-    assert adapter.threads == 1 and adapter.changes == [(3, 1)]
-    torch.set_num_threads(2)
-    adapter = ThreadAdapter(window=1, warmup=0, probe_every=1000)
-    adapter(100, 1.0)
-    adapter(100, 2.0)
-    adapter(100, 4.0)  # 25/s at 1 thread: worse, back to 2
-    assert adapter.threads == torch.get_num_threads() == 2 and not adapter.changes
-    adapter(100, 2.0)  # 50/s is the new normal at 2 threads: no new drop
-    assert adapter.threads == 2
 
 
 def test_environment_info_records_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:

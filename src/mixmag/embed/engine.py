@@ -47,9 +47,10 @@ from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest
 from mixmag.io.regions import RegionIndex
 from mixmag.utils.atomic import remove_stale_temp_files
-from mixmag.utils.cpus import ThreadAdapter, ThreadPolicy, thread_budget, usable_cpus
+from mixmag.utils.cpus import THREADS_ENV, ThreadPolicy, thread_budget, usable_cpus
 from mixmag.utils.device import resolve_device
 from mixmag.utils.malloc import HeapTrimmer
+from mixmag.utils.thread_adapt import ThreadAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +267,11 @@ def embed_slides(
         loader = DataLoader(stream, batch_size=None, num_workers=decode.workers,
                             prefetch_factor=2 if decode.workers > 0 else None,
                             pin_memory=enc.device.type == "cuda", persistent_workers=False)
-        # policy adapt: only the CPU's compute threads are worth adapting (a GPU's forward pass needs one)
-        adapter = ThreadAdapter() if threads.policy is ThreadPolicy.ADAPT and enc.device.type == "cpu" else None
+        # policy adapt: only the CPU's compute threads are worth adapting (a GPU's forward pass needs
+        # one), and never a count the user chose (embed.threads, MIXMAG_THREADS)
+        adaptive = (threads.policy is ThreadPolicy.ADAPT and enc.device.type == "cpu"
+                    and threads.source not in ("threads argument", THREADS_ENV))
+        adapter = ThreadAdapter(cores=threads.budget.cores, max_threads=threads.threads) if adaptive else None
         batcher = TileBatcher(enc, batch_size=batch_size, manifest=Manifest(out / MANIFEST_NAME), claims=claims,
                               jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
                               first_batch_hook=_check_precision if precision == "auto" else None,

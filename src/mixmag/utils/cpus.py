@@ -200,8 +200,9 @@ class ThreadPolicy(StrEnum):
     """(c) As ``all``; idle OpenMP threads sleep instead of spinning. Needs ``OMP_WAIT_POLICY=PASSIVE``
     before torch loads OpenMP (:func:`prepare_openmp_env`); afterwards it cannot be changed."""
     ADAPT = "adapt"
-    """(d) As ``all``, then :class:`ThreadAdapter` drops a thread while per-batch throughput stays
-    down (embedding on a CPU; other stages run as ``all``)."""
+    """(d) As ``all``, then :class:`~mixmag.utils.thread_adapt.ThreadAdapter` keeps the compute
+    threads at the cores other processes leave free, measured every second (embedding on a CPU;
+    other stages run as ``all``)."""
 
 
 def thread_policy(policy: str | None = None) -> ThreadPolicy:
@@ -354,78 +355,3 @@ def prepare_openmp_env(policy: str | None = None) -> bool:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
-
-
-class ThreadAdapter:
-    """Policy ``adapt``: drop a compute thread while per-batch throughput stays below its best.
-
-    Hill climbing on windows of ``window`` batches: when a window's throughput falls below
-    ``drop_below`` x the best seen at the current thread count, one thread fewer is tried for a
-    window and kept only if faster; every ``probe_every`` windows below the start count, one thread
-    more is tried the same way (the other load may have gone). Call it after every forward pass.
-
-    Args:
-        window: Batches per throughput measurement.
-        drop_below: Fraction of the best throughput that counts as a fall.
-        probe_every: Windows between tries of one thread more.
-        warmup: Batches ignored at the start (primitive creation, the precision check).
-    """
-
-    def __init__(self, *, window: int = 3, drop_below: float = 0.8, probe_every: int = 20, warmup: int = 2) -> None:
-        import torch
-
-        self.max_threads = self.threads = torch.get_num_threads()
-        self.window, self.drop_below, self.probe_every, self.warmup = window, drop_below, probe_every, warmup
-        self.best: dict[int, float] = {}  # best window throughput at each thread count
-        self.changes: list[tuple[int, int]] = []  # (batch, threads) after each kept change
-        self._items = self._seconds = 0.0
-        self._batches = self._in_window = self._windows = 0
-        self._trial: tuple[int, float] | None = None  # (count before the trial, its last throughput)
-
-    def __call__(self, n_items: int, seconds: float) -> None:
-        """Record one forward pass of ``n_items`` items that took ``seconds``."""
-        self._batches += 1
-        if self._batches <= self.warmup:
-            return
-        self._items += n_items
-        self._seconds += seconds
-        self._in_window += 1
-        if self._in_window < self.window:
-            return
-        rate = self._items / max(self._seconds, 1e-9)
-        self._items = self._seconds = 0.0
-        self._in_window = 0
-        self._decide(rate)
-
-    def _set(self, n: int) -> None:
-        import torch
-
-        torch.set_num_threads(n)
-        self.threads = n
-        self._windows = 0
-
-    def _decide(self, rate: float) -> None:
-        n = self.threads
-        if self._trial is not None:
-            before, before_rate = self._trial
-            self._trial = None
-            if rate < before_rate:  # no better: go back, and take its recent throughput as the new normal
-                self._set(before)
-                self.best[before] = before_rate
-                return
-            self.best[n] = rate
-            self.changes.append((self._batches, n))
-            logger.info("thread policy adapt: %d -> %d compute threads (%.1f -> %.1f items/s)", before, n,
-                        before_rate, rate)
-            return
-        self._windows += 1
-        best = self.best.get(n, 0.0)
-        if rate >= best:
-            self.best[n] = rate
-        elif rate < self.drop_below * best and n > 1:
-            self._trial = (n, rate)
-            self._set(n - 1)
-            return
-        if n < self.max_threads and self._windows >= self.probe_every:
-            self._trial = (n, rate)
-            self._set(n + 1)
