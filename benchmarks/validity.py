@@ -200,16 +200,14 @@ def print_tables(summary: pd.DataFrame) -> None:
 
 def plot(summary: pd.DataFrame, settings: list[Setting], path: Path) -> None:
     """AUROC (mean over seeds, 95 % CI) against regions per slide, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mixmag.report.figures import new_figure, save_png  # Agg canvas, no pyplot state
 
     regions = {s.name: s.regions for s in settings if len(s.mpp) == 1}
     data = summary[summary["setting"].isin(regions)].assign(regions=lambda d: d["setting"].map(regions))
     if data.empty:
         return
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = new_figure(6.5, 4.2)
+    ax = fig.add_subplot()
     groups = list(data.groupby("method", sort=False))
     for i, (method, g) in enumerate(groups):
         g = g.sort_values("regions")
@@ -226,8 +224,7 @@ def plot(summary: pd.DataFrame, settings: list[Setting], path: Path) -> None:
     ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def main() -> int:

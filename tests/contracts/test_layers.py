@@ -4,10 +4,14 @@
 to be installed), without its cache. A second test plants one violation per contract in a copy of
 the package and expects every contract to break, so the check cannot pass vacuously (for example
 because the configuration went unread or the imports inside functions went uncounted).
+
+A third contract is checked on the source itself: only ``mixmag.report`` imports matplotlib, so
+every figure is drawn there (import-linter cannot express it: matplotlib is not a mixmag module).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -60,3 +64,46 @@ def test_each_contract_catches_a_violation(tmp_path: Path) -> None:
     assert result.returncode != 0, report
     assert "0 kept, 3 broken" in report, report
     assert "mixmag.io.manifest -> mixmag.tiling.grid" in report, report
+
+
+PACKAGE = REPO_ROOT / "src" / "mixmag"
+DRAWING_PACKAGE = PACKAGE / "report"
+_IMPORT_FUNCTIONS = {"import_module", "__import__"}
+
+
+def _matplotlib_imports(path: Path) -> list[int]:
+    """Line numbers where ``path`` imports matplotlib (any form, at module level or in a function)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if node.level == 0 else []
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in _IMPORT_FUNCTIONS):
+            names = [node.args[0].value]
+        else:
+            continue
+        if any(name == "matplotlib" or name.startswith("matplotlib.") for name in names):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_only_report_imports_matplotlib() -> None:
+    """Plotting lives in ``mixmag.report``: no other module imports matplotlib, not even lazily."""
+    found = {path: _matplotlib_imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+    outside = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, lines in found.items()
+               if not path.is_relative_to(DRAWING_PACKAGE) for line in lines]
+    assert not outside, ("matplotlib imported outside mixmag.report (draw with the Figure functions of "
+                         "mixmag.report and save with mixmag.report.figures.save_png):\n" + "\n".join(outside))
+    # the scan sees the imports that are allowed, so it cannot pass because it sees nothing
+    assert found[DRAWING_PACKAGE / "figures.py"], "the matplotlib scan found no import in report/figures.py"
+
+
+def test_matplotlib_scan_sees_every_import_form(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import os\nimport matplotlib.pyplot as plt\nfrom matplotlib import colormaps\n"
+                      "def f():\n    import importlib\n    return importlib.import_module('matplotlib.figure')\n"
+                      "from .matplotlib import x\n", encoding="utf-8")
+    assert _matplotlib_imports(module) == [2, 3, 6]

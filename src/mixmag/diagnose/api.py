@@ -32,7 +32,8 @@ from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostic
 from mixmag.diagnose.probes import PROBES, run_probes
 from mixmag.diagnose.tiles import DEFAULT_MAX_TILES, run_tile_ceiling
 from mixmag.io.h5common import FormatError
-from mixmag.region.runlog import MetricsLog, plot_loss_curve
+from mixmag.region.runlog import MetricsLog
+from mixmag.report.run_plots import write_loss_curve
 from mixmag.report.diagnostics_plots import (
     attention_share_plot,
     ceiling_heatmap,
@@ -124,7 +125,7 @@ def _pretraining(result: DiagnosticsResult, features: Path, checkpoints: Mapping
         records = MetricsLog(log).records() if log is not None else []
         if records:  # the same figure `mixmag pretrain` draws (terms, EMA, learning rate)
             name = f"loss_curve_{role}.png"
-            plot_loss_curve(records, result.out_dir / name, title=f"pretraining loss ({role})")
+            write_loss_curve(records, result.out_dir / name, title=f"pretraining loss ({role})")
             result.files[name] = result.out_dir / name
     if tables:
         result.pretraining = pd.concat(tables, ignore_index=True)

@@ -29,6 +29,7 @@ from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_use
 from mixmag.evaluate.bootstrap import paired_bootstrap
 from mixmag.evaluate.delong import delong_test
 from mixmag.evaluate.settings import REFERENCE_METHOD
+from mixmag.report.run_plots import write_comparison_plot
 from mixmag.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -188,8 +189,6 @@ def _markdown(df: pd.DataFrame, corner: str) -> str:
 
 def write_comparison(table: pd.DataFrame, out: str | os.PathLike[str], *, reference: str = REFERENCE_METHOD) -> Path:
     """Write ``comparison.csv`` (long), ``comparison.md`` (two wide tables) and ``comparison.png``."""
-    from mixmag.evaluate.plots import plot_forest  # pyplot: only when writing the files
-
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "comparison.csv", table.to_csv(index=False))
@@ -203,5 +202,5 @@ def write_comparison(table: pd.DataFrame, out: str | os.PathLike[str], *, refere
     )
     atomic_write_text(folder / "comparison.md", text)
     per_task = table[table["target"] != AVERAGE]
-    plot_forest(per_task, folder / "comparison.png", reference=reference, method_order=methods_in_order(per_task))
+    write_comparison_plot(per_task, folder / "comparison.png", reference=reference, method_order=methods_in_order(per_task))
     return folder

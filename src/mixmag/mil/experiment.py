@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from mixmag.errors import MixmagValueError, reading_user_file
-from mixmag.evaluate.plots import plot_learning_curve
 from mixmag.evaluate.settings import EvaluateSettings, cross_validation_fields
 from mixmag.evaluate.splits import (
     fold_roles,
@@ -42,6 +41,7 @@ from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, label_colum
 from mixmag.mil.methods import METHODS
 from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
 from mixmag.mil.settings import PAPER_METHODS, MilSettings
+from mixmag.report.run_plots import write_learning_curve
 from mixmag.utils.atomic import atomic_write_json
 from mixmag.utils.device import resolve_device
 from mixmag.utils.env import environment_info
@@ -203,8 +203,8 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
         history = pd.DataFrame(clf.history_)
         write_csv(fold_df, fold_dir / "predictions.csv")
         write_csv(history, fold_dir / "history.csv")
-        plot_learning_curve(history, fold_dir / "learning_curve.png", best_epoch=clf.best_epoch_,
-                            title=f"{tb.target} — {method} — fold {fold}")
+        write_learning_curve(history, fold_dir / "learning_curve.png", best_epoch=clf.best_epoch_,
+                             title=f"{tb.target} — {method} — fold {fold}")
         info = {"best_epoch": int(clf.best_epoch_), "criterion": clf.criterion_, "epochs_run": len(history),
                 **{f"n_{r}": len(idx) for r, idx in roles.items()}}
         save_fold_model(fold_dir / "model.pt", clf, spec=store.spec, recipe=recipe, extra=info)  # type: ignore[arg-type]

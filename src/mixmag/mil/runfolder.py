@@ -19,8 +19,8 @@ import pandas as pd
 from mixmag.errors import MixmagValueError
 from mixmag.evaluate.bootstrap import bootstrap_auroc_ci
 from mixmag.evaluate.metrics import auroc, fold_aurocs, summarize_folds
-from mixmag.evaluate.plots import plot_roc
 from mixmag.mil.labels import Bag
+from mixmag.report.run_plots import write_roc
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 
 METRICS_ARTIFACT = "mil_metrics"
@@ -104,7 +104,7 @@ def summarize_run(run_dir: str | os.PathLike[str], oof: pd.DataFrame, *, target:
     }
     atomic_write_json(run / "metrics.json", metrics)
     if np.isfinite(pooled):
-        plot_roc(y, prob, oof["fold"].to_numpy(), run / "roc.png", title=f"{target} — {method}", class_names=classes)
+        write_roc(y, prob, oof["fold"].to_numpy(), run / "roc.png", title=f"{target} — {method}", class_names=classes)
     return metrics
 
 

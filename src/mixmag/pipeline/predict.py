@@ -46,6 +46,7 @@ from mixmag.mil.deploy import (
 )
 from mixmag.mil.labels import read_labels
 from mixmag.mil.runfolder import write_csv
+from mixmag.report.run_plots import write_calibration, write_roc
 from mixmag.report.settings import ReportSettings
 from mixmag.utils.atomic import atomic_write_json
 
@@ -193,8 +194,6 @@ def _plots_dir(run: TrainedRun) -> str:
 
 
 def _plots(scores: RunScores, out: Path) -> None:
-    from mixmag.evaluate.plots import plot_calibration, plot_roc
-
     y = np.asarray([b.label for b in scores.bags])
     keep = y >= 0
     if len(np.unique(y[keep])) < 2:
@@ -202,9 +201,9 @@ def _plots(scores: RunScores, out: Path) -> None:
     folder = out / _plots_dir(scores.run)
     prob = scores.reported[keep]
     title = f"{scores.run.target} — {scores.run.method} (external, {scores.run.reported})"
-    plot_roc(y[keep], prob, None, folder / "roc.png", title=title, class_names=scores.run.classes)
+    write_roc(y[keep], prob, None, folder / "roc.png", title=title, class_names=scores.run.classes)
     if len(scores.run.classes) == 2:
-        plot_calibration(y[keep], prob[:, 1], folder / "calibration.png", title=title)
+        write_calibration(y[keep], prob[:, 1], folder / "calibration.png", title=title)
 
 
 def predict_cohort(

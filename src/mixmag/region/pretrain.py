@@ -59,9 +59,10 @@ from mixmag.region.data import (
 )
 from mixmag.region.distributed import DistContext, init_distributed
 from mixmag.region.objectives import OBJECTIVES
-from mixmag.region.runlog import MetricsLog, plot_loss_curve
+from mixmag.region.runlog import MetricsLog
 from mixmag.region.settings import PretrainSettings
 from mixmag.region.trainer import Trainer
+from mixmag.report.run_plots import write_loss_curve
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from mixmag.utils.cost import PROBE_STEPS, Ask, CostLimitError, check_cost, estimate_from_probe
 from mixmag.utils.cpus import thread_budget, usable_cpus
@@ -134,7 +135,7 @@ def _nonfinite_reason(entry: SlideEntry) -> str:
             "delete it and re-run `mixmag embed`")
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
+def latest_checkpoint(out: Path) -> Path | None:
     """Newest complete checkpoint of a run folder (final first, then the highest step)."""
     if (out / "final" / CONFIG_FILE).is_file():
         return out / "final"
@@ -227,7 +228,7 @@ class _Run:
     def _prepare_folder(self) -> Path | None:
         """Create the run folder; return the checkpoint to resume from (None = fresh start)."""
         out, c = self.out, self.cohort
-        latest = _latest_checkpoint(out) if self.resume else None
+        latest = latest_checkpoint(out) if self.resume else None
         if latest is not None:
             meta = read_checkpoint_config(latest)
             _, info = load_region_encoder(latest)
@@ -343,7 +344,7 @@ class _Run:
         self._record_nonfinite()
         self._save(self.out / "final", s.steps, with_state=False)
         if ctx.is_main:
-            plot_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{s.objective} ({s.preset})")
+            write_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{s.objective} ({s.preset})")
         ctx.barrier()
         return self._result(final_loss, start if latest is not None else None)
 
@@ -438,4 +439,4 @@ class _Run:
         olds = sorted(c for c in (self.out / "checkpoints").glob("step_*") if (c / STATE_FILE).is_file())
         for old in olds[: max(len(olds) - self.s.keep_checkpoints, 0)]:
             remove_checkpoint(old)
-        plot_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{self.s.objective} ({self.s.preset})")
+        write_loss_curve(self.metrics.records(), self.out / "loss_curve.png", title=f"{self.s.objective} ({self.s.preset})")

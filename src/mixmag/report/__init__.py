@@ -1,8 +1,13 @@
 """Heatmaps, plots and the self-contained HTML report of a run.
 
+All of mixmag's drawing lives here (no other package imports matplotlib): every stage draws
+its figures with these functions, from plain values.
+
 * :mod:`mixmag.report.heatmap` -- region attention over the thumbnail, per-magnification token
   view, top-k regions at 5x/10x/20x (numpy in, matplotlib Figure out).
-* :mod:`mixmag.report.plots` -- loss curves, ROC curves, comparison forest plot, timings.
+* :mod:`mixmag.report.plots` -- training curves (loss, MIL learning curve), timings.
+* :mod:`mixmag.report.evaluation_plots` -- ROC curves, reliability diagram, comparison forest plot.
+* :mod:`mixmag.report.run_plots` -- the PNGs stages write into their run folders (same figures).
 * :mod:`mixmag.report.html` -- :class:`Report`, a builder of one-file HTML reports.
 * :mod:`mixmag.report.build` -- :func:`build_report` from stage outputs.
 * :mod:`mixmag.report.settings` -- :class:`ReportSettings`, the ``report:`` config section.

@@ -21,16 +21,10 @@ import yaml
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.report.diagnostics_section import add_diagnostics_section
+from mixmag.report.evaluation_plots import comparison_plot, roc_curves
 from mixmag.report.external import add_external_section
 from mixmag.report.html import ImageLike, Report, flatten
-from mixmag.report.plots import (
-    MetricsSource,
-    comparison_plot,
-    format_seconds,
-    loss_curves,
-    roc_curves,
-    timings_plot,
-)
+from mixmag.report.plots import MetricsSource, format_seconds, loss_curves, timings_plot
 from mixmag.utils.env import environment_info
 
 logger = logging.getLogger(__name__)
@@ -120,7 +114,8 @@ def build_report(
         cohort: One row per slide (e.g. slide_id, patient_id, label, n_regions, status).
         qc_images: QC pictures (paths/arrays/figures, or ``(image, caption)``).
         comparison: One row per method with ``method, mean, ci_low, ci_high`` (+ any columns).
-        roc: ``{method: (y_true, y_score)}`` or per-fold lists (see :func:`~mixmag.report.plots.roc_curves`).
+        roc: ``{method: (y_true, y_score)}`` or per-fold lists (see
+            :func:`~mixmag.report.evaluation_plots.roc_curves`).
         loss: ``{run name: metrics}`` (DataFrame, CSV or JSONL with ``step`` and ``loss``).
         heatmaps: Heatmap PNGs (or ``(image, caption)``).
         diagnostics: A ``mixmag diagnose`` output folder (skipped when it holds no result).
@@ -188,15 +183,19 @@ def build_report(
             sec.table(table, highlight_max="mean" if "mean" in table.columns else None,
                       caption=f"{metric} per method with bootstrap 95% confidence intervals; best in bold.")
             if {"method", "mean", "ci_low", "ci_high"} <= set(comparison.columns):
-                sec.figure(comparison_plot(comparison, xlabel=metric), caption=f"{metric} with 95% CI; "
+                sd = "sd" if "sd" in comparison.columns else None
+                order = comparison.sort_values("mean", ascending=False, kind="stable")["method"].tolist()
+                sec.figure(comparison_plot(comparison, sd=sd, order=order, xlabel=metric),
+                           caption=f"{metric}: dot, mean{' (caps: ± sd)' if sd else ''}; band, 95% CI; "
                            "dashed line: chance.", width="70%")
         if roc:
             sec.figure(roc_curves(roc), caption="ROC curves of the out-of-fold predictions.", width="55%")
 
     if loss:
         sec = report.section("Region-encoder pretraining")
-        sec.figure(loss_curves(loss, title="training loss"), caption="Pretraining loss per optimizer "
-                   "step (faint: raw, bold: rolling mean).", width="75%")
+        sec.figure(loss_curves(loss, xlabel="optimizer step", title="training loss"),
+                   caption="Pretraining loss per optimizer step (long runs: faint raw values under an "
+                   "exponential moving average).", width="75%")
 
     if heatmaps:
         sec = report.section("Heatmaps")

@@ -41,17 +41,24 @@ def new_figure(width_in: float, height_in: float) -> Figure:
     return fig
 
 
-def png_bytes(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
-    """PNG encoding of ``fig``; its pixel size is exactly ``figsize * dpi`` (no tight cropping)."""
+def png_bytes(fig: Figure, dpi: int = DEFAULT_DPI, *, crop: bool = False) -> bytes:
+    """PNG encoding of ``fig``.
+
+    Args:
+        fig: The figure.
+        dpi: Pixels per inch.
+        crop: Crop the margins to the drawn content (matplotlib's ``bbox_inches="tight"``); the
+            pixel size then depends on the content. Default: exactly ``figsize * dpi`` pixels.
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if crop else None)
     return buf.getvalue()
 
 
-def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
-    """Write ``fig`` as a PNG atomically and return the path."""
+def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI, *, crop: bool = False) -> Path:
+    """Write ``fig`` as a PNG atomically (``crop`` as in :func:`png_bytes`) and return the path."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(png_bytes(fig, dpi))
+        tmp.write_bytes(png_bytes(fig, dpi, crop=crop))
     return Path(path)
 
 

@@ -1,17 +1,21 @@
-"""Generic report plots: training-loss curves, ROC curves, a comparison forest plot, stage timings.
+"""Training curves, stage timings and the metrics-table reader behind them.
 
-Inputs are plain tables/arrays (pandas DataFrames, numpy arrays, file paths of CSV/JSONL metrics),
-so any stage's outputs can be plotted; every function returns a matplotlib Figure
-(see :mod:`mixmag.report.figures` to save it).
+Inputs are plain values (DataFrames, metrics records, CSV/JSONL metrics files), so any stage's
+outputs can be plotted; every function returns a matplotlib Figure built without pyplot (no figure
+registry to leak or race on; see :mod:`mixmag.report.figures` to save it). Evaluation figures (ROC,
+reliability diagram, comparison forest plot) live in :mod:`mixmag.report.evaluation_plots`; the
+PNGs that stages write into their run folders are these same figures
+(:mod:`mixmag.report.run_plots`), so a run folder and the HTML report draw each kind of figure once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -20,20 +24,27 @@ from matplotlib.figure import Figure
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.report.figures import new_figure
 
-MetricsSource: TypeAlias = pd.DataFrame | str | os.PathLike
-Predictions: TypeAlias = tuple[np.ndarray, np.ndarray]
+MetricsSource: TypeAlias = pd.DataFrame | str | os.PathLike | Sequence[Mapping[str, Any]]
 
 # Colour-blind-safe palette (Okabe-Ito) in a fixed order, so a method keeps its colour across plots.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
+# Curves up to this many points are drawn raw; longer ones get an EMA over ~1/30 of the run.
+SMOOTH_FROM_POINTS = 50
+
 
 def read_metrics_table(source: MetricsSource) -> pd.DataFrame:
-    """A metrics table from a DataFrame, a CSV file or a JSON-lines file (one record per line).
+    """A metrics table from a DataFrame, records (one mapping per row), a CSV or a JSON-lines file.
 
     A torn last JSONL line (from a crashed run) is skipped.
+
+    Raises:
+        MixmagFileNotFoundError: The file does not exist.
     """
     if isinstance(source, pd.DataFrame):
         return source
+    if not isinstance(source, str | os.PathLike):
+        return pd.DataFrame.from_records(list(source))
     path = Path(source)
     if not path.exists():
         raise MixmagFileNotFoundError(f"metrics file {path} does not exist")
@@ -49,10 +60,23 @@ def read_metrics_table(source: MetricsSource) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or len(y) < 3:
-        return y
-    return pd.Series(y).rolling(window, min_periods=1, center=True).mean().to_numpy()
+def _ema_decay(n_points: int, span: float | None) -> float:
+    """EMA decay for a curve of ``n_points``; 0 means no smoothing."""
+    if span is not None:
+        return 0.0 if span <= 1 else 1.0 - 1.0 / span
+    if n_points <= SMOOTH_FROM_POINTS:
+        return 0.0
+    return min(max(1.0 - 30.0 / n_points, 0.5), 0.98)  # a span of n/30 points, 2 to 50
+
+
+def _ema(values: np.ndarray, decay: float) -> np.ndarray:
+    """Exponential moving average; it restarts after a non-finite value."""
+    out = np.empty(len(values))
+    acc: float | None = None
+    for i, v in enumerate(values.tolist()):
+        acc = v if acc is None or not math.isfinite(acc) else decay * acc + (1 - decay) * v
+        out[i] = acc
+    return out
 
 
 def loss_curves(
@@ -60,151 +84,112 @@ def loss_curves(
     *,
     x: str = "step",
     columns: Sequence[str] = ("loss",),
-    smooth: int | None = None,
-    log_y: bool = False,
+    secondary: str | None = None,
+    secondary_label: str | None = None,
+    smooth: float | None = None,
+    log_y: bool | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Training curves of one or several runs (e.g. MEM and CMEM pretraining).
+    """Training curves of one run (e.g. a pretraining loss and its terms) or several (MEM beside CMEM).
+
+    Curves longer than 50 points are drawn faint with their exponential moving average (EMA) on
+    top, labelled "(EMA)"; the first of ``columns`` is the headline and drawn thicker.
 
     Args:
-        runs: ``{name: metrics}`` or a single metrics source (DataFrame, CSV or JSONL path) with
-            an ``x`` column and the ``columns`` to plot.
-        x: Column for the x axis.
-        columns: Metric columns to plot (missing ones are skipped per run).
-        smooth: Rolling-mean window; default ~2 % of the run length. Raw values stay visible, faint.
-        log_y: Logarithmic y axis.
+        runs: ``{name: metrics}`` or one metrics source (DataFrame, records, CSV or JSONL path)
+            with an ``x`` column and the ``columns`` to plot. Legend labels: the column name for
+            one source, the run name for a mapping and one column, ``name: column`` otherwise.
+        x: Column of the x axis (e.g. ``step``, optimizer steps completed).
+        columns: Metric columns, on the left y axis (missing ones are skipped per run).
+        secondary: Column drawn grey and dotted against a right-hand y axis (e.g. ``lr``, the
+            learning rate); None for no right-hand axis.
+        secondary_label: Label of the right-hand axis (default: ``secondary``).
+        smooth: EMA span in points (decay ``1 - 1/smooth``; 1 or less: raw curves). Default: a
+            span of 1/30 of the points (2 to 50), raw curves up to 50 points.
+        log_y: Logarithmic left y axis; default: when every plotted value is positive.
+        xlabel: Default: ``x``.
+        ylabel: Default: the column for one column, else ``value``.
         title: Figure title.
+
+    Raises:
+        MixmagValueError: A run has no ``x`` column, or none of ``columns`` exists in any run.
     """
-    named = dict(runs) if isinstance(runs, Mapping) else {"run": runs}
-    fig = new_figure(6.4, 3.6)
+    single = not isinstance(runs, Mapping)
+    named: dict[str, MetricsSource] = {"run": runs} if single else dict(runs)  # type: ignore[dict-item,arg-type]
+    tables = {name: read_metrics_table(source) for name, source in named.items()}
+    fig = new_figure(7.0, 4.0)
     ax = fig.add_subplot()
-    k = 0
-    for name, source in named.items():
-        df = read_metrics_table(source)
+    plotted: list[np.ndarray] = []
+    for name, df in tables.items():
         if x not in df.columns:
             raise MixmagValueError(f"metrics of {name!r} have no {x!r} column (columns: {', '.join(map(str, df.columns))})")
         for col in columns:
             if col not in df.columns:
                 continue
-            d = df[[x, col]].dropna().sort_values(x)
+            d = df[[x, col]].dropna().sort_values(x, kind="stable")
             xs, ys = d[x].to_numpy(), d[col].to_numpy(dtype=float)
-            colour = PALETTE[k % len(PALETTE)]
-            k += 1
-            window = smooth if smooth is not None else max(1, len(ys) // 50)
-            label = name if len(columns) == 1 else f"{name}: {col}"
-            if window > 1:
-                ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, _smooth(ys, window), color=colour, linewidth=1.6, label=label)
-    if k == 0:
+            colour = f"C{len(plotted) % 10}"  # matplotlib's default colour cycle (tab10)
+            plotted.append(ys)
+            label = col if single else (name if len(columns) == 1 else f"{name}: {col}")
+            width, alpha = (1.6, 1.0) if col == columns[0] else (1.0, 0.8)
+            decay = _ema_decay(len(ys), smooth)
+            if decay > 0:
+                ax.plot(xs, ys, color=colour, lw=0.6, alpha=0.25)
+                ax.plot(xs, _ema(ys, decay), color=colour, lw=width, alpha=alpha, label=f"{label} (EMA)")
+            else:
+                ax.plot(xs, ys, color=colour, lw=width, alpha=alpha, label=label)
+    if not plotted:
         raise MixmagValueError(f"none of the columns {list(columns)} found in the metrics")
-    ax.set_xlabel(x)
-    ax.set_ylabel(columns[0] if len(columns) == 1 else "value")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or (columns[0] if len(columns) == 1 else "value"))
+    if log_y is None:
+        log_y = all(bool((ys > 0).all()) for ys in plotted)
     if log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    with_secondary = [df for df in tables.values() if secondary is not None and secondary in df.columns]
+    if with_secondary:
+        ax2 = ax.twinx()
+        for df in with_secondary:
+            d = df[[x, secondary]].dropna().sort_values(x, kind="stable")
+            ax2.plot(d[x].to_numpy(), d[secondary].to_numpy(dtype=float), color="grey", ls=":", lw=1.0)
+        ax2.set_ylabel(secondary_label or str(secondary), color="grey")
+        ax2.tick_params(axis="y", colors="grey")
+    ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    # laid out when drawn, at the dpi of the PNG (text extents, hence margins, depend on it)
+    fig.set_layout_engine("tight")
     return fig
 
 
-def _is_fold_list(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], tuple)
-
-
-def roc_curves(
-    results: Mapping[str, Predictions | list[Predictions]],
-    *,
-    title: str | None = None,
-) -> Figure:
-    """ROC curves of several methods on one axis, AUROC in the legend.
+def learning_curve(history: pd.DataFrame, *, best_epoch: int | None = None, title: str | None = None) -> Figure:
+    """Train/validation loss (left axis, cross-entropy) and validation AUROC (right axis) per epoch.
 
     Args:
-        results: ``{method: (y_true, y_score)}`` for pooled predictions, or
-            ``{method: [(y_true, y_score), ...]}`` per fold: then the mean curve (interpolated on
-            a common FPR grid) is drawn with a +-1 sd band and the legend gives mean +- sd AUROC.
-            ``y_true`` is binary (0/1), ``y_score`` the positive-class score.
+        history: One row per epoch with columns ``epoch, train_loss, val_loss, val_auroc``.
+        best_epoch: Epoch whose weights were kept: a dashed vertical line; None for none.
         title: Figure title.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = new_figure(4.8, 4.4)
+    fig = new_figure(6.0, 3.6)
     ax = fig.add_subplot()
-    grid = np.linspace(0, 1, 201)
-    for i, (name, value) in enumerate(results.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        folds = value if _is_fold_list(value) else [value]
-        tprs, aucs = [], []
-        for y_true, y_score in folds:
-            y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=float)
-            if len(np.unique(y_true)) < 2:
-                continue  # AUROC undefined for a single-class fold
-            fpr, tpr, _ = roc_curve(y_true, y_score)
-            tprs.append(np.interp(grid, fpr, tpr, left=0.0))
-            aucs.append(roc_auc_score(y_true, y_score))
-        if not tprs:
-            continue
-        mean = np.mean(tprs, axis=0)
-        mean[0] = 0.0
-        label = (f"{name} (AUROC {aucs[0]:.3f})" if len(aucs) == 1
-                 else f"{name} (AUROC {np.mean(aucs):.3f} ± {np.std(aucs):.3f})")
-        ax.plot(grid, mean, color=colour, linewidth=1.6, label=label)
-        if len(tprs) > 1:
-            sd = np.std(tprs, axis=0)
-            ax.fill_between(grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color=colour, alpha=0.12)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(loc="lower right", fontsize=7, frameon=True, framealpha=0.9, edgecolor="none")
+    ax.plot(history["epoch"], history["train_loss"], label="train loss", color="tab:blue")
+    ax.plot(history["epoch"], history["val_loss"], label="val loss", color="tab:orange")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax2 = ax.twinx()
+    ax2.plot(history["epoch"], history["val_auroc"], label="val AUROC", color="tab:green", marker=".")
+    ax2.set_ylabel("val AUROC")
+    ax2.set_ylim(0, 1.02)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, loc="center right", fontsize=8)
     if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def comparison_plot(
-    table: pd.DataFrame,
-    *,
-    method: str = "method",
-    mean: str = "mean",
-    low: str = "ci_low",
-    high: str = "ci_high",
-    reference: float | None = 0.5,
-    xlabel: str = "AUROC",
-    title: str | None = None,
-) -> Figure:
-    """Forest plot: one row per method, the point estimate and its confidence interval.
-
-    Args:
-        table: One row per method with columns ``method``, ``mean``, ``low``, ``high``.
-        reference: Vertical reference line (chance level for AUROC); None for none.
-        xlabel: Axis label.
-        title: Figure title.
-    """
-    missing = [c for c in (method, mean, low, high) if c not in table.columns]
-    if missing:
-        raise MixmagValueError(f"comparison table lacks columns {missing}; it has {list(table.columns)}")
-    df = table.sort_values(mean).reset_index(drop=True)
-    fig = new_figure(6.0, 0.9 + 0.38 * len(df))
-    ax = fig.add_subplot()
-    y = np.arange(len(df))
-    m = df[mean].to_numpy(float)
-    err = np.vstack([m - df[low].to_numpy(float), df[high].to_numpy(float) - m])
-    ax.errorbar(m, y, xerr=np.clip(err, 0, None), fmt="o", color="#0072B2", ecolor="#555555", capsize=3)
-    for yi, mi, hi in zip(y, m, df[high].to_numpy(float), strict=True):
-        ax.text(float(hi), float(yi), f"  {mi:.3f}", va="center", fontsize=8)
-    if reference is not None:
-        ax.axvline(reference, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_yticks(y, df[method].astype(str))
-    ax.set_xlabel(xlabel)
-    ax.grid(axis="x", alpha=0.3)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+        ax.set_title(title, fontsize=10)
     return fig
 
 
