@@ -24,7 +24,8 @@ from mixmag.report.diagnostics_section import add_diagnostics_section
 from mixmag.report.evaluation_plots import comparison_plot, roc_curves
 from mixmag.report.external import add_external_section
 from mixmag.report.html import ImageLike, Report, flatten
-from mixmag.report.plots import MetricsSource, format_seconds, loss_curves, timings_plot
+from mixmag.report.plots import MetricsSource, loss_curves, timings_plot
+from mixmag.utils.cost import format_seconds
 from mixmag.utils.env import environment_info
 
 logger = logging.getLogger(__name__)

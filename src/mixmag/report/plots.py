@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.report.figures import new_figure
+from mixmag.utils.cost import format_seconds
 
 MetricsSource: TypeAlias = pd.DataFrame | str | os.PathLike | Sequence[Mapping[str, Any]]
 
@@ -209,14 +210,3 @@ def timings_plot(timings: Mapping[str, float], *, title: str | None = None) -> F
         ax.set_title(title)
     fig.tight_layout()
     return fig
-
-
-def format_seconds(seconds: float) -> str:
-    """``75.2`` -> ``"1 min 15 s"``, ``3.4`` -> ``"3.4 s"``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
