@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,24 +18,14 @@ from mixmag.utils.atomic import atomic_path
 
 DEFAULT_DPI = 100
 
-# One small, consistent style for every report figure.
-STYLE: dict[str, Any] = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.fontsize": 8,
-    "legend.frameon": False,
-}
-
-
 def new_figure(width_in: float, height_in: float) -> Figure:
-    """A Figure of exactly ``width_in`` x ``height_in`` inches with an Agg canvas attached."""
-    import matplotlib as mpl
+    """A Figure of exactly ``width_in`` x ``height_in`` inches with an Agg canvas attached.
 
-    with mpl.rc_context(STYLE):  # type: ignore[arg-type]  # rc keys are plain strings here
-        fig = Figure(figsize=(width_in, height_in))
+    matplotlib's global rcParams are never changed (an ``rc_context`` around figure creation would
+    not reach the axes drawn later, and could leak into figures drawn at the same time in other
+    threads); a figure that needs another look sets it on its own axes.
+    """
+    fig = Figure(figsize=(width_in, height_in))
     FigureCanvasAgg(fig)
     return fig
 
