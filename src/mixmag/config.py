@@ -149,7 +149,8 @@ def merge_config_data(path: str | os.PathLike[str] | None = None, overrides: lis
 
     Raises:
         MixmagFileNotFoundError: ``path`` does not exist.
-        MixmagValueError: The file's top level is not a mapping, or an override is malformed.
+        MixmagValueError: The file is a folder, not text, its top level is not a mapping, it sets a
+            key twice, or an override is malformed.
         yaml.YAMLError: The file is not YAML.
     """
     data: dict[str, Any] = {}
@@ -157,14 +158,50 @@ def merge_config_data(path: str | os.PathLike[str] | None = None, overrides: lis
         p = Path(path)
         if not p.exists():
             raise MixmagFileNotFoundError(f"config file {p} does not exist; create one with `mixmag config init {p}`")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if p.is_dir():
+            raise MixmagValueError(f"config file {p} is a folder; give the study config YAML file in it")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise MixmagValueError(f"{p}: not a text (UTF-8) file ({exc.reason} at byte {exc.start}); give the study "
+                                   "config YAML (`mixmag config init` writes one)") from None
+        loaded = yaml.safe_load(text)
         if loaded is not None and not isinstance(loaded, dict):
             raise MixmagValueError(f"{p}: the top level of a study config must be a mapping of sections")
+        twice = duplicate_keys(yaml.compose(text))
+        if twice:
+            raise MixmagValueError("\n".join(
+                f"{p}:{line}: key '{dotted}' is set twice (first on line {first}); keep one (YAML would silently "
+                f"use the last)" for line, dotted, first in twice))
         data = loaded or {}
     apply_overrides(data, overrides or [])
     for dotted, value in (values or {}).items():
         set_dotted(data, dotted, value)
     return data
+
+
+def duplicate_keys(node: yaml.Node | None, prefix: str = "") -> list[tuple[int, str, int]]:
+    """Mapping keys given twice in a composed YAML document: ``(line, dotted key, line of the first)``.
+
+    PyYAML keeps the last of two equal keys without a word, so ``epochs: 3`` written again further
+    down a section would silently win; a study config refuses them instead (1-based lines).
+    """
+    found: list[tuple[int, str, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            line = key_node.start_mark.line + 1
+            if key in first:
+                found.append((line, dotted, first[key]))
+            else:
+                first[key] = line
+            found += duplicate_keys(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += duplicate_keys(item, f"{prefix}[{i}]")
+    return found
 
 
 def dump_config(config: PipelineConfig) -> str:

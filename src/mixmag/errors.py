@@ -90,4 +90,5 @@ def reading_user_file(source: str | os.PathLike[str]) -> Iterator[None]:
     except MixmagError:
         raise
     except ValueError as exc:
-        raise MixmagValueError(f"{os.fspath(source)}: cannot be read ({exc})") from exc
+        raise MixmagValueError(f"{os.fspath(source)}: cannot be read ({exc}); check that it is the intended file, "
+                               "complete and in its expected format") from exc

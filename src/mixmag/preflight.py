@@ -42,6 +42,8 @@ from mixmag.region.settings import OBJECTIVE_KEYS
 
 #: Stages whose inputs :func:`preflight` checks, in pipeline order.
 STAGES = ("tile", "embed", "pretrain", "train", "external", "diagnose")
+#: Stages that also read a text file listing feature files in place of a feature folder.
+FEATURE_LIST_STAGES = ("pretrain",)
 #: ``stages=STUDY``: the stages ``mixmag run`` runs for the config (:func:`study_stages`).
 STUDY = "study"
 #: Device strings the stages accept (``torch.device`` would reject others only when the stage starts).
@@ -139,7 +141,7 @@ def _slide_inputs(key: str, items: Sequence[Path], out: Path, *, features_ok: bo
     for i, item in enumerate(items):
         p = Path(item).expanduser()
         if not p.exists():
-            problems.append(Problem(f"{key}[{i}]", "file or folder does not exist", value=item))
+            problems.append(Problem(f"{key}[{i}]", "file or folder does not exist; check the path", value=item))
             continue
         if p.suffix.lower() == ".csv" and p.is_file():
             try:
@@ -153,7 +155,8 @@ def _slide_inputs(key: str, items: Sequence[Path], out: Path, *, features_ok: bo
                 continue
             if missing:
                 problems.append(Problem(f"{key}[{i}]", f"{len(missing)} of {len(listed)} slides it lists do not "
-                                                       f"exist: {_few(missing)}", value=item))
+                                                       f"exist: {_few(missing)}; fix their paths or remove those rows",
+                                        value=item))
                 continue
         usable.append(p)
     try:
@@ -170,8 +173,8 @@ def _slide_inputs(key: str, items: Sequence[Path], out: Path, *, features_ok: bo
             feature_ids += h5
             continue
         problems.append(Problem(f"{key}[{i}]", "the folder holds no slide file (looked for "
-                                               f"{', '.join(known_extensions())} in it and its subfolders)",
-                                value=item))
+                                               f"{', '.join(known_extensions())} in it and its subfolders); give "
+                                               "the folder of the slides", value=item))
     if problems:
         return sorted(problems, key=lambda q: _index(q.key)), None
     return [], [j.slide_id for j in jobs] + feature_ids
@@ -210,7 +213,10 @@ def _labels(key: str, path: Path, *, targets: Sequence[str], targets_key: str | 
         return found
     try:
         empty = not p.read_text(encoding="utf-8-sig").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        return [Problem(key, f"not a text file ({exc.reason} at byte {exc.start}); save the labels table as CSV or "
+                             "TSV (UTF-8)", value=path)]
+    except OSError as exc:
         return [Problem(key, f"cannot be read ({exc})", value=path)]
     if empty:
         return [Problem(key, "empty labels file: it needs a header patient_id,slide_id,<label> and one row "
@@ -220,7 +226,7 @@ def _labels(key: str, path: Path, *, targets: Sequence[str], targets_key: str | 
     except MixmagError as exc:
         return [Problem(key, str(exc).removeprefix(f"{p}: "), value=path)]
     if df.empty:
-        return [Problem(key, "the labels table has a header but no rows", value=path)]
+        return [Problem(key, "the labels table has a header but no rows; add one row per slide", value=path)]
     columns = [c for c in df.columns if c not in ID_COLUMNS]
     if targets_key is not None:  # training needs label columns (external labels may be ids only)
         try:
@@ -268,8 +274,17 @@ def _train(config: PipelineConfig, *, ids: Collection[str] | None, ids_from: str
     return problems
 
 
-def _features(path: Path, name: str) -> tuple[list[Problem], list[str] | None]:
+def _features(path: Path, name: str, *, lists: bool) -> tuple[list[Problem], list[str] | None]:
+    """A feature folder (or, with ``lists``, a text file listing feature files) and its slide ids."""
+    # imported here: h5py loads only when a command checks a feature argument
+    from mixmag.io.features import is_feature_list, read_feature_list
+
     p = Path(path).expanduser()
+    if lists and is_feature_list(p):
+        listed = read_feature_list(p)
+        if not listed:
+            return [Problem(name, "the feature list names no feature file (one path per line)", value=path)], None
+        return [], sorted(f.stem for f in listed)
     if not p.is_dir():
         return [Problem(name, "folder not found (the output of `mixmag embed`)", value=path)], None
     ids = sorted(f.stem for f in p.glob("*.h5") if not f.name.startswith("."))
@@ -306,7 +321,8 @@ def preflight(config: PipelineConfig, *, stages: Collection[str] | str | None = 
     ids: list[str] | None = None
     ids_from = "the slides of slides.inputs"
     if features is not None:
-        found, ids = _features(features, features_name)
+        # only pretraining reads a list of feature files (mixmag.region.data.feature_paths)
+        found, ids = _features(features, features_name, lists=active <= set(FEATURE_LIST_STAGES))
         problems += found
         ids_from = f"the feature files in {features}"
     if "tile" in active:

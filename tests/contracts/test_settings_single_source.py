@@ -247,7 +247,9 @@ def test_every_tiling_embedding_evaluation_and_report_setting_reaches_its_stage_
 def test_the_region_section_is_the_run_settings_plus_study_keys() -> None:
     run_only = set(PretrainSettings.model_fields) - set(RegionSettings.model_fields)
     assert run_only == {"objective"}  # chosen per run from `region.objectives`
-    assert set(RegionSettings.model_fields) - set(PretrainOptions.model_fields) == {"objectives", "pretrain_on"}
+    # plus how `mixmag run` launches each run (tests/integration/test_study_torchrun.py)
+    assert set(RegionSettings.model_fields) - set(PretrainOptions.model_fields) == {
+        "objectives", "pretrain_on", "nproc_per_node", "nnodes", "rdzv_endpoint"}
     assert PipelineConfig.model_fields["region"].annotation is RegionSettings
     assert PipelineConfig.model_fields["mil"].annotation is MilSettings
 

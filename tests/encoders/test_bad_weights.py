@@ -100,8 +100,8 @@ def _not_a_dict(tmp: Path) -> Path:
 CASES: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "truncated-pt": (_truncated_pt, ("damaged or truncated PyTorch file", "re-download")),
     "text-named-pt": (_text_pt, ("not a PyTorch state dict or safetensors file", "re-download",
-                                 "weights_only=True")),
-    "pickled-class": (_pickled_class_pt, ("pickled Python objects (argparse.Namespace)", "weights_only=True",
+                                 "never pickled Python code")),
+    "pickled-class": (_pickled_class_pt, ("pickled Python objects (argparse.Namespace)", "never pickled Python code",
                                           "model.state_dict()")),
     "pickled-module": (_pickled_module_pt, ("pickled Python objects (torch.nn.modules.linear.Linear)",)),
     "plain-pickle": (_plain_pickle_bin, ("not a PyTorch state dict or safetensors file",)),
@@ -120,7 +120,7 @@ def _assert_one_clean_line(message: str, path: Path, words: tuple[str, ...]) -> 
     assert str(path) in message  # the culprit is named
     for word in words:
         assert word in message, (word, message)
-    for library_text in ("weights_only=False", "weights_only` set to `False", "safe_globals", "Traceback",
+    for library_text in ("weights_only", "safe_globals", "Traceback",
                          "SafetensorError", "WeightsUnpickler", "miniz"):
         assert library_text not in message, (library_text, message)
 
@@ -224,5 +224,5 @@ def test_cli_embed_with_bad_weights_prints_one_line(tmp_path: Path, case: str) -
     assert result.exit_code == 2, result.output  # a user error, not a crash (70) or a failed batch (1)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output and "weights_only=False" not in result.output
+    assert "Traceback" not in result.output and "weights_only" not in result.output
     assert str(bad.resolve()) in lines[0] and all(w in lines[0] for w in words)

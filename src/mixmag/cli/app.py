@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from mixmag._version import __version__
 
@@ -30,6 +34,46 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+#: Levels ``--log-level`` accepts (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# click's (or typer's vendored click's) usage error, and the one that means "show the help"
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_SHOW_HELP: type[Exception] | None = getattr(sys.modules[_USAGE_ERROR.__module__], "NoArgsIsHelpError", None)
+
+
+@contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    """Print a click usage error (bad option value, unknown option, missing argument) as one line.
+
+    click would print the usage, a hint and a framed box (six lines for ``--lr fast``); every other
+    user error of mixmag is one ``error:`` line with exit status 2, and so is this one, naming
+    the option and where its help is.
+    """
+    try:
+        yield
+    except _USAGE_ERROR as exc:
+        if _SHOW_HELP is not None and isinstance(exc, _SHOW_HELP):
+            raise  # `mixmag` (or `mixmag config`) alone: click prints the help
+        from mixmag.cli.common import fail
+
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "mixmag"
+        message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+        fail(f"{message} (see `{command} --help`)")
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The ``mixmag`` group: usage errors of any of its commands print as one ``error:`` line (exit 2)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors_on_one_line():  # the group's own options and `mixmag` alone
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors_on_one_line():  # an unknown command, and every command's parsing
+            return super().invoke(*args, **kwargs)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"mixmag {__version__}")
@@ -44,16 +88,21 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        cls=OneLineUsageErrors,
     )
 
     @app.callback()
     def _root(
-        log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+        log_level: str = typer.Option("INFO", "--log-level", help=f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}."),
         version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                      help="Print the version and exit."),
     ) -> None:
+        from mixmag.cli.common import fail
         from mixmag.utils.logging import configure_logging
 
+        if log_level.upper() not in LOG_LEVELS:
+            fail(f"--log-level {log_level!r} is not a level; use one of {', '.join(LOG_LEVELS)} (before the command "
+                 "name: mixmag --log-level DEBUG tile ...)")
         configure_logging(log_level)
 
     for name in COMMAND_MODULES:

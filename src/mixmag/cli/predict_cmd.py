@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
         n = result.predictions[["bag_id"]].drop_duplicates().shape[0]
         console.print(f"{n} bags scored; predictions: {out / 'predictions.csv'}"
                       + (f"; report: {result.report}" if result.report else ""))
+        for row in result.problems.itertuples():  # each left-out slide with its reason, above the summary
+            typer.secho(f"  {row.slide_id} ({row.stage}): {row.reason}", err=True, fg=typer.colors.RED)
         n_total, n_failed = count_slides(result.predictions, result.problems)
         exit_batch(n_total, n_failed, out / "problems.csv")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,8 @@ from mixmag.cli.options import (
 from mixmag.region.settings import PretrainSettings, RegionSettings
 from mixmag.utils.settings import Precision, field_default
 
+logger = logging.getLogger(__name__)
+
 # The `region` section: each named setting option below is one of its fields, with the field's
 # docstring as help and its default (read from this instance) as default.
 R = RegionSettings
@@ -35,7 +38,8 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
         ctx: typer.Context,
-        features: Annotated[Path, typer.Argument(help="Folder of per-slide feature files (`mixmag embed` output).")],
+        features: Annotated[Path, typer.Argument(help="Folder of per-slide feature files (`mixmag embed` output), "
+                                                      "or a .txt/.lst file listing feature files, one per line.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics, loss curve).")],
         config: ConfigFile = None,
         overrides: SetItems = None,
@@ -55,7 +59,8 @@ def register(app: typer.Typer) -> None:
         """Pretrain the region-level mixing encoder (MEM / CMEM) on a feature store.
 
         Every other setting of the `region` section: --set region.KEY=VALUE or --config FILE.
-        Multi-GPU: torchrun --nproc_per_node N -m mixmag pretrain ... (--batch-size stays global).
+        Multi-GPU: torchrun --nproc_per_node N -m mixmag pretrain ... (--batch-size stays global);
+        several nodes: torchrun --nnodes M --rdzv_backend c10d ... (docs/cluster.md).
         """
         from mixmag.cli.common import friendly_errors, terminal_ask
 
@@ -67,6 +72,9 @@ def register(app: typer.Typer) -> None:
             from mixmag.utils.logging import add_file_handler
 
             settings = cfg.region.run_settings(objective)
+            if cfg.region.launches_torchrun and "WORLD_SIZE" not in os.environ:
+                logger.warning("region.nproc_per_node / region.nnodes are read by `mixmag run` only; this is one "
+                               "process: start `torchrun --nproc_per_node N -m mixmag pretrain ...` for several")
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes run.log
                 add_file_handler(out / "run.log")
             result = pretrain_region_encoder(features, out, settings=settings, resume=resume, progress=progress,

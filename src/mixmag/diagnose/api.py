@@ -31,9 +31,9 @@ from mixmag.diagnose.labels import DEFAULT_MIN_OVERLAP, LabelTable, read_label_t
 from mixmag.diagnose.pretraining import find_metrics_log, pretraining_diagnostics
 from mixmag.diagnose.probes import PROBES, run_probes
 from mixmag.diagnose.tiles import DEFAULT_MAX_TILES, run_tile_ceiling
+from mixmag.errors import MixmagFileNotFoundError
 from mixmag.io.h5common import FormatError
 from mixmag.region.runlog import MetricsLog
-from mixmag.report.run_plots import write_loss_curve
 from mixmag.report.diagnostics_plots import (
     attention_share_plot,
     ceiling_heatmap,
@@ -41,6 +41,7 @@ from mixmag.report.diagnostics_plots import (
     reconstruction_bars,
 )
 from mixmag.report.figures import save_png
+from mixmag.report.run_plots import write_loss_curve
 from mixmag.utils.atomic import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,9 @@ def run_diagnostics(
         A :class:`DiagnosticsResult`; ``diagnostics.json`` in ``out_dir`` records the same.
     """
     features = Path(features_dir)
+    if not features.is_dir() or not any(features.glob("*.h5")):
+        what = "holds no feature file (<slide_id>.h5)" if features.is_dir() else "does not exist"
+        raise MixmagFileNotFoundError(f"feature folder {features} {what}; pass the --out folder of `mixmag embed`")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = DiagnosticsResult(out_dir=out)

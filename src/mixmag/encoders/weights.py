@@ -171,7 +171,8 @@ def resolve_weights(meta: EncoderMeta, recipe: EncoderRecipe, weights: str | os.
 
 
 _REDOWNLOAD = "re-download or re-copy it"
-_NO_PICKLES = "mixmag never loads pickled code (weights_only=True)"
+# what mixmag will not do, in words for the user: no library flag a user might be tempted to flip
+_NO_PICKLES = "mixmag loads tensors only, never pickled Python code"
 # What a file starts with, for telling the user what it is instead of weights.
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # torch.save (zip container since torch 1.6)
 _LFS_POINTER = b"version https://git-lfs"

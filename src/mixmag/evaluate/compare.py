@@ -15,6 +15,7 @@ the number of tasks where the method beats the reference.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -121,6 +122,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
         if key in loaded:
             raise MixmagValueError(f"two runs of {key[1]} on {key[0]}: {loaded[key][2]} and {run}; pass only one")
         loaded[key] = (metrics, preds, run)
+    methods = sorted({method for _, method in loaded})
+    if reference not in methods and reference != REFERENCE_METHOD:  # the default may simply not be trained
+        close = difflib.get_close_matches(reference, methods, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise MixmagValueError(f"reference method {reference!r} has no run here; {hint}pass --reference with one "
+                               f"of the compared methods: {', '.join(methods)}")
     rows = []
     for (target, method), (m, preds, run) in loaded.items():
         row: dict[str, Any] = {

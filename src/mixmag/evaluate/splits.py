@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ SPLIT_COLUMNS = ("patient_id", "fold", "role")
 
 
 def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 0.2,
-                seed: int = 0) -> pd.DataFrame:
+                seed: int = 0, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Stratified patient-level k-fold with an inner stratified validation split per fold.
 
     Args:
@@ -47,6 +48,9 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
             fewer than k patients).
         val_frac: Fraction of each fold's non-test patients used for early stopping.
         seed: Seed of the fold assignment and of every inner split.
+        class_names: The class values when ``patient_labels`` holds class indices (label ``i`` is
+            ``class_names[i]``), so a message names the value written in the labels table; the
+            splits never depend on them.
 
     Returns:
         DataFrame with columns ``patient_id, fold, role`` (k rows per patient).
@@ -59,19 +63,26 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
         dup = labels.index[labels.index.duplicated()].unique().tolist()
         raise MixmagValueError(f"patient ids must be unique for splitting; duplicated: {dup[:5]}")
     counts = labels.value_counts()
+
+    def name(label: str) -> str:
+        return str(class_names[int(label)]) if class_names is not None else label
+
     if len(counts) < 2:
-        raise MixmagValueError(f"cannot split: every patient has label {counts.index[0]!r}")
+        raise MixmagValueError(f"cannot split: every patient has label {name(counts.index[0])!r}")
     smallest = int(counts.min())
     if smallest < 2:
+        rare = str(counts.idxmin())
+        who = ", ".join(map(str, labels.index[labels == rare][:5]))
         raise MixmagValueError(
-            f"cannot make a stratified split: class {counts.idxmin()!r} has only {smallest} patient; "
-            "every class needs at least 2 patients (one per test fold for 2 folds)"
+            f"cannot make a stratified split: class {name(rare)!r} has only {smallest} patient ({who}); every class "
+            "needs at least 2 patients (one per test fold for 2 folds): correct the label if it is a typo, or "
+            "leave that cell empty to exclude the patient"
         )
     k = folds
     if smallest < folds:
         k = smallest
         logger.warning("class %r has only %d patients, fewer than the %d folds requested: using %d folds "
-                       "so every test fold contains every class", counts.idxmin(), smallest, folds, k)
+                       "so every test fold contains every class", name(str(counts.idxmin())), smallest, folds, k)
     pids = labels.index.to_numpy()
     y = labels.to_numpy()
     rows: list[tuple[str, int, str]] = []

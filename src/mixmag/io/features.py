@@ -22,7 +22,7 @@ raising, for the stages that skip and record a bad slide.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,7 @@ import numpy as np
 from mixmag.geometry import RegionSpec
 from mixmag.io.h5common import FormatError, check_format, read_attrs, write_attrs
 from mixmag.io.regions import INDEX_DATASETS, RegionIndex, read_index_datasets, write_index_datasets
-from mixmag.utils.atomic import atomic_path
+from mixmag.utils.atomic import atomic_path, atomic_write_text
 
 FEATURE_ARTIFACT = "feature_store"
 FEATURE_VERSION = 1
@@ -42,6 +42,8 @@ FEATURE_DTYPE = np.float16
 #: Regions per read of the value check: (64, T, D) float16 is 3.4 MB at T=21, D=1280.
 VALUE_CHECK_REGIONS = 64
 _REEMBED = "delete it and rerun `mixmag embed`"
+#: Suffixes of a text file listing feature files, one path per line (:func:`read_feature_list`).
+FEATURE_LIST_SUFFIXES = (".txt", ".lst", ".csv")
 
 
 class FeatureWriter(AbstractContextManager["FeatureWriter"]):
@@ -226,6 +228,31 @@ class FeatureFile:
 def iter_feature_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Sorted ``*.h5`` feature files in ``folder`` (temporary files of running writers excluded)."""
     yield from sorted(p for p in Path(folder).glob("*.h5") if not p.name.startswith("."))
+
+
+def is_feature_list(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a text file listing feature files (``.txt``, ``.lst`` or ``.csv``)."""
+    p = Path(path)
+    return p.suffix in FEATURE_LIST_SUFFIXES and p.is_file()
+
+
+def read_feature_list(path: str | os.PathLike[str]) -> list[Path]:
+    """Feature-file paths listed in a text file, one per line, in the listed order.
+
+    Blank lines, ``#`` comments and a ``path`` header line are ignored; a relative path is relative
+    to the list's folder (as in the region-file lists of ``mixmag embed``). Paths are not checked
+    here: a listed file that is missing is recorded as a failed slide by the stage that reads it.
+    """
+    p = Path(path)
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    return [Path(ln) if Path(ln).is_absolute() else p.parent / ln
+            for ln in lines if ln and not ln.startswith("#") and ln != "path"]
+
+
+def write_feature_list(paths: Iterable[str | os.PathLike[str]], path: str | os.PathLike[str]) -> Path:
+    """Write ``paths`` (made absolute) one per line to the list file ``path``, atomically; returns ``path``."""
+    atomic_write_text(path, "".join(f"{Path(x).resolve()}\n" for x in paths))
+    return Path(path)
 
 
 def is_complete_feature_file(path: str | os.PathLike[str], expected: dict[str, Any] | None = None) -> bool:

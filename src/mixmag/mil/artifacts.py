@@ -38,6 +38,7 @@ from mixmag.mil.labels import Bag
 from mixmag.mil.methods import METHODS
 from mixmag.mil.model import MILModel
 from mixmag.mil.train import BagPrediction
+from mixmag.region.checkpoints import state_differences
 from mixmag.region.model import RegionEncoder
 from mixmag.utils.atomic import atomic_path
 
@@ -96,7 +97,12 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
     head = HEADS.get(h["key"])(h["in_dim"], n_classes=h["n_classes"], hidden_dim=h["hidden_dim"],
                                attention_dim=h["attention_dim"], dropout=h["dropout"])
     model = MILModel(source=METHODS.get(payload["method"]).build_source(), head=head, encoder=encoder)
-    model.load_state_dict(payload["state_dict"])
+    try:  # the model's load hooks upgrade older files (v1: no instance statistics) before torch compares
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:  # torch's own message is one line per tensor
+        differ = state_differences(model.state_dict(), payload["state_dict"])
+        raise FormatError(f"{p}: its weights do not fit the {payload['method']} model its header describes ({differ}); "
+                          "the file was edited or mixed from two runs: use the model.pt that `mixmag train` wrote") from None
     clf.model_ = model.eval()
     clf.classes_ = np.asarray(payload["classes"])
     clf.n_features_in_ = int(payload["tile_dim"])

@@ -87,7 +87,8 @@ class RegionEncoderRecipe:
 
 
 def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.PathLike[str]],
-                    tile_dim: int, spec: RegionSpec, preset: str = "base", seed: int = 0) -> RegionEncoderRecipe:
+                    tile_dim: int, spec: RegionSpec, preset: str = "base", seed: int = 0,
+                    features: str | os.PathLike[str] | None = None) -> RegionEncoderRecipe:
     """Decide where ``method``'s encoder comes from and check it fits the features.
 
     Args:
@@ -97,6 +98,8 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
         spec: Region geometry of the features.
         preset: Architecture preset for a fresh encoder when no pretrained checkpoint is given.
         seed: Seed of a fresh initialisation.
+        features: The feature folder ``tile_dim`` and ``spec`` come from, named when a checkpoint
+            does not fit it.
 
     Raises:
         MissingCheckpointError: the role has no checkpoint and the method cannot start fresh.
@@ -106,12 +109,13 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
     assert method.encoder is not None, "resolve_encoder() is for methods with a region encoder"
     role = method.encoder
     base: dict[str, Any] = {"role": role, "preset": preset, "seed": seed, "tile_dim": int(tile_dim), "spec": spec.to_dict()}
+    source = f"the feature folder {features}" if features is not None else "the features"
     path = checkpoints.get(role)
     if path is not None:
         if not Path(path).exists():
             raise MixmagFileNotFoundError(f"the {role} checkpoint {path} does not exist")
         _, info = load_region_encoder(path, map_location="cpu")
-        check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
+        check_layout(info, tile_dim=tile_dim, spec=spec, source=source)
         logger.info("%s encoder: checkpoint %s (objective %s, step %s)", role, info["path"],
                     info.get("objective"), info.get("step"))
         return RegionEncoderRecipe(checkpoint=str(info["path"]), checkpoint_hash=info.get("checkpoint_hash"),
@@ -123,7 +127,7 @@ def resolve_encoder(method: MethodSpec, *, checkpoints: Mapping[str, str | os.Pa
         template = checkpoints[template_role]
         if Path(template).exists():
             _, info = load_region_encoder(template, map_location="cpu")
-            check_layout(info, tile_dim=tile_dim, spec=spec, source="the features")
+            check_layout(info, tile_dim=tile_dim, spec=spec, source=source)
             logger.info("%s encoder: fresh initialisation (seed %d) with the architecture and input statistics "
                         "of the %s checkpoint",
                         role, seed, template_role)

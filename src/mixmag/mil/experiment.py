@@ -122,7 +122,10 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
         table = restrict_splits(table, patients.index.to_numpy(), source=str(splits))
         logger.info("target %r: reusing splits from %s (%d folds)", tb.target, splits, table["fold"].nunique())
     else:
-        table = make_splits(patients, folds=folds, val_frac=val_frac, seed=seed)
+        try:
+            table = make_splits(patients, folds=folds, val_frac=val_frac, seed=seed, class_names=tb.classes)
+        except MixmagValueError as exc:
+            raise MixmagValueError(f"target {tb.target!r}: {exc}") from None
     write_splits(table, target_dir / "splits.csv")
     return table
 
@@ -337,7 +340,7 @@ def train_methods(
             continue
         try:
             recipes[key] = resolve_encoder(spec, checkpoints=ckpts, tile_dim=store.tile_dim, spec=store.spec,
-                                           preset=s.region_preset, seed=s.seed)
+                                           preset=s.region_preset, seed=s.seed, features=store.folder)
         except MissingCheckpointError as exc:
             logger.warning("method %s skipped: %s", key, exc)
             summary.skipped.append(SkippedRun(key, str(exc)))

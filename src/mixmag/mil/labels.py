@@ -97,7 +97,7 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     p = Path(path)
     if not p.exists():
-        raise MixmagFileNotFoundError(f"labels file {p} does not exist")
+        raise MixmagFileNotFoundError(f"labels file {p} does not exist; check the path")
     with reading_user_file(p):
         text = p.read_text(encoding="utf-8-sig")
     try:
@@ -116,17 +116,19 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
         empty = df[col].isna() | (df[col] == "")
         if empty.any():
             raise MixmagValueError(f"{p}: {int(empty.sum())} rows have an empty {col} (first at line "
-                                   f"{int(empty.to_numpy().nonzero()[0][0]) + 2})")
+                                   f"{int(empty.to_numpy().nonzero()[0][0]) + 2}); fill in or delete those rows")
     patients_per_slide = df.groupby("slide_id")["patient_id"].nunique()
     multi = patients_per_slide[patients_per_slide > 1].index
     if len(multi):
-        raise MixmagValueError(f"{p}: slides listed under more than one patient: {_few(multi)}")
+        raise MixmagValueError(f"{p}: slides listed under more than one patient: {_few(multi)}; keep one row per "
+                               "slide, under its patient")
     label_cols = [c for c in df.columns if c not in ID_COLUMNS]
     dup = df.duplicated("slide_id", keep=False)
     if dup.any():
         conflicting = [s for s, g in df[dup].groupby("slide_id") if len(g[label_cols].drop_duplicates()) > 1]
         if conflicting:
-            raise MixmagValueError(f"{p}: slides listed twice with different labels: {_few(conflicting)}")
+            raise MixmagValueError(f"{p}: slides listed twice with different labels: {_few(conflicting)}; keep the "
+                                   "row with the right label")
         logger.info("%s: %d repeated identical rows ignored", p, int(df.duplicated().sum()))
         df = df.drop_duplicates("slide_id")
     return df.reset_index(drop=True)
@@ -141,7 +143,8 @@ def label_columns(df: pd.DataFrame, targets: list[str] | None = None) -> list[st
             raise MixmagValueError(f"label column(s) {unknown} not in the labels table; available: {available}")
         return list(targets)
     if not available:
-        raise MixmagValueError("the labels table has no label column besides patient_id and slide_id")
+        raise MixmagValueError("the labels table has no label column besides patient_id and slide_id; add one "
+                               "column per target (e.g. label) with a value per slide")
     return available
 
 

@@ -49,6 +49,7 @@ from mixmag.mil.runfolder import write_csv
 from mixmag.report.run_plots import write_calibration, write_roc
 from mixmag.report.settings import ReportSettings
 from mixmag.utils.atomic import atomic_write_json
+from mixmag.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,19 @@ class PredictResult:
 def _is_features_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
-    for candidate in iter_feature_files(path):
+    files = list(iter_feature_files(path))
+    for candidate in files:
         try:
             read_feature_provenance(candidate)
             return True
         except FormatError:
             continue
-    return False
+    # every .h5 is damaged: still a folder of feature files if it holds no slide, so each file is
+    # reported with its reason in problems.csv (as a folder of slides it would hold "no slides")
+    from mixmag.slides.opener import known_extensions
+
+    slide_suffixes = set(known_extensions())
+    return bool(files) and not any(p.suffix.lower() in slide_suffixes for p in path.rglob("*") if p.is_file())
 
 
 def _shared_provenance(runs: Sequence[TrainedRun]) -> dict[str, Any]:
@@ -256,8 +263,10 @@ def predict_cohort(
             encoder, weights, pooling, dimension or region geometry; or no slide could be scored.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    resolve_device(device)  # a bad device or labels table stops here, not after the slides are embedded
+    table = read_labels(labels) if labels is not None else None
     runs = find_trained_runs(run, methods=methods, targets=targets)
+    out.mkdir(parents=True, exist_ok=True)
     logger.info("predicting with %d run(s): %s", len(runs), ", ".join(r.name for r in runs))
     problems: list[dict[str, str]] = []
     given = [Path(p) for p in inputs]
@@ -266,13 +275,14 @@ def predict_cohort(
     else:
         features_dir, problems = _embed_slides(given, out, _shared_provenance(runs), weights=weights, device=device,
                                                workers=workers, progress=progress)
-    table = read_labels(labels) if labels is not None else None
     store = FeatureStore(features_dir, cache_bytes=1 << 30)
     unusable = store.check(store.paths)
     problems += [{"slide_id": sid, "stage": "features", "reason": why} for sid, why in unusable.items()]
     usable = sorted(set(store.paths) - set(unusable))
     if not usable:
-        raise MixmagValueError(f"no usable feature file in {features_dir} (see {out / PROBLEMS_CSV})")
+        write_csv(pd.DataFrame(problems, columns=["slide_id", "stage", "reason"]).drop_duplicates(), out / PROBLEMS_CSV)
+        raise MixmagValueError(f"no usable feature file in {features_dir} (see {out / PROBLEMS_CSV}, one reason per "
+                               "slide); fix those slides and rerun")
     new_attrs = store.reference_attrs
     frames, metrics, all_scores = [], [], []
     for r in runs:

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -49,6 +49,9 @@ from mixmag.utils.cost import Ask
 from mixmag.utils.env import environment_info
 from mixmag.utils.logging import add_file_handler
 from mixmag.utils.settings import field_default, runtime_fields
+
+if TYPE_CHECKING:
+    from mixmag.region.pretrain import PretrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +248,13 @@ class Study:
         return wanted
 
     def pretrain(self, objective: str) -> StageRecord:
-        """Pretrain one region encoder (``random`` saves the seeded initialisation)."""
+        """Pretrain one region encoder (``random`` saves the seeded initialisation).
+
+        A training objective runs in this process, or, when ``region.nproc_per_node`` or
+        ``region.nnodes`` asks for more than one process, as a torchrun job (:meth:`_launch_pretraining`)
+        that trains the same encoder and is recorded the same way.
+        """
+        from mixmag.region.objectives import OBJECTIVES
         from mixmag.region.pretrain import pretrain_region_encoder
 
         name = f"pretrain-{objective}"
@@ -255,15 +264,34 @@ class Study:
 
         def run() -> dict[str, Any]:
             files, note = self.pretrain_corpus()
-            result = pretrain_region_encoder(files, self.out / "pretrain" / objective,
-                                             settings=self.config.region.run_settings(objective),
-                                             progress=self.progress, ask=self.ask)
+            out = self.out / "pretrain" / objective
+            if self.config.region.launches_torchrun and OBJECTIVES.get(objective).trains:
+                result = self._launch_pretraining(files, out, objective)
+            else:  # `random` only saves the initialisation: one process, even on a cluster
+                result = pretrain_region_encoder(files, out, settings=self.config.region.run_settings(objective),
+                                                 progress=self.progress, ask=self.ask)
             # `random` logs no step, so it may have no metrics file (the ledger checks listed paths exist)
             metrics = str(result.metrics_path) if result.metrics_path.exists() else None
             return {"checkpoint": str(result.checkpoint), "metrics": metrics,
                     "final_loss": result.final_loss, "corpus_note": note}
 
         return self.ledger.run(name, fp, run)
+
+    def _launch_pretraining(self, files: list[Path], out: Path, objective: str) -> PretrainResult:
+        """Pretrain ``objective`` as a torchrun job of ``region.nnodes`` x ``region.nproc_per_node`` processes.
+
+        The job reads its settings from the study's resolved config, so it trains with exactly the
+        settings of the in-process run; it is told ``--yes`` when this study may go on past the
+        duration estimate (``ask`` given), else it stops there as a batch run does.
+        """
+        from mixmag.region.launch import TorchrunLaunch, launch_pretraining
+
+        r = self.config.region
+        config = self.out / RESOLVED_CONFIG  # what Study.run wrote; again for a stage run on its own
+        atomic_write_text(config, dump_config(self.config))
+        launch = TorchrunLaunch(nproc_per_node=r.nproc_per_node, nnodes=r.nnodes, rdzv_endpoint=r.rdzv_endpoint)
+        return launch_pretraining(files, out, config=config, objective=objective, launch=launch,
+                                  assume_yes=self.ask is not None)
 
     def train(self, checkpoints: dict[str, str]) -> StageRecord:
         """Cross-validated AB-MIL for every method and target under identical splits."""

@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,8 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{folder / CONFIG_FILE}: not valid JSON ({exc})") from exc
+        raise FormatError(f"{folder / CONFIG_FILE}: not valid JSON ({exc}); the checkpoint folder is damaged: copy it "
+                          "again, or rerun `mixmag pretrain`") from exc
     if meta.get("artifact") != CHECKPOINT_ARTIFACT:
         raise FormatError(f"{folder}: not a mixmag region-encoder checkpoint (artifact={meta.get('artifact')!r})")
     version = int(meta.get("format_version", -1))
@@ -279,6 +281,22 @@ def load_checkpoint_tensors(path: str | os.PathLike[str], *, map_location: str |
     return upgrade_checkpoint_tensors(tensors, meta)
 
 
+def state_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """What keeps state dict ``found`` from loading into a model whose own is ``expected``, on one line.
+
+    Returns:
+        The tensors whose shapes differ, then the missing and the unexpected names (the first three
+        of each, with counts); ``""`` when ``found`` loads strictly.
+    """
+    common = sorted(set(expected) & set(found))
+    wrong = [f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}" for k in common
+             if found[k].shape != expected[k].shape]
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for label, keys in (("shape (file vs model)", wrong), ("missing", sorted(set(expected) - set(found))),
+                                 ("unexpected", sorted(set(found) - set(expected)))) if keys]
+    return "; ".join(parts)
+
+
 def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
                         ) -> tuple[RegionEncoder, dict[str, Any]]:
     """Rebuild the region encoder of a checkpoint.
@@ -300,10 +318,11 @@ def load_region_encoder(path: str | os.PathLike[str], *, map_location: str | tor
     tensors = upgrade_checkpoint_tensors(weights, meta)
     encoder = RegionEncoder(**meta["encoder"])
     state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as exc:
-        raise FormatError(f"{folder}: weights do not match the stored encoder config ({exc})") from exc
+    differ = state_differences(encoder.state_dict(), state)
+    if differ:  # torch's own message is one line per tensor
+        raise FormatError(f"{folder}: {WEIGHTS_FILE} does not fit the encoder its {CONFIG_FILE} describes ({differ}); "
+                          f"the two files come from different checkpoints: copy the checkpoint folder again, whole")
+    encoder.load_state_dict(state)
     encoder.to(map_location).eval()
     stats = {k: (tensors[f"stats.{k}"].cpu().numpy() if f"stats.{k}" in tensors else None)
              for k in ("target_mean", "target_std")}

@@ -41,7 +41,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.geometry import RegionSpec
-from mixmag.io.features import FeatureFile, iter_feature_files, nonfinite_tokens, open_feature_file
+from mixmag.io.features import (
+    FeatureFile,
+    is_feature_list,
+    iter_feature_files,
+    nonfinite_tokens,
+    open_feature_file,
+    read_feature_list,
+)
 from mixmag.io.h5common import FormatError
 from mixmag.region.masking import make_batch_views
 from mixmag.utils.hashing import sha256_text
@@ -98,9 +105,19 @@ class FeatureCohort:
 
 
 def feature_paths(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Feature files named by a folder, a single file or a list of files (sorted)."""
+    """Feature files named by a folder, a single file, a text file listing files or a list of files (sorted).
+
+    A ``.txt``/``.lst``/``.csv`` file lists feature files one per line
+    (:func:`~mixmag.io.features.read_feature_list`); listed files that are missing stay in the list
+    and are reported as failed slides by the cohort scan.
+    """
     if isinstance(sources, (str, os.PathLike)):
         folder = Path(sources)
+        if is_feature_list(folder):
+            listed = read_feature_list(folder)
+            if not listed:
+                raise MixmagValueError(f"the feature list {folder} names no feature file (one path per line)")
+            return sorted(listed)
         if folder.is_file():
             return [folder]
         if not folder.is_dir():
@@ -121,7 +138,8 @@ def scan_feature_cohort(sources: str | os.PathLike[str] | Sequence[str | os.Path
     files that disagree with each other (dimension, layout) are an error.
 
     Args:
-        sources: A folder of per-slide feature files, one file, or a list of files.
+        sources: A folder of per-slide feature files, one file, a text file listing files (one per
+            line), or a list of files.
 
     Raises:
         FormatError: Mixed embedding dimensions or region layouts across slides.

@@ -19,6 +19,7 @@ and the registry keys (objectives, presets) are checked against :data:`OBJECTIVE
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +38,8 @@ PRESET_KEYS = KnownKeys("region encoder preset", ("base", "small", "tiny"), "mix
 POSITIONS = ("slot", "sincos")
 #: Reconstruction losses (:data:`mixmag.region.objectives.RECONSTRUCTION_LOSSES`).
 RECONSTRUCTION_LOSSES = ("mse", "cosine")
+#: ``HOST:PORT`` of a rendezvous: a DNS name or IPv4 address, or an IPv6 address in brackets.
+_ENDPOINT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
 
 
 def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -44,6 +47,15 @@ def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise MixmagValueError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
     return value
+
+
+def check_endpoint(value: str) -> str:
+    """Return ``value`` if it is ``HOST:PORT`` (a host name, an IPv4 address or ``[IPv6]``; port 1-65535)."""
+    match = _ENDPOINT.fullmatch(value.strip())
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise MixmagValueError(f"rendezvous endpoint {value!r} is not HOST:PORT (e.g. node001:29500 or "
+                               "10.0.0.5:29500)")
+    return value.strip()
 
 
 class PretrainOptions(StageSettings):
@@ -187,6 +199,38 @@ class RegionSettings(PretrainOptions):
     seen; the report says so), `auto` = `unlabeled` when `slides.pretrain_inputs` is set, else `all`."""
     objectives: list[Annotated[str, AfterValidator(OBJECTIVE_KEYS.check)]] = Field(default_factory=lambda: ["mem", "cmem"])
     """Pretraining objectives to run (each gives one checkpoint): `mem`, `cmem`."""
+    # How `mixmag run` starts each pretraining stage: DDP gives the run of one process with the same
+    # global batch (mixmag.region.distributed), so these never change a result.
+    nproc_per_node: int = Field(default=1, ge=1, json_schema_extra=RUNTIME)
+    """Pretraining processes on this node (one per GPU); above 1, or with `nnodes` above 1, `mixmag run`
+    launches each training objective with torchrun (docs/cluster.md)."""
+    nnodes: int = Field(default=1, ge=1, json_schema_extra=RUNTIME)
+    """Nodes taking part in each pretraining stage, `nproc_per_node` processes each; the other nodes
+    join by running the stage's `join-command.sh` (docs/cluster.md)."""
+    rdzv_endpoint: str | None = Field(default=None, json_schema_extra=RUNTIME)
+    """HOST:PORT of the c10d rendezvous (an address of the node running `mixmag run` that the others
+    reach, and a free port); required when `nnodes` is above 1 (null = a local one)."""
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
+
+    @model_validator(mode="after")
+    def _launch(self) -> RegionSettings:
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(f"nnodes is {self.nnodes}: set region.rdzv_endpoint to HOST:PORT of the node "
+                             "that runs `mixmag run` (docs/cluster.md)")
+        processes = self.nproc_per_node * self.nnodes
+        if self.batch_size % processes:  # checked here, not minutes later in every launched process
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by the {processes} pretraining "
+                             "processes (nproc_per_node x nnodes): every process takes an equal share")
+        return self
+
+    @property
+    def launches_torchrun(self) -> bool:
+        """True when a training objective runs as more than one process (``mixmag run`` starts torchrun)."""
+        return self.nproc_per_node * self.nnodes > 1
 
     def run_settings(self, objective: str) -> PretrainSettings:
         """The settings of this section's pretraining run for ``objective`` (``mem``, ``cmem``, ``random``)."""

@@ -22,6 +22,10 @@ def slide_info(
         is ``{level, width, height, downsample, mpp}`` (mpp None when the resolution is unknown) and
         ``pixel_format`` describes the stored samples (``8-bit, 3 samples (RGB)``; None when the
         file type has no header mixmag reads).
+
+    Raises:
+        MppError: ``mpp_override`` is not a plausible µm/px (a missing or implausible resolution in
+            the file is reported in ``mpp_error`` instead).
     """
     with open_slide(path, reader) as slide:
         props = slide.properties
@@ -29,6 +33,8 @@ def slide_info(
             info = resolve_mpp(slide, mpp_override)
             mpp, mpp_y, source, error = info.mpp, info.mpp_y, info.source, None
         except MppError as exc:
+            if mpp_override is not None:  # the value the caller gave is wrong, not the slide: say so
+                raise
             mpp, mpp_y, source, error = None, None, None, str(exc)
         w, h = slide.dimensions
         return {

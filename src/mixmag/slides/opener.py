@@ -105,5 +105,5 @@ def open_slide(path: str | os.PathLike[str], reader: str | None = None) -> Slide
         return slide
     raise SlideError(
         f"{p}: cannot be opened as a slide (tried {', '.join(keys)}): {' | '.join(errors)}. "
-        "The file may be corrupt, truncated or not an image."
+        "The file may be corrupt, truncated or not an image: copy or export it again."
     )

@@ -22,10 +22,19 @@ _NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.bfloat16: "bf16", t
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; otherwise ``torch.device(device)``."""
+    """``"auto"`` -> CUDA if available, else CPU; otherwise ``torch.device(device)``.
+
+    Raises:
+        MixmagValueError: ``device`` is not a device string (``gpu``, ``cuda0`` ...); torch's own
+            complaint lists twenty backends and reads like a bug.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MixmagValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N (a GPU index) or mps"
+                               ) from None
 
 
 def cpu_supports_bf16() -> bool:

@@ -7,6 +7,23 @@ import os
 from pathlib import Path
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: Libraries that log what they find wrong in a user's file (tifffile: ``<tifffile.TiffPages @8>
+#: invalid page offset 382734``, once per look at a damaged TIFF) just before mixmag reports the
+#: same problem in one line. They have no handler of their own, so Python's last-resort handler
+#: would print those records raw on stderr; the CLI shows them with ``--log-level DEBUG`` only,
+#: through mixmag's handlers.
+QUIET_LIBRARIES = ("tifffile",)
+
+
+class _AsDebug(logging.Handler):
+    """Hands a library's records to the ``mixmag`` logger's handlers as DEBUG records."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger("mixmag")
+        if target.isEnabledFor(logging.DEBUG):
+            demoted = logging.makeLogRecord(record.__dict__)  # the record itself travels on to other handlers
+            demoted.levelno, demoted.levelname = logging.DEBUG, "DEBUG"
+            target.handle(demoted)
 
 
 def configure_logging(level: str | int = "INFO", log_file: str | os.PathLike[str] | None = None) -> None:
@@ -31,6 +48,11 @@ def configure_logging(level: str | int = "INFO", log_file: str | os.PathLike[str
     if log_file is not None:
         add_file_handler(log_file)
     root.propagate = False
+    for name in QUIET_LIBRARIES:
+        library = logging.getLogger(name)
+        for handler in [h for h in library.handlers if isinstance(h, _AsDebug)]:
+            library.removeHandler(handler)
+        library.addHandler(_AsDebug())  # a handler: the last-resort one stays silent
 
 
 def add_file_handler(log_file: str | os.PathLike[str]) -> logging.Handler:
