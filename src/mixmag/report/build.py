@@ -323,5 +323,10 @@ def discover_inputs(run_dir: str | os.PathLike[str], *, max_images: int = 12) ->
         found["heatmaps"] = [str(h) for h in heat[:max_images]]
     if (run / "diagnostics" / "diagnostics.json").is_file():
         found["diagnostics"] = str(run / "diagnostics")
-    logger.info("report inputs found in %s: %s", run, ", ".join(k for k in found if k not in ("title", "out")))
+    inputs = [k for k in found if k not in ("title", "out")]
+    if not inputs:  # an empty report.html would look like a finished run with nothing in it
+        raise MixmagFileNotFoundError(
+            f"{run} holds nothing a report shows (no config.resolved.yaml, comparison.csv, predictions, "
+            "pretraining metrics, QC images or heatmaps); pass the --out folder of `mixmag run` or `mixmag demo`")
+    logger.info("report inputs found in %s: %s", run, ", ".join(inputs))
     return found
