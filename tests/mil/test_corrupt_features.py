@@ -169,3 +169,31 @@ def test_cli_train_gives_one_line_and_exit_2(cli: typer.Typer, cohort_copy: Synt
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     errors = [ln for ln in lines if BAD in ln]
     assert len(errors) == 1 and "not a readable HDF5 file" in errors[0], res.output
+
+
+def _stamp(path: Path, encoder: str) -> None:
+    with h5py.File(path, "a") as f:
+        f.attrs["encoder"] = encoder
+
+
+def test_a_file_of_another_encoder_is_one_unusable_slide_not_a_stop(cohort_copy: SyntheticCohort) -> None:
+    """The majority's encoder and geometry are the folder's; a stray file is excluded with its reason."""
+    _stamp(cohort_copy.features_dir / f"{BAD}.h5", "uni")
+    store = FeatureStore(cohort_copy.features_dir)
+    problems = store.check(cohort_copy.labels["slide_id"])
+    assert set(problems) == {BAD} and store.encoder != "uni"
+    reason = problems[BAD]
+    assert reason.startswith("features of encoder 'uni' where the") and "re-embed it" in reason
+    assert "dim" not in reason and "\n" not in reason  # only what differs
+
+
+def test_no_majority_between_two_encoders_is_one_error(cohort_copy: SyntheticCohort) -> None:
+    files = sorted(cohort_copy.features_dir.glob("*.h5"))
+    for path in files[: len(files) // 2]:
+        _stamp(path, "uni")
+    if len(files) % 2:
+        files[-1].unlink()
+    store = FeatureStore(cohort_copy.features_dir)
+    with pytest.raises(MixmagError, match="keep one encoder and one region geometry per features folder") as info:
+        store.check(p.stem for p in cohort_copy.features_dir.glob("*.h5"))
+    assert "\n" not in str(info.value) and "'uni'" in str(info.value)

@@ -72,6 +72,12 @@ class BagRegions:
         return cls(feats, valid, np.zeros((r, 2), np.int64), np.zeros(r, np.int64), (slide_id,), spec)
 
 
+def _some(slide_ids: Sequence[str], show: int = 3) -> str:
+    """``'a', 'b', 'c' ... (7 slides)`` for a message."""
+    shown = ", ".join(repr(s) for s in slide_ids[:show])
+    return f"{shown}{' ...' if len(slide_ids) > show else ''} ({len(slide_ids)} slides)"
+
+
 class FeatureStore:
     """The feature files of one folder, keyed by slide id (file stem), read through an LRU cache.
 
@@ -109,11 +115,17 @@ class FeatureStore:
             (the one-line reason) or has no regions (the caller decides whether that is an error;
             nothing is dropped here).
 
+        Files that disagree with the majority on region geometry, embedding dimension or encoder
+        are unusable too (features of different encoders must never be mixed in one bag or
+        comparison); the majority's file sets the reference.
+
         Raises:
-            ValueError: usable files disagree on region geometry, embedding dimension or encoder
-                (features of different encoders must never be mixed in one bag or comparison).
+            MixmagValueError: No majority: as many usable files of one kind as of another.
         """
         problems: dict[str, str] = {}
+        # (geometry, dim, encoder) -> the slides whose files were made that way, and the first one's provenance
+        kinds: dict[tuple[Any, int, str], list[str]] = {}
+        provenance: dict[tuple[Any, int, str], dict[str, Any]] = {}
         for sid in sorted(set(slide_ids)):
             path = self.paths.get(sid)
             if path is None:
@@ -127,15 +139,29 @@ class FeatureStore:
                 if ff.n_regions == 0:
                     problems[sid] = "feature file has no regions (no tissue found)"
                     continue
-                if self.spec is None:
-                    self.spec, self.tile_dim, self.encoder = ff.index.spec, ff.embed_dim, ff.encoder
-                    self.reference_attrs = self.provenance_of(ff)
-                elif (ff.index.spec, ff.embed_dim, ff.encoder) != (self.spec, self.tile_dim, self.encoder):
-                    raise MixmagValueError(
-                        f"{path}: {ff.encoder!r} features of dim {ff.embed_dim} with {ff.index.spec} differ from "
-                        f"the other slides ({self.encoder!r}, dim {self.tile_dim}, {self.spec}); keep one "
-                        "encoder and one region geometry per features folder"
-                    )
+                kind = (ff.index.spec, ff.embed_dim, ff.encoder)
+                kinds.setdefault(kind, []).append(sid)
+                provenance.setdefault(kind, self.provenance_of(ff))
+        if not kinds:
+            return problems
+        ranked = sorted(kinds.items(), key=lambda kv: -len(kv[1]))
+        (spec, dim, encoder), members = ranked[0]
+        if len(ranked) > 1 and len(ranked[1][1]) == len(members):  # no majority to keep: the user must choose
+            (spec2, dim2, enc2), others = ranked[1]
+            raise MixmagValueError(
+                f"{self.folder}: as many slides have {encoder!r} features of dim {dim} with {spec} "
+                f"({_some(members)}) as have {enc2!r} features of dim {dim2} with {spec2} ({_some(others)}); "
+                "keep one encoder and one region geometry per features folder")
+        self.spec, self.tile_dim, self.encoder = spec, dim, encoder
+        self.reference_attrs = provenance[(spec, dim, encoder)]
+        for (other_spec, other_dim, other_encoder), odd in ranked[1:]:
+            # features of different encoders must never be mixed in one bag or comparison
+            differ = [f"{what} {mine!r} where the {len(members)} other slides have {theirs!r}"
+                      for what, mine, theirs in (("encoder", other_encoder, encoder), ("dim", other_dim, dim),
+                                                 ("region geometry", other_spec, spec)) if mine != theirs]
+            for sid in odd:
+                problems[sid] = (f"features of {'; '.join(differ)}; re-embed it with the folder's encoder and "
+                                 "region geometry")
         return problems
 
     @staticmethod
