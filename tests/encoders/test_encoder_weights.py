@@ -103,6 +103,31 @@ def test_hub_failure_tells_how_to_use_a_local_copy(monkeypatch) -> None:
     assert "hf-hub:paige-ai/Virchow2" in msg and "--weights PATH" in msg and "gated" in msg
 
 
+def test_an_unreachable_hub_is_asked_once_and_its_retry_logs_stay_quiet(monkeypatch, caplog) -> None:
+    """Offline: one try, not one per candidate file (each waits for the hub's retries and timeouts)."""
+    import logging
+
+    import huggingface_hub
+
+    calls: list[str] = []
+
+    class LocalEntryNotFoundError(FileNotFoundError):  # what the hub raises offline, by name
+        pass
+
+    def offline(*args, filename: str, **kwargs):
+        calls.append(filename)
+        logging.getLogger("huggingface_hub").warning("retrying in 8s [Retry 2/5]")
+        raise LocalEntryNotFoundError("cannot reach the hub and the file is not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    hub_level = logging.getLogger("huggingface_hub").level  # the library sets its own
+    with caplog.at_level(logging.INFO, logger="mixmag"), pytest.raises(WeightsError) as info:
+        build_encoder("virchow2")
+    assert len(calls) == 1 and "LocalEntryNotFoundError" in str(info.value)
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert logging.getLogger("huggingface_hub").level == hub_level  # restored
+
+
 def test_weight_argument_errors(tmp_path) -> None:
     with pytest.raises(WeightsError, match="either --weights or --random-weights"):
         build_encoder("tiny.d16", weights=tmp_path, random_weights=True)

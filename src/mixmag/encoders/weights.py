@@ -108,6 +108,13 @@ def _file_in_folder(folder: Path) -> Path:
     )
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a hub error means the hub cannot be reached at all (offline, DNS, timeout, not cached)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "Timeout",
+                         "ConnectTimeout", "ConnectError", "TimeoutError"})
+
+
 def _download(meta: EncoderMeta, recipe: EncoderRecipe, repo_id: str) -> Path:
     hint = (
         f"Download the weights on a machine with internet access (e.g. `hf download {repo_id}`) "
@@ -121,11 +128,22 @@ def _download(meta: EncoderMeta, recipe: EncoderRecipe, repo_id: str) -> Path:
         raise WeightsError(f"{meta.key}: downloading {repo_id} needs huggingface_hub "
                            f"(pip install 'mixmag[hub]').{gate} {hint}") from exc
     errors = []
-    for filename in recipe.hub_filenames:
-        try:
-            return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-        except Exception as exc:  # hub errors are many classes (offline, gated, 404, HTTP); all end here
-            errors.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    # the hub library logs its own retry warnings (many lines); they are in our one-line error
+    # anyway, so they show only at --log-level DEBUG
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        hub_logger.setLevel(logging.ERROR)
+    try:
+        for filename in recipe.hub_filenames:
+            try:
+                return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+            except Exception as exc:  # hub errors are many classes (offline, gated, 404, HTTP); all end here
+                errors.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                if _unreachable(exc):  # every other file would wait for the same retries and timeouts
+                    break
+    finally:
+        hub_logger.setLevel(level)
     raise WeightsError(f"{meta.key}: could not get weights from hf-hub:{repo_id} "
                        f"({'; '.join(errors)}).{gate} {hint}")
 
