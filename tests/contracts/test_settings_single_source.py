@@ -55,7 +55,7 @@ SAMPLES: dict[str, list[Any]] = {
     "bag_level": ["slide"], "region_preset": ["tiny"], "precision": ["fp32"], "methods": [["abmil-5x", "mix-mem"]],
     # a region geometry that tiles (the study builds it when it starts)
     "region_um": [224.0], "tile_px": [112], "magnifications": [["10x", "20x"]], "workers": [2],
-    "encoder": ["tiny.d16"], "reader": ["tiffslide"],
+    "encoder": ["tiny.d16"], "reader": ["tiffslide"], "ray_address": ["10.0.0.1:6379"],
 }
 
 
@@ -144,17 +144,23 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         seen["tile_inputs"] = [Path(p) for p in inputs]
         seen["tile_slides"] = {k: kw[k] for k in ("mpp_override", "mpp_csv", "reader")}
         return SimpleNamespace(all_failed=False, stopped_early=False, manifest_path=Path(out) / "m.csv",
-                               n_regions=0, n_inputs=0, n_warned=0, results=[], count=lambda status: 0)
+                               n_regions=0, n_inputs=0, n_warned=0, results=[], count=lambda status: 0,
+                               workers=[])
 
     def fake_embed(region_dir: Any, out: Any, *, settings: EmbedSettings, **kw: Any) -> Any:
         seen["embed"] = settings
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "s.h5").touch()
         return SimpleNamespace(ok=[], skipped=[], claimed_elsewhere=[], errors={}, n_tiles=0, tiles_per_s=0.0,
-                               precision="fp32", manifest="m")
+                               precision="fp32", manifest="m", workers=[])
 
     def fake_heatmaps(*args: Any, settings: ReportSettings, **kw: Any) -> list[Path]:
         seen["report"] = settings
+        return []
+
+    def fake_redraw(run_dir: Path, settings: ReportSettings) -> list[Path]:
+        seen["report"] = settings
+        (Path(run_dir) / "config.resolved.yaml").write_text("out: .\n")  # a run folder the report can show
         return []
 
     def fake_plan(out: Path, objectives: list[str], **kw: Any) -> Any:
@@ -187,8 +193,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(pretrain, "pretrain_region_encoder", fake_pretrain)
     monkeypatch.setattr(experiment, "train_methods", fake_train)
     monkeypatch.setattr(study_heatmaps, "write_study_heatmaps", fake_heatmaps)
-    monkeypatch.setattr(study_heatmaps, "redraw_run_heatmaps",
-                        lambda run_dir, settings: seen.__setitem__("report", settings) or [])
+    monkeypatch.setattr(study_heatmaps, "redraw_run_heatmaps", fake_redraw)
     monkeypatch.setattr(report_build, "build_report_from_inputs", lambda spec, out: "report.html")
     monkeypatch.setattr(study_mod, "plan_diagnostics", fake_plan)
     monkeypatch.setattr(study_mod, "run_plan", fake_run_plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -58,6 +59,19 @@ def _race(folder: str, queue: mp.Queue) -> None:
     board = ClaimBoard(folder, ClaimOwner.current())
     queue.put(board.try_acquire("contested"))
     time.sleep(0.5)  # stay alive so the winner's claim is not stale for the others
+
+
+def test_a_failed_attempt_of_the_same_ray_run_is_taken_over_at_once(tmp_path) -> None:
+    """Backend ray: the driver retries a slide only after its attempt died, possibly on a lost node."""
+    lost = ClaimBoard(tmp_path, ClaimOwner(host="lost-node", pid=12345, token="t1", run="run-a"))
+    assert lost.try_acquire("s1")
+    assert json.loads(lost.path("s1").read_text())["run"] == "run-a"
+    other_run = ClaimBoard(tmp_path, ClaimOwner.current(run="run-b"), stale_after_s=3600)
+    assert not other_run.try_acquire("s1")  # another run's fresh remote claim: still respected
+    local = ClaimBoard(tmp_path, ClaimOwner.current(), stale_after_s=3600)
+    assert not local.try_acquire("s1")
+    retry = ClaimBoard(tmp_path, ClaimOwner.current(run="run-a"), stale_after_s=3600)
+    assert retry.try_acquire("s1") and retry.holds("s1")
 
 
 def test_exactly_one_of_many_processes_wins(tmp_path) -> None:

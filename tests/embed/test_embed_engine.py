@@ -61,9 +61,9 @@ def test_every_tile_is_embedded_with_provenance(tmp_path, kit) -> None:
 def test_auto_precision_embeds_the_first_batch_once_more_and_records_what_it_kept(tmp_path, kit, monkeypatch,
                                                                               min_cosine, kept) -> None:
     """"auto" tries bf16 on the first batch against fp32: kept or dropped, the rows are in that precision."""
-    import mixmag.embed.engine as engine
+    import mixmag.embed.core as core
 
-    monkeypatch.setattr(engine, "AUTO_PRECISION_MIN_COSINE", min_cosine)  # force either outcome
+    monkeypatch.setattr(core, "AUTO_PRECISION_MIN_COSINE", min_cosine)  # force either outcome
     enc = build_encoder("tiny.vit-d32", precision="bf16")
     calls: list[int] = []
     encode = enc.encode

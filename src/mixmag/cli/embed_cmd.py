@@ -16,6 +16,7 @@ from mixmag.cli.options import (
     load_study_config,
     setting_option,
 )
+from mixmag.cluster.settings import Backend
 from mixmag.embed.settings import EmbedSettings
 from mixmag.utils.settings import Precision
 
@@ -45,6 +46,14 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[Precision, setting_option(E, "precision")] = _EMBED.precision,
         device: Annotated[str, setting_option(E, "device")] = _EMBED.device,
         workers: Annotated[str, setting_option(E, "workers")] = str(_EMBED.workers),
+        backend: Annotated[Backend, setting_option(E, "backend")] = _EMBED.backend,
+        ray_address: Annotated[str, setting_option(E, "ray_address", "--address")] = _EMBED.ray_address,
+        ray_workers: Annotated[int | None, setting_option(E, "ray_workers", "--num-workers")] = _EMBED.ray_workers,
+        ray_gpus_per_worker: Annotated[float | None, setting_option(
+            E, "ray_gpus_per_worker", "--gpus-per-worker")] = _EMBED.ray_gpus_per_worker,
+        ray_cpus_per_worker: Annotated[int | None, setting_option(
+            E, "ray_cpus_per_worker", "--cpus-per-worker")] = _EMBED.ray_cpus_per_worker,
+        ray_max_retries: Annotated[int, setting_option(E, "ray_max_retries", "--max-retries")] = _EMBED.ray_max_retries,
         shard: Annotated[str | None, typer.Option(
             help="Static split i/n, 0-based (e.g. $SLURM_ARRAY_TASK_ID/8).")] = None,
         overwrite: Annotated[bool, typer.Option(help="Recompute slides that are already complete.")] = False,
@@ -54,7 +63,8 @@ def register(app: typer.Typer) -> None:
         """Embed the 5x/10x/20x tiles of every region with one tile encoder.
 
         Resumable (finished slides are skipped by provenance) and safe to run as several processes
-        or Slurm array tasks on the same folders at once. Settings come from the `embed` section of
+        or Slurm array tasks on the same folders at once, or on a Ray cluster (--backend ray, one
+        model per GPU or CPU slot; docs/cluster.md). Settings come from the `embed` section of
         --config FILE, then --set embed.KEY=VALUE, then the options below.
         """
         from mixmag.embed import embed_slides, parse_shard
@@ -70,6 +80,10 @@ def register(app: typer.Typer) -> None:
             f"{summary.n_tiles} tiles at {summary.tiles_per_s:.1f} tiles/s ({summary.precision}). "
             f"Manifest: {summary.manifest}"
         )
+        if summary.workers:
+            from mixmag.cluster.runtime import describe_workers
+
+            typer.echo(describe_workers(summary.workers))
         for slide_id, error in summary.errors.items():
             typer.secho(f"  {slide_id}: {error}", err=True, fg=typer.colors.RED)
         n_total = len(summary.ok) + len(summary.skipped) + len(summary.claimed_elsewhere) + len(summary.errors)

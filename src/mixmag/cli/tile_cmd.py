@@ -16,6 +16,7 @@ from mixmag.cli.options import (
     setting_option,
     split_list,
 )
+from mixmag.cluster.settings import Backend
 from mixmag.config import SlidesConfig
 from mixmag.tiling.settings import TilingSettings
 
@@ -52,12 +53,19 @@ def register(app: typer.Typer) -> None:
         tile_px: Annotated[int, setting_option(T, "tile_px")] = _TILING.tile_px,
         min_tissue: Annotated[float, setting_option(T, "min_tissue")] = _TILING.min_tissue,
         workers: Annotated[int, setting_option(T, "workers", "--workers", "-w")] = _TILING.workers,
+        backend: Annotated[Backend, setting_option(T, "backend")] = _TILING.backend,
+        ray_address: Annotated[str, setting_option(T, "ray_address", "--address")] = _TILING.ray_address,
+        ray_workers: Annotated[int | None, setting_option(T, "ray_workers", "--num-workers")] = _TILING.ray_workers,
+        ray_max_retries: Annotated[int, setting_option(T, "ray_max_retries", "--max-retries")] = _TILING.ray_max_retries,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute slides that are already done.")] = False,
         fail_fast: Annotated[bool, typer.Option(
             "--fail-fast", help="Stop at the first failing slide and exit non-zero.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     ) -> None:
         """Tile slides into regions over tissue, each linked to its tiles at every magnification.
+
+        Slides run in this process, in --workers processes, or as Ray tasks on a cluster
+        (--backend ray; docs/cluster.md).
 
         Settings come from the `tiling` section (and slides.mpp/mpp_csv/reader) of --config FILE,
         then --set section.KEY=VALUE, then the options below; e.g. --set tiling.thumbnail_px=1024
@@ -85,6 +93,10 @@ def register(app: typer.Typer) -> None:
         warned = f"; {summary.n_warned} with input warnings (manifest 'warnings' column)" if summary.n_warned else ""
         typer.echo(f"{summary.n_inputs} slides: {counts}{warned}; {summary.n_regions} regions -> "
                    f"{summary.manifest_path}")
+        if summary.workers:
+            from mixmag.cluster.runtime import describe_workers
+
+            typer.echo(describe_workers(summary.workers))
         for r in summary.results:
             if r.status in (Status.ERROR, Status.EMPTY):
                 typer.echo(f"  {r.status.value:5s} {r.slide_id}: {r.error}", err=True)

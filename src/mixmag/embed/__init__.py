@@ -16,7 +16,7 @@ from mixmag.utils.lazy import lazy_getattr
 _LAZY: dict[str, str] = {
     "EmbedConfigError": "mixmag.embed.errors",
     "EmbedSettings": "mixmag.embed.settings",
-    "EmbedSummary": "mixmag.embed.engine",
+    "EmbedSummary": "mixmag.embed.core",
     "ExportSummary": "mixmag.embed.export",
     "SlideEmbeddingError": "mixmag.embed.errors",
     "EmbedJob": "mixmag.embed.jobs",

@@ -64,7 +64,7 @@ class TileBatcher:
         manifest: The run's manifest (one row per slide).
         claims: Claim board (claims are refreshed while writing and released when done).
         jobs: The run's slides (messages refer to them by position).
-        summary: :class:`~mixmag.embed.engine.EmbedSummary` updated in place.
+        summary: :class:`~mixmag.embed.core.EmbedSummary` updated in place.
         fail_fast: Raise :class:`~mixmag.embed.errors.SlideEmbeddingError` on the first failure.
         progress: Show a tqdm bar (tiles, tiles/s).
         first_batch_hook: Embeds the first batch instead of :meth:`TileEncoder.encode`, called

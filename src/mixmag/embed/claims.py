@@ -5,8 +5,11 @@ A claim is a small JSON file ``<out>/.claims/<slide_id>.claim`` created with
 creator wins. It records the owner (host, pid, a random run token) and is *touched* while the slide
 is being processed (heartbeat). A claim is **stale**, and may be taken over, when
 
-* its owner ran on this host and that pid is gone (or the pid now belongs to another run), or
-* it has not been touched for ``stale_after_s`` seconds (owner on another node died or hung).
+* its owner ran on this host and that pid is gone (or the pid now belongs to another run),
+* it has not been touched for ``stale_after_s`` seconds (owner on another node died or hung), or
+* it was made for the same Ray run (``ClaimOwner.run``) by another worker: the Ray driver hands a
+  slide to one attempt at a time, so that attempt's worker died (possibly with its node, where
+  neither the pid test nor, for 15 minutes, the heartbeat test would see it).
 
 Take-over renames the stale file to a unique name first (rename is atomic, so only one of several
 contenders succeeds), deletes it, and retries the exclusive create.
@@ -42,16 +45,18 @@ class ClaimOwner:
         host: Hostname of the owning process.
         pid: Process id of the owning (main) process.
         token: Random per-run token: distinguishes a new run that reuses a dead run's pid.
+        run: Id of the Ray run (backend ray) the owner works for; empty for a local run.
     """
 
     host: str
     pid: int
     token: str
+    run: str = ""
 
     @classmethod
-    def current(cls) -> ClaimOwner:
-        """Owner identity of the calling process (a fresh token per call)."""
-        return cls(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
+    def current(cls, run: str = "") -> ClaimOwner:
+        """Owner identity of the calling process (a fresh token per call), working for Ray run ``run``."""
+        return cls(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex, run=run)
 
 
 class ClaimBoard:
@@ -91,6 +96,8 @@ class ClaimBoard:
         if info is None:
             # unreadable: either being written right now (fresh) or garbage (old)
             return age > min(self.stale_after_s, 60.0)
+        if self.owner.run and info.get("run") == self.owner.run and info.get("token") != self.owner.token:
+            return True  # an earlier attempt of this Ray run, which the driver saw fail
         if info.get("host") == self.owner.host:
             pid = int(info.get("pid", -1))  # type: ignore[call-overload]
             if pid == self.owner.pid:
@@ -112,9 +119,12 @@ class ClaimBoard:
                     return False
                 self._break(path)
                 continue
+            info: dict[str, object] = {"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
+                                       "claimed_at": time.time()}
+            if self.owner.run:
+                info["run"] = self.owner.run
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"host": self.owner.host, "pid": self.owner.pid, "token": self.owner.token,
-                           "claimed_at": time.time()}, fh)
+                json.dump(info, fh)
             self._last_touch[slide_id] = time.monotonic()
             return True
         return False

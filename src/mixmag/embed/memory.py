@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mixmag.embed.engine import _check_precision
+from mixmag.embed.core import _check_precision
 from mixmag.encoders import TileEncoder
 from mixmag.errors import MixmagValueError
 from mixmag.io.h5common import FormatError

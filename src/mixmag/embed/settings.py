@@ -2,8 +2,9 @@
 
 :class:`EmbedSettings` is the ``embed:`` section of a study config and what
 :func:`~mixmag.embed.engine.embed_slides` takes as ``settings=``; ``mixmag embed`` builds its
-options from it. ``device`` and ``workers`` carry the :data:`~mixmag.utils.settings.RUNTIME` mark:
-where the tiles are decoded and the model runs never changes a feature file's provenance.
+options from it. ``device``, ``workers``, ``backend`` and the ``ray_*`` settings carry the
+:data:`~mixmag.utils.settings.RUNTIME` mark: where the tiles are decoded and the model runs never
+changes a feature file's provenance.
 This module imports no torch: ``encoder`` is checked against :data:`ENCODER_KEYS` (the built-in
 zoo's keys, the live registry only for other keys) and ``weights`` only for its form (whether a
 local file exists is a question for :func:`mixmag.preflight.preflight`, not for a saved config).
@@ -17,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from mixmag.cluster.settings import Backend, RayAddress
 from mixmag.registry import KnownKeys
 from mixmag.utils.settings import RUNTIME, Precision, StageSettings
 
@@ -77,6 +79,24 @@ class EmbedSettings(StageSettings):
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(default="auto", json_schema_extra=RUNTIME)
     """Region decoding: `auto` (inline between forward passes on a CPU, up to 8 worker processes
     next to a GPU), 0 (inline, one thread per core) or a number of worker processes."""
+    backend: Backend = Field(default=Backend.LOCAL, json_schema_extra=RUNTIME)
+    """`local` (this process; several may share the folder) or `ray` (Ray workers on a cluster, each
+    loading the model once and embedding one slide after another; docs/cluster.md)."""
+    ray_address: RayAddress = Field(default="auto", json_schema_extra=RUNTIME)
+    """Ray cluster to join (backend ray): `auto` (`RAY_ADDRESS`, else the cluster started on this
+    machine by `ray start`) or `HOST:PORT` of its head node."""
+    ray_workers: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """Ray workers, each holding one copy of the model (backend ray; null = as many as the cluster's
+    GPUs, or CPUs, can hold)."""
+    ray_gpus_per_worker: float | None = Field(default=None, ge=0, json_schema_extra=RUNTIME)
+    """GPUs of each Ray worker (backend ray; 0.5 = two workers share a GPU; null = 1 when the
+    cluster has GPUs, else 0: CPU workers)."""
+    ray_cpus_per_worker: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """CPU cores of each Ray worker (backend ray): a CPU worker's compute threads; next to a GPU,
+    all but one decode regions (null = 1 on a CPU; next to a GPU the cluster's CPUs per GPU, at most 9)."""
+    ray_max_retries: int = Field(default=2, ge=0, json_schema_extra=RUNTIME)
+    """Times a slide is tried again after its Ray worker died (killed, out of memory, node lost),
+    before it is recorded as `error` (backend ray)."""
 
     @field_validator("encoder")
     @classmethod

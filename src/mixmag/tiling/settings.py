@@ -3,12 +3,13 @@
 :class:`TilingSettings` is the ``tiling:`` section of a study config and what
 :func:`~mixmag.tiling.tile.tile_slides` takes as ``settings=``; ``mixmag tile`` builds its options
 from it. The region geometry defaults are those of :class:`~mixmag.geometry.RegionSpec`
-(docs/concepts/resolution.md#regions-tiles-and-tokens). ``workers`` carries the
-:data:`~mixmag.utils.settings.RUNTIME` mark: it never changes a region index.
+(docs/concepts/resolution.md#regions-tiles-and-tokens). ``workers``, ``backend`` and the
+``ray_*`` settings carry the :data:`~mixmag.utils.settings.RUNTIME` mark: they never change a
+region index.
 
 Where the slides are and how they are read (files, ``mpp`` overrides, reader backend) is not a
 tiling setting: it is the study's ``slides`` section and the inputs of ``tile_slides``.
-This module imports pydantic and the geometry only.
+This module imports pydantic, the geometry and the backend choice (:mod:`mixmag.cluster.settings`) only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
 
+from mixmag.cluster.settings import Backend, RayAddress
 from mixmag.geometry import (
     DEFAULT_MPPS,
     RegionSpec,
@@ -59,6 +61,17 @@ class TilingSettings(StageSettings):
     """Longer side of the thumbnail used for tissue detection and QC pictures."""
     workers: int = Field(default=1, ge=1, json_schema_extra=RUNTIME)
     """Slides processed in parallel processes."""
+    backend: Backend = Field(default=Backend.LOCAL, json_schema_extra=RUNTIME)
+    """`local` (`workers` processes on this machine) or `ray` (one Ray task per slide on a cluster;
+    docs/cluster.md)."""
+    ray_address: RayAddress = Field(default="auto", json_schema_extra=RUNTIME)
+    """Ray cluster to join (backend ray): `auto` (`RAY_ADDRESS`, else the cluster started on this
+    machine by `ray start`) or `HOST:PORT` of its head node."""
+    ray_workers: int | None = Field(default=None, ge=1, json_schema_extra=RUNTIME)
+    """Slides tiled at once on the Ray cluster, one CPU each (backend ray; null = the cluster's CPUs)."""
+    ray_max_retries: int = Field(default=2, ge=0, json_schema_extra=RUNTIME)
+    """Times a slide's Ray task is run again after its worker or node died, before the slide is
+    recorded as `error` (backend ray)."""
 
     def region_spec(self) -> RegionSpec:
         """The :class:`~mixmag.geometry.RegionSpec` of ``region_um``, ``tile_px`` and ``magnifications``.

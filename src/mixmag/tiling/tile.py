@@ -19,6 +19,10 @@ samples, several fluorescence channels) is an ``error``; a doubtful one (greysca
 fluorescence-like background, almost no tissue) is tiled and its warnings are logged, written to
 the manifest's ``warnings`` column and the region index's ``input_warnings`` attribute, and counted
 by :attr:`TileSummary.n_warned`.
+
+Slides run in this process, in ``workers`` local processes, or (``backend="ray"``) as one Ray task
+each on a cluster (docs/cluster.md); every way runs :func:`tile_one_slide` and records its result
+here, so files, manifest and resume rules do not depend on the backend.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import multiprocessing as mp
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -41,6 +45,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mixmag._version import __version__
+from mixmag.cluster.runtime import (
+    WorkerUsage,
+    call_with_usage,
+    describe_failure,
+    import_ray,
+    merge_usage,
+    ray_session,
+)
+from mixmag.cluster.scheduler import run_tasks
+from mixmag.cluster.settings import Backend
 from mixmag.errors import MixmagValueError
 from mixmag.geometry import RegionSpec, magnification_label
 from mixmag.io.manifest import Manifest, Status, read_manifest
@@ -68,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 #: Joins a slide's input warnings in the manifest's ``warnings`` column.
 WARNING_SEPARATOR = " | "
+#: CPUs a slide's Ray task reserves (backend ray): one slide is tiled on one thread.
+RAY_CPUS_PER_SLIDE = 1
 
 
 @dataclass(frozen=True)
@@ -118,12 +134,14 @@ class TileSummary:
         results: One entry per slide processed in this run (in completion order).
         n_inputs: Slides found in the inputs.
         stopped_early: True when ``fail_fast`` stopped the batch at the first error.
+        workers: Backend ray: each Ray worker process that tiled slides, with its peak memory.
     """
 
     out_dir: Path
     results: list[SlideResult]
     n_inputs: int
     stopped_early: bool = False
+    workers: list[WorkerUsage] = field(default_factory=list)
 
     def count(self, status: Status) -> int:
         """Number of slides with ``status``."""
@@ -308,6 +326,42 @@ def _executor(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _tile_on_ray(jobs: Sequence[TilingJob], options: TileOptions, out_dir: Path,
+                 previous_rows: dict[str, dict[str, str]], settings: TilingSettings,
+                 finish: Callable[[SlideResult], bool]) -> tuple[bool, list[WorkerUsage]]:
+    """Backend ray: :func:`tile_one_slide` as one Ray task per slide; returns (stopped, workers).
+
+    The task runs the same function as a local worker process, so a slide's files are the same
+    whichever backend wrote them; it writes them on its node, into ``out_dir`` (a filesystem every
+    node sees). This process records each result as it arrives, as the local loop does. Ray runs
+    a task whose worker or node died again (``ray_max_retries`` times); after that the slide is
+    recorded as ``error``. A slide error with a reason (an unreadable file) is no failed task: it
+    is recorded at once, since another attempt would give the same reason.
+    """
+    usage: list[WorkerUsage] = []
+    with ray_session(settings.ray_address) as ray:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        in_flight = settings.ray_workers or max(1, cpus // RAY_CPUS_PER_SLIDE)
+        logger.info("tiling %d slides as Ray tasks, %d at a time", len(jobs), in_flight)
+        # retry_exceptions: tile_one_slide records every slide error itself, so an exception that
+        # escapes the task is the machinery's (a result that cannot be sent back, a lost object)
+        task = ray.remote(call_with_usage).options(num_cpus=RAY_CPUS_PER_SLIDE, max_retries=settings.ray_max_retries,
+                                                   retry_exceptions=True)
+
+        def on_result(job: TilingJob, value: tuple[SlideResult, WorkerUsage]) -> bool:
+            usage.append(value[1])
+            return finish(value[0])
+
+        def on_failure(job: TilingJob, exc: BaseException) -> bool:
+            error = f"its Ray task failed {settings.ray_max_retries + 1} time(s): {describe_failure(exc)}"
+            return finish(SlideResult(job.slide_id, str(job.path), Status.ERROR, error=error))
+
+        stopped = run_tasks(
+            ray, jobs, lambda job: task.remote(tile_one_slide, job, options, out_dir, previous_rows.get(job.slide_id)),
+            max_in_flight=in_flight, on_result=on_result, on_failure=on_failure)
+    return stopped, merge_usage(usage)
+
+
 def _record(manifest: Manifest, r: SlideResult) -> None:
     manifest.update(
         r.slide_id, status=r.status, path=r.path, n_items=r.n_regions, seconds=r.seconds,
@@ -344,8 +398,10 @@ def tile_slides(
     Args:
         inputs: Slide files, folders (searched recursively) and/or CSV lists (``path``[, ``mpp``]).
         out_dir: Run folder (created).
-        settings: Region geometry, tissue thresholds, thumbnail size and worker processes
-            (:class:`~mixmag.tiling.settings.TilingSettings`; its defaults when None).
+        settings: Region geometry, tissue thresholds, thumbnail size, worker processes and the
+            backend (:class:`~mixmag.tiling.settings.TilingSettings`; its defaults when None).
+            ``backend="ray"`` runs :func:`tile_one_slide` as one Ray task per slide on the cluster
+            at ``ray_address`` (docs/cluster.md); files, manifest and resume rules are the same.
         spec: The region geometry as a :class:`~mixmag.geometry.RegionSpec`, used as given instead
             of ``settings.region_um``/``tile_px``/``magnifications`` (not together with them as
             ``options``).
@@ -374,8 +430,11 @@ def tile_slides(
         spec=spec, min_tissue=s.min_tissue, valid_min_tissue=s.valid_min_tissue, reader=reader,
         thumbnail_px=s.thumbnail_px, tissue=tissue_params or TissueParams(), resample=resample, overwrite=overwrite,
     )
+    on_ray = s.backend == Backend.RAY
+    if on_ray:
+        import_ray()  # missing: one line naming the extra, before anything is written
     workers, budget = s.workers, usable_cpus()
-    if workers > budget.cores:  # more CPU-bound processes than cores only time-slice (and thrash caches)
+    if workers > budget.cores and not on_ray:  # more CPU-bound processes than cores only time-slice (and thrash caches)
         logger.info("tiling: %d worker processes capped at the %d usable CPU cores (of %d on the machine)",
                     workers, budget.cores, budget.machine)
         workers = budget.cores
@@ -389,12 +448,15 @@ def tile_slides(
         (out / sub).mkdir(parents=True, exist_ok=True)
         if n := remove_stale_temp_files(out / sub):
             logger.info("removed %d unfinished temporary file(s) from %s", n, out / sub)
-    atomic_write_json(out / "tile_run.json", {
+    run_record: dict[str, Any] = {
         "inputs": [str(i) for i in inputs], "n_slides": len(jobs), "spec": spec.to_dict(),
         "options": {k: v for k, v in asdict(tile_options).items() if k != "spec"},
         "mpp_override": mpp_override, "mpp_csv": None if mpp_csv is None else str(mpp_csv),
         "workers": workers, "cpu_budget": budget.to_dict(), "environment": _environment(),
-    })
+    }
+    if on_ray:  # where the slides were tiled; never part of what a region index depends on
+        run_record["ray"] = {"address": s.ray_address, "workers": s.ray_workers, "max_retries": s.ray_max_retries}
+    atomic_write_json(out / "tile_run.json", run_record)
     manifest = Manifest(out / "regions" / "manifest.csv")
     previous_rows = read_manifest(manifest.path)
     summary = TileSummary(out_dir=out, results=[], n_inputs=len(jobs))
@@ -406,6 +468,11 @@ def tile_slides(
         bar.update(1)
         return fail_fast and r.status == Status.ERROR
 
+    if on_ray:
+        summary.stopped_early, summary.workers = _tile_on_ray(jobs, tile_options, out, previous_rows, s, finish)
+        bar.close()
+        _warn_inputs(summary)
+        return summary
     with _executor(workers) as pool:
         if pool is None:
             for job in jobs:
@@ -431,9 +498,13 @@ def tile_slides(
                         other.cancel()
                     break
     bar.close()
+    _warn_inputs(summary)
+    return summary
+
+
+def _warn_inputs(summary: TileSummary) -> None:
     if summary.n_warned:
         warned = sorted(r.slide_id for r in summary.results if r.warnings)
         logger.warning("%d of %d slides have input warnings (%s%s); see the 'warnings' column of %s",
                        summary.n_warned, len(summary.results), ", ".join(warned[:5]),
                        " ..." if len(warned) > 5 else "", summary.manifest_path)
-    return summary
