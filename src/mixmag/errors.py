@@ -29,6 +29,7 @@ __all__ = [
     "MixmagKeyError",
     "MixmagRuntimeError",
     "MixmagValueError",
+    "one_line",
     "reading_user_file",
 ]
 
@@ -71,6 +72,16 @@ class MixmagRuntimeError(MixmagError, RuntimeError):
     """A run cannot go on for a reason found while running (every slide failed, the loss became
     NaN, nothing left to train on) that the user fixes by changing data or settings.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line for a manifest or a per-slide message.
+
+    A :class:`MixmagError` is already written for a person: its message alone. Any other exception
+    keeps its class name, which is often the only clue (``KeyError: 'coords'``).
+    """
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, MixmagError) and text else f"{type(exc).__name__}: {text}"
 
 
 @contextmanager

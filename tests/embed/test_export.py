@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mixmag.embed import embed_slides, export_features
+from mixmag.errors import MixmagValueError
 from mixmag.io.features import FeatureFile
 
 TRIDENT_COORD_ATTRS = {"patch_size", "patch_size_level0", "level0_magnification", "target_magnification",
@@ -69,8 +70,9 @@ def test_clam_export(feature_dir, tmp_path) -> None:
 def test_unknown_format_and_magnification(feature_dir, tmp_path) -> None:
     with pytest.raises(KeyError, match="export format"):
         export_features(feature_dir, tmp_path, fmt="stamp", progress=False)
-    summary = export_features(feature_dir, tmp_path, mag="40", progress=False)
-    assert "no 40x tiles" in summary.errors["a"]
+    with pytest.raises(MixmagValueError, match="--mag 40x: the features in .* hold 5x, 10x, 20x; choose one"):
+        export_features(feature_dir, tmp_path / "x", mag="40", progress=False)  # up front, not once per slide
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_export_and_embed_errors(feature_dir, tmp_path) -> None:

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from mixmag.cluster.settings import split_address
-from mixmag.errors import MixmagRuntimeError
+from mixmag.errors import MixmagRuntimeError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def describe_failure(exc: BaseException) -> str:
     cause: Any = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
         exc = cause
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     if len(text) > 400:  # Ray's messages carry ids and advice; the manifest keeps one readable line
         text = text[:397] + "..."
-    return f"{type(exc).__name__}: {text}"
+    return text

@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.jobs import EmbedJob, existing_encoder, expected_provenance, is_done
 from mixmag.embed.workqueue import SlideWorkQueue
-from mixmag.errors import MixmagFileNotFoundError
+from mixmag.errors import MixmagFileNotFoundError, one_line
 from mixmag.io.regions import RegionIndex, read_region_index
 from mixmag.slides import open_slide
 from mixmag.tiling.extract import RegionTileReader
@@ -198,7 +198,7 @@ class RegionTileStream(IterableDataset):
             index = read_region_index(job.region_path)
             prov = expected_provenance(self.encoder_attrs, index.attrs, sha256_file(job.region_path))
         except (OSError, ValueError, KeyError) as exc:
-            return SlideFailed(j, f"{type(exc).__name__}: {exc}", claimed=False)
+            return SlideFailed(j, one_line(exc), claimed=False)
         if not self.overwrite:
             if is_done(job.out_path, prov):
                 self.claims.clear_stale(job.slide_id)  # left by a run killed between rename and release
@@ -235,7 +235,7 @@ class RegionTileStream(IterableDataset):
             self._use_source(j, index)
         except Exception as exc:  # any reader failure (missing file, codec, permissions) is per-slide
             self.queue.close(j)
-            yield SlideFailed(j, f"cannot open slide: {type(exc).__name__}: {exc}", claimed=True)
+            yield SlideFailed(j, f"cannot open slide: {one_line(exc)}", claimed=True)
             return
         yield SlideStart(j, index, prov)
         n_chunks = math.ceil(index.n_regions / self.regions_per_chunk)
@@ -299,6 +299,6 @@ class RegionTileStream(IterableDataset):
             self.queue.close(j)
             self._close_source()
             yield SlideFailed(j, f"reading chunk {c} (regions from {c * self.regions_per_chunk}) failed: "
-                                 f"{type(exc).__name__}: {exc}", claimed=True)
+                                 f"{one_line(exc)}", claimed=True)
             return
         yield TileChunk(j, start, stop - start, torch.from_numpy(np.ascontiguousarray(tiles)))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mixmag.errors import MixmagFileNotFoundError
+from mixmag.errors import MixmagFileNotFoundError, MixmagValueError
 from mixmag.geometry import magnification_label, parse_magnification
 from mixmag.io.features import FeatureFile, iter_feature_files
 from mixmag.io.h5common import FormatError
@@ -82,6 +82,23 @@ def slide_patch_features(ff: FeatureFile, mpp: float, *, all_tiles: bool = False
                          coords_attrs=coords_attrs, attrs=carried)
 
 
+def _check_magnification(files: list[Path], mpp: float) -> None:
+    """Refuse up front a magnification the folder's features do not have (one region geometry per folder).
+
+    Read from the first file that opens; a folder without one is left to the per-slide errors.
+    """
+    for path in files:
+        try:
+            with FeatureFile(path) as ff:
+                mpps = ff.index.spec.mpps
+        except (FormatError, OSError, KeyError):
+            continue
+        if not any(abs(m - mpp) < 1e-6 for m in mpps):
+            raise MixmagValueError(f"--mag {magnification_label(mpp)}: the features in {path.parent} hold "
+                                   f"{', '.join(magnification_label(m) for m in mpps)}; choose one of them")
+        return
+
+
 def export_features(
     feature_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -112,6 +129,7 @@ def export_features(
     files = list(iter_feature_files(feature_dir))
     if not files:
         raise MixmagFileNotFoundError(f"no feature files (*.h5) in {feature_dir}; run `mixmag embed` first")
+    _check_magnification(files, mpp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out / "manifest.csv")

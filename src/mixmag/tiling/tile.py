@@ -55,7 +55,7 @@ from mixmag.cluster.runtime import (
 )
 from mixmag.cluster.scheduler import run_tasks
 from mixmag.cluster.settings import Backend
-from mixmag.errors import MixmagValueError
+from mixmag.errors import MixmagValueError, one_line
 from mixmag.geometry import RegionSpec, magnification_label
 from mixmag.io.manifest import Manifest, Status, read_manifest
 from mixmag.io.regions import RegionIndex, write_region_index
@@ -197,7 +197,7 @@ def tile_one_slide(
         result.status, result.error = Status.ERROR, str(exc)
     except Exception as exc:  # any other failure of this slide is recorded; the batch goes on
         logger.debug("%s failed", job.slide_id, exc_info=True)
-        result.status, result.error = Status.ERROR, f"{job.path.name}: {type(exc).__name__}: {exc}"
+        result.status, result.error = Status.ERROR, f"{job.path.name}: {one_line(exc)}"
     result.seconds = time.perf_counter() - start
     return result
 
@@ -491,7 +491,7 @@ def tile_slides(
                     r = SlideResult(job.slide_id, str(job.path), Status.ERROR,
                                     error=f"worker process died while processing the batch ({exc})")
                 except Exception as exc:  # e.g. the result could not be sent back
-                    r = SlideResult(job.slide_id, str(job.path), Status.ERROR, error=f"{type(exc).__name__}: {exc}")
+                    r = SlideResult(job.slide_id, str(job.path), Status.ERROR, error=one_line(exc))
                 if finish(r):
                     summary.stopped_early = True
                     for other in futures:
