@@ -18,6 +18,7 @@ the rest is still checked), with ``file:line`` for keys from a YAML file. ``mixm
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -203,9 +204,13 @@ def _flow(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------- labels
 def _labels(key: str, path: Path, *, targets: Sequence[str], targets_key: str | None,
-            ids: Collection[str] | None, ids_from: str, partial: Level, partial_hint: str) -> list[Problem]:
-    """The labels table exists, parses, has the target columns and names slides among ``ids``."""
-    from mixmag.mil.labels import ID_COLUMNS, label_columns, read_labels
+            ids: Collection[str] | None, ids_from: str, partial: Level, partial_hint: str,
+            target_types: Mapping[str, str] | None = None,
+            survival_columns: Mapping[str, Sequence[str]] | None = None) -> list[Problem]:
+    """The labels table exists, parses, has the target columns (whose values fit their endpoint:
+    docs/concepts/endpoints.md) and names slides among ``ids``."""
+    from mixmag.mil.labels import ID_COLUMNS, read_labels
+    from mixmag.mil.targets import LabelTypeError, check_values, resolve_targets
 
     p = Path(path).expanduser()
     found = _exists(key, path, "a CSV/TSV with patient_id, slide_id and label columns", folder_ok=False)
@@ -230,10 +235,16 @@ def _labels(key: str, path: Path, *, targets: Sequence[str], targets_key: str | 
     columns = [c for c in df.columns if c not in ID_COLUMNS]
     if targets_key is not None:  # training needs label columns (external labels may be ids only)
         try:
-            columns = label_columns(df, list(targets) or None)
+            specs = resolve_targets(df, list(targets) or None, target_types=target_types,
+                                    survival_columns=survival_columns, log=logging.DEBUG)
+            for spec in specs:
+                check_values(df, spec)
+        except LabelTypeError as exc:  # the values of the labels file, not the option, are wrong
+            return [Problem(key, str(exc), value=path)]
         except MixmagError as exc:
             blame = targets_key if targets else key
             return [Problem(blame, str(exc), value=_flow(list(targets)) if targets else path)]
+        columns = [c for spec in specs for c in spec.columns]
     if ids is None:
         return []
     if columns:  # a slide without any label value is not trained on: it need not be there
@@ -261,6 +272,7 @@ def _train(config: PipelineConfig, *, ids: Collection[str] | None, ids_from: str
                 "training would stop at them: add their slides, fix their slide_id, or set "
                 "mil.allow_missing_slides: true to exclude them")
         problems += _labels("mil.labels", m.labels, targets=m.targets, targets_key="mil.targets", ids=ids,
+                            target_types=m.target_types, survival_columns=m.survival_columns,
                             ids_from=ids_from, partial="warning" if m.allow_missing_slides else "error",
                             partial_hint=hint)
     for role, path in m.checkpoints.items():

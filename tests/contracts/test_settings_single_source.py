@@ -40,7 +40,7 @@ from mixmag.cli.app import build_app
 from mixmag.config import ExternalConfig, PipelineConfig, SlidesConfig, load_config
 from mixmag.embed.settings import EmbedSettings
 from mixmag.evaluate.settings import EvaluateSettings, cross_validation_fields
-from mixmag.mil.estimator import MILClassifier
+from mixmag.mil.estimator import ENDPOINT_PARAMS, MILClassifier
 from mixmag.mil.settings import MilSettings, estimator_fields
 from mixmag.mil.train import TrainParams
 from mixmag.pipeline.study import Study, StudyResult
@@ -56,6 +56,9 @@ SAMPLES: dict[str, list[Any]] = {
     # a region geometry that tiles (the study builds it when it starts)
     "region_um": [224.0], "tile_px": [112], "magnifications": [["10x", "20x"]], "workers": [2],
     "encoder": ["tiny.d16"], "reader": ["tiffslide"], "ray_address": ["10.0.0.1:6379"],
+    # the endpoint settings (docs/concepts/endpoints.md)
+    "target_types": [{"label": "regression"}], "survival_columns": [{"os": ["os_months", "os_status"]}],
+    "regression_loss": ["huber"], "risk_groups": [3],
 }
 
 
@@ -395,12 +398,16 @@ def test_estimator_and_engine_parameters_come_from_the_model() -> None:
     # per-call or estimator-only parameters of MILClassifier (not study settings)
     call_only = {"method", "encoder", "classes", "balanced", "device", "seed", "progress", "threads"}
     clf = inspect.signature(MILClassifier.__init__).parameters
-    hyper = [n for n in clf if n not in call_only and n != "self"]
+    # the endpoint parameters: set per target (not ESTIMATOR fields, so classification runs keep their hash)
+    for name in ENDPOINT_PARAMS:
+        if name in model_defaults:
+            assert _plain(clf[name].default) == _plain(model_defaults[name]), name
+    hyper = [n for n in clf if n not in call_only | set(ENDPOINT_PARAMS) and n != "self"]
     assert hyper == list(estimator_fields(MilSettings)), "MILClassifier and MilSettings' ESTIMATOR fields differ"
     for name in hyper:
         assert _plain(clf[name].default) == _plain(model_defaults[name]), name
     for f in fields(TrainParams):
-        if f.name != "balanced":
+        if f.name not in ("balanced", "endpoint"):  # per call; the endpoint is the target's
             assert f.name in MilSettings.model_fields, f"TrainParams.{f.name} is not a MilSettings field"
             assert _plain(f.default) == _plain(model_defaults[f.name]), f.name
 

@@ -209,7 +209,7 @@ def test_damaged_mil_model_file(tmp_path: Path) -> None:
         load_fold_model(path)
     assert str(path) in str(info.value)
     torch.save([1, 2, 3], path)  # loads, but is not a mixmag model
-    with pytest.raises(FormatError, match="not a mixmag mil_model v1 file"):
+    with pytest.raises(FormatError, match="not a mixmag mil_model v1/v2 file"):
         load_fold_model(path)
     assert issubclass(FormatError, MixmagError)
 

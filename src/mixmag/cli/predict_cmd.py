@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                                      "the training features), or one folder of feature files.")],
         out: Annotated[Path, Opt("--out", "-o", help="Output folder.")],
         labels: Annotated[Path | None, Opt(help="Labels table (patient_id, slide_id, label columns) of the new "
-                                           "cohort: groups slides into patients and gives the AUROC.")] = None,
+                                           "cohort: groups slides into patients and gives the AUROC (C-index, Spearman's ρ).")] = None,
         method: Annotated[list[str] | None, Opt("--method", help="Methods to apply, comma-separated or repeated "
                                                 "(default: every trained one).")] = None,
         target: Annotated[list[str] | None, Opt("--target", help="Targets to apply (default: all).")] = None,
@@ -61,8 +61,15 @@ def register(app: typer.Typer) -> None:
                                     write_report=not no_report, progress=not no_progress)
         console = Console()
         if len(result.metrics):
-            console.print(result.metrics[["target", "method", "model", "n_bags", "auroc", "ci_lo", "ci_hi"]]
-                          .round(3).to_string(index=False))
+            shown = result.metrics
+            if "metric" in shown.columns:  # regression/survival runs: each in its own metric (ρ, C-index)
+                metric = shown["metric"].fillna("auroc")
+                value = [row.get(m) for m, (_, row) in zip(metric, shown.iterrows(), strict=True)]
+                shown = shown.assign(metric=metric, value=value)[
+                    ["target", "method", "model", "n_bags", "metric", "value", "ci_lo", "ci_hi"]]
+            else:
+                shown = shown[["target", "method", "model", "n_bags", "auroc", "ci_lo", "ci_hi"]]
+            console.print(shown.round(3).to_string(index=False))
         n = result.predictions[["bag_id"]].drop_duplicates().shape[0]
         console.print(f"{n} bags scored; predictions: {out / 'predictions.csv'}"
                       + (f"; report: {result.report}" if result.report else ""))

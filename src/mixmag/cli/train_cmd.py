@@ -31,16 +31,16 @@ SECTIONS: dict[str, type[BaseModel]] = {"mil": MilSettings, "evaluate": Evaluate
 
 
 def print_comparison(table: Any, *, reference: str = REFERENCE_METHOD, console: Any = None) -> None:
-    """Print the AUROC and Δ tables of a :func:`~mixmag.evaluate.compare.compare_runs` result (rich)."""
+    """Print the metric (AUROC, or each task's own) and Δ tables of a
+    :func:`~mixmag.evaluate.compare.compare_runs` result (rich)."""
     from rich.console import Console
     from rich.table import Table
 
-    from mixmag.evaluate.compare import format_tables
+    from mixmag.evaluate.compare import format_tables, table_titles
 
     console = console or Console()
     auc, delta = format_tables(table, reference=reference)
-    for title, frame in (("AUROC: mean ± sd over folds (95% CI of the pooled AUROC)", auc),
-                         (f"Δ AUROC vs {reference} (paired bootstrap p)", delta)):
+    for title, frame in zip(table_titles(table, reference), (auc, delta), strict=True):
         # one row per method: seven methods fit an 80-column terminal, seven columns do not
         t = Table(title=title)
         t.add_column("method", no_wrap=True)
@@ -106,6 +106,7 @@ def register(app: typer.Typer) -> None:
         for key in ("mil.methods", "mil.targets"):
             if key in values:
                 values[key] = split_list(values[key])
+
         for role, path in (("mem", mem_checkpoint), ("cmem", cmem_checkpoint), ("random", random_checkpoint)):
             if path is not None:
                 values[f"mil.checkpoints.{role}"] = path
@@ -129,8 +130,14 @@ def register(app: typer.Typer) -> None:
         for s in summary.skipped:
             console.print(f"[yellow]skipped {s.method}:[/yellow] {s.reason}")
         if summary.runs:
-            console.print(summary.table()[["target", "method", "mean_auroc", "sd_auroc", "ci_lo", "ci_hi"]]
-                          .round(3).to_string(index=False))
+            runs = summary.table()
+            if "metric" in runs.columns:  # tasks of several endpoints: each in its own metric
+                from mixmag.evaluate.compare import comparison_view
+
+                runs = comparison_view(runs)[["target", "method", "metric", "mean", "sd", "ci_lo", "ci_hi"]]
+            else:
+                runs = runs[["target", "method", "mean_auroc", "sd_auroc", "ci_lo", "ci_hi"]]
+            console.print(runs.round(3).to_string(index=False))
         console.print(f"runs written to {out}; compare them with `mixmag compare {out}`")
 
     @app.command("compare")

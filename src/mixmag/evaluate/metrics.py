@@ -126,3 +126,19 @@ def summarize_folds(values: Mapping[int, float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     sd = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
     return float(arr.mean()), sd
+
+
+def balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean per-class recall of the most probable class (sklearn's ``balanced_accuracy_score``).
+
+    Chance is 1 / C whatever the class sizes. Classes absent from ``y`` are left out of the mean.
+
+    Args:
+        y: (n,) integer class indices.
+        prob: (n,) probability of class 1, or (n, C) class probabilities.
+    """
+    y = np.asarray(y).astype(np.int64)
+    p = as_prob_matrix(prob, _n_classes(y, prob))
+    predicted = p.argmax(axis=1)
+    recalls = [float((predicted[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(recalls)) if recalls else float("nan")

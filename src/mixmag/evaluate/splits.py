@@ -38,7 +38,7 @@ SPLIT_COLUMNS = ("patient_id", "fold", "role")
 
 
 def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 0.2,
-                seed: int = 0, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+                seed: int = 0, class_names: Sequence[str] | None = None, stratum: str = "class") -> pd.DataFrame:
     """Stratified patient-level k-fold with an inner stratified validation split per fold.
 
     Args:
@@ -51,6 +51,9 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
         class_names: The class values when ``patient_labels`` holds class indices (label ``i`` is
             ``class_names[i]``), so a message names the value written in the labels table; the
             splits never depend on them.
+        stratum: What the labels are, for messages: ``class``, or for the other endpoints
+            (docs/concepts/endpoints.md) the stratum they are split by (``event status``,
+            ``quantile bin of the value``).
 
     Returns:
         DataFrame with columns ``patient_id, fold, role`` (k rows per patient).
@@ -68,21 +71,23 @@ def make_splits(patient_labels: pd.Series, *, folds: int = 5, val_frac: float = 
         return str(class_names[int(label)]) if class_names is not None else label
 
     if len(counts) < 2:
-        raise MixmagValueError(f"cannot split: every patient has label {name(counts.index[0])!r}")
+        raise MixmagValueError(f"cannot split: every patient has {'label' if stratum == 'class' else stratum} "
+                               f"{name(counts.index[0])!r}")
     smallest = int(counts.min())
     if smallest < 2:
         rare = str(counts.idxmin())
         who = ", ".join(map(str, labels.index[labels == rare][:5]))
         raise MixmagValueError(
-            f"cannot make a stratified split: class {name(rare)!r} has only {smallest} patient ({who}); every class "
-            "needs at least 2 patients (one per test fold for 2 folds): correct the label if it is a typo, or "
+            f"cannot make a stratified split: {stratum} {name(rare)!r} has only {smallest} patient ({who}); every "
+            f"{stratum} needs at least 2 patients (one per test fold for 2 folds): correct the label if it is a typo, or "
             "leave that cell empty to exclude the patient"
         )
     k = folds
     if smallest < folds:
         k = smallest
-        logger.warning("class %r has only %d patients, fewer than the %d folds requested: using %d folds "
-                       "so every test fold contains every class", name(str(counts.idxmin())), smallest, folds, k)
+        logger.warning("%s %r has only %d patients, fewer than the %d folds requested: using %d folds "
+                       "so every test fold contains every %s", stratum, name(str(counts.idxmin())), smallest, folds, k,
+                       stratum)
     pids = labels.index.to_numpy()
     y = labels.to_numpy()
     rows: list[tuple[str, int, str]] = []

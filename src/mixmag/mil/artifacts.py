@@ -4,7 +4,11 @@ Formats (``docs/formats/mil-run.md``):
 
 - ``model.pt`` (``mil_model`` v1): ``torch.save`` of plain containers only (loadable with
   ``weights_only=True``): method key, class names, tile_dim, region spec, head kwargs, the region
-  encoder's constructor kwargs (or the recipe that rebuilds it), and the ``state_dict``.
+  encoder's constructor kwargs (or the recipe that rebuilds it), and the ``state_dict``. Models
+  of the regression and survival endpoints are ``mil_model`` v2: v1 plus an ``endpoint`` block
+  (its key and the regression target's training mean and sd), so a mixmag that predates
+  endpoints refuses them instead of reading their output as class logits; classification models
+  stay v1.
 - ``attention/<bag_id>.h5`` (``mil_attention`` v1): one group per slide ``slides/<slide_id>`` with
   ``coords`` (R, 2) int64 region top-left in level-0 px, ``region_attention`` (R,) (sum over the
   region's instances), and per instance ``instance_region`` (N,), ``instance_token`` (N,) slot
@@ -33,7 +37,7 @@ from mixmag.io.h5common import FormatError, check_format, write_attrs
 from mixmag.mil.abmil import HEADS
 from mixmag.mil.data import BagRegions, FeatureStore
 from mixmag.mil.encoders import RegionEncoderRecipe
-from mixmag.mil.estimator import MILClassifier
+from mixmag.mil.estimator import ENDPOINT_PARAMS, MILClassifier
 from mixmag.mil.labels import Bag
 from mixmag.mil.methods import METHODS
 from mixmag.mil.model import MILModel
@@ -44,6 +48,9 @@ from mixmag.utils.atomic import atomic_path
 
 MODEL_ARTIFACT = "mil_model"
 MODEL_VERSION = 1
+#: The version of a regression or survival model (v1 + ``endpoint``); readable versions.
+ENDPOINT_MODEL_VERSION = 2
+MODEL_VERSIONS = (MODEL_VERSION, ENDPOINT_MODEL_VERSION)
 ATTENTION_ARTIFACT = "mil_attention"
 ATTENTION_VERSION = 1
 
@@ -55,22 +62,29 @@ def safe_name(bag_id: str) -> str:
 
 def save_fold_model(path: str | os.PathLike[str], clf: MILClassifier, *, spec: RegionSpec,
                     recipe: RegionEncoderRecipe | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write a fitted classifier as ``mil_model`` v1 (see module docstring)."""
+    """Atomically write a fitted model as ``mil_model`` v1, or v2 for regression/survival (module docstring)."""
     model = clf.model_
     head = model.head
     encoder_kwargs = getattr(model.encoder, "init_kwargs", None) if model.encoder is not None else None
+    classification = clf.endpoint == "classification"
+    params = {k: v for k, v in clf.get_params().items()
+              if k not in ("method", "encoder", "classes") and not (classification and k in ENDPOINT_PARAMS)}
     payload = {
-        "artifact": MODEL_ARTIFACT, "format_version": MODEL_VERSION, "method": clf.method,
+        "artifact": MODEL_ARTIFACT, "format_version": MODEL_VERSION if classification else ENDPOINT_MODEL_VERSION,
+        "method": clf.method,
         "classes": [str(c) for c in clf.classes_.tolist()], "tile_dim": int(clf.n_features_in_),
         "spec": spec.to_dict(),
         "head": {"key": METHODS.get(clf.method).head, "in_dim": int(head.in_dim),  # type: ignore[arg-type]
                  "n_classes": int(head.n_classes),  # type: ignore[arg-type]
                  "hidden_dim": clf.hidden_dim, "attention_dim": clf.attention_dim, "dropout": clf.dropout},
         "encoder_kwargs": encoder_kwargs, "encoder_recipe": None if recipe is None else recipe.to_dict(),
-        "params": {k: v for k, v in clf.get_params().items() if k not in ("method", "encoder", "classes")},
+        "params": params,
         "extra": extra or {},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if not classification:
+        scale = getattr(clf, "target_scale_", None)
+        payload["endpoint"] = {"key": clf.endpoint, "target_scale": None if scale is None else list(scale)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -83,9 +97,9 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
         raise MixmagFileNotFoundError(f"model file {p} does not exist")
     payload = read_torch_file(p, error=FormatError)  # one line for a damaged or foreign file
     if not isinstance(payload, dict) or payload.get("artifact") != MODEL_ARTIFACT \
-            or payload.get("format_version") != MODEL_VERSION:
-        raise FormatError(f"{p}: not a mixmag {MODEL_ARTIFACT} v{MODEL_VERSION} file; use the model.pt that "
-                          "`mixmag train` wrote")
+            or payload.get("format_version") not in MODEL_VERSIONS:
+        raise FormatError(f"{p}: not a mixmag {MODEL_ARTIFACT} v{MODEL_VERSION}/v{ENDPOINT_MODEL_VERSION} file; use "
+                          "the model.pt that `mixmag train` wrote")
     spec = RegionSpec.from_dict(payload["spec"])
     encoder = None
     if payload["encoder_kwargs"] is not None:
@@ -105,6 +119,8 @@ def load_fold_model(path: str | os.PathLike[str]) -> tuple[MILClassifier, Region
                           "the file was edited or mixed from two runs: use the model.pt that `mixmag train` wrote") from None
     clf.model_ = model.eval()
     clf.classes_ = np.asarray(payload["classes"])
+    scale = (payload.get("endpoint") or {}).get("target_scale")
+    clf.target_scale_ = None if scale is None else (float(scale[0]), float(scale[1]))
     clf.n_features_in_ = int(payload["tile_dim"])
     clf.history_, clf.best_epoch_, clf.criterion_ = [], int(payload["extra"].get("best_epoch", 0)), "loaded"
     return clf, spec

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from mixmag.mil.artifacts import explain, load_fold_model
 from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.estimator import MILClassifier
 from mixmag.mil.labels import Bag
+from mixmag.mil.targets import TargetSpec, parse_regression, parse_survival
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class TrainedRun:
         final_model: ``final/model.pt`` of ``--refit-all`` (None when absent).
         feature_attrs: Provenance of the training features (encoder, weights hash, region spec,
             tissue settings ...), empty when unknown.
+        endpoint: ``classification``, ``regression`` or ``survival`` (docs/concepts/endpoints.md).
+        columns: The label column(s) of the target (survival: time, event); empty when unknown
+            (runs made before endpoints existed: the target's own column).
     """
 
     run_dir: Path
@@ -69,6 +73,8 @@ class TrainedRun:
     fold_models: dict[int, Path]
     final_model: Path | None = None
     feature_attrs: dict[str, Any] = field(default_factory=dict)
+    endpoint: str = "classification"
+    columns: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -126,10 +132,13 @@ def _load_run(run_dir: Path) -> TrainedRun | None:
     if not folds and final_model is None:
         logger.warning("%s: no finished fold model; skipped", run_dir)
         return None
+    endpoint = config.get("endpoint") or {}
     return TrainedRun(run_dir=run_dir, target=str(config["target"]), method=str(config["method"]),
                       classes=[str(c) for c in config["classes"]], bag_level=str(config.get("bag_level", "patient")),
                       fold_models=folds, final_model=final_model,
-                      feature_attrs=_training_feature_attrs(config, run_dir))
+                      feature_attrs=_training_feature_attrs(config, run_dir),
+                      endpoint=str(endpoint.get("key", "classification")),
+                      columns=tuple(endpoint.get("columns", ())))
 
 
 def find_trained_runs(path: str | os.PathLike[str], *, methods: Sequence[str] | None = None,
@@ -176,11 +185,9 @@ def _single_model_run(model: Path) -> TrainedRun:
         raise MixmagValueError(f"{model} is not inside a mixmag run folder (<target>/<method>/folds/fold_k/model.pt "
                                "or <target>/<method>/final/model.pt); pass the run folder instead")
     if model.parent.name == "final":
-        return TrainedRun(run.run_dir, run.target, run.method, run.classes, run.bag_level, {}, model,
-                          run.feature_attrs)
+        return replace(run, fold_models={}, final_model=model)
     fold = int(model.parent.name.removeprefix("fold_"))
-    return TrainedRun(run.run_dir, run.target, run.method, run.classes, run.bag_level, {fold: model}, None,
-                      run.feature_attrs)
+    return replace(run, fold_models={fold: model}, final_model=None)
 
 
 def _spec_of(attrs: Mapping[str, Any]) -> RegionSpec | None:
@@ -212,9 +219,11 @@ class RunScores:
 
     Attributes:
         run: The run.
-        bags: The scored bags (``label`` -1 where the new cohort has no label).
+        bags: The scored bags (``label`` -1 where the new cohort has no label; regression and
+            survival: an empty ``value``).
         probs: ``{model name: (n_bags, C)}`` class probabilities of every model
-            (:meth:`TrainedRun.models`) plus :data:`ENSEMBLE` (mean of the fold models).
+            (:meth:`TrainedRun.models`) plus :data:`ENSEMBLE` (mean of the fold models);
+            regression: (n_bags, 1) values, survival: (n_bags, 1) risks.
         region_attention: Per bag, ``{slide_id: (R,) attention}`` of the reported model(s), averaged
             over the fold models for the ensemble; sums to 1 over the bag.
         token_attention: Per bag, ``{slide_id: (R, T) attention per region token}``, or None for
@@ -232,8 +241,25 @@ class RunScores:
         """(n_bags, C) probabilities of the reported model (final, else the fold ensemble)."""
         return self.probs[self.run.reported]
 
+    @property
+    def labelled(self) -> np.ndarray:
+        """(n_bags,) bool: the bag has a label in the new cohort's table."""
+        if self.run.endpoint == "classification":
+            return np.asarray([b.label >= 0 for b in self.bags], dtype=bool)
+        return np.asarray([len(b.value) > 0 for b in self.bags], dtype=bool)
+
+    def truth(self) -> np.ndarray:
+        """The labelled bags' truth: (n,) classes or values, or (n, 2) time and event."""
+        keep = [b for b, ok in zip(self.bags, self.labelled, strict=True) if ok]
+        if self.run.endpoint == "classification":
+            return np.asarray([b.label for b in keep], dtype=np.int64)
+        values = np.asarray([b.value for b in keep], dtype=np.float64).reshape(len(keep), -1)
+        return values[:, 0] if values.shape[1] == 1 else values
+
     def frame(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per bag (see ``docs/formats/predictions.md``)."""
+        if self.run.endpoint != "classification":
+            return self._value_frame()
         classes = list(class_names or self.run.classes)
         binary = len(classes) == 2
         rows: dict[str, Any] = {
@@ -250,6 +276,24 @@ class RunScores:
             else:
                 for c, cls in enumerate(classes):
                     rows[f"{prefix}_{cls}"] = p[:, c]
+        return pd.DataFrame(rows)
+
+    def _value_frame(self) -> pd.DataFrame:
+        """Regression (``label``, ``pred``) or survival (``time``, ``event``, ``risk``) rows."""
+        survival = self.run.endpoint == "survival"
+        column = "risk" if survival else "pred"
+        rows: dict[str, Any] = {
+            "bag_id": [b.bag_id for b in self.bags], "patient_id": [b.patient_id for b in self.bags],
+            "slide_ids": [";".join(b.slide_ids) for b in self.bags], "target": self.run.target,
+            "method": self.run.method, "model": self.run.reported}
+        if survival:
+            rows["time"] = [b.value[0] if b.value else np.nan for b in self.bags]
+            rows["event"] = pd.array([int(b.value[1]) if b.value else None for b in self.bags], dtype="Int64")
+        else:
+            rows["label"] = [b.value[0] if b.value else np.nan for b in self.bags]
+        for name, p in [(self.run.reported, self.reported), *[(k, v) for k, v in self.probs.items()
+                                                               if k != self.run.reported]]:
+            rows[column if name == self.run.reported else f"{column}_{name}"] = p[:, 0]
         return pd.DataFrame(rows)
 
 
@@ -289,7 +333,7 @@ def score_run(run: TrainedRun, store: FeatureStore, bags: Sequence[Bag], *, devi
                 "training run's encoder and region geometry (give `mixmag predict` the slide files to do that)")
         clf.set_params(device=device)
         preds = clf.predict_bags(dataset, attention=name in reported)
-        probs[name] = np.stack([p.prob for p in preds]) if preds else np.zeros((0, len(run.classes)))
+        probs[name] = np.stack([p.prob for p in preds]) if preds else np.zeros((0, len(run.classes) or 1))
         if name not in reported:
             continue
         for i, (pred, bag_regions) in enumerate(zip(preds, dataset, strict=True)):
@@ -311,8 +355,33 @@ def score_run(run: TrainedRun, store: FeatureStore, bags: Sequence[Bag], *, devi
     return RunScores(run=run, bags=list(bags), probs=probs, region_attention=region_sum, token_attention=token_sum)
 
 
+def _cohort_values(table: pd.DataFrame, run: TrainedRun) -> dict[str, tuple[float, ...]]:
+    """``{slide_id: value}`` of a regression (``(value,)``) or survival (``(time, event)``) target
+    in a new cohort's labels table; slides with empty cells, or a table without the columns, have none.
+
+    Raises:
+        LabelTypeError: Values that do not fit the endpoint (as in training).
+    """
+    columns = run.columns or (run.target,)
+    if any(c not in table.columns for c in columns):
+        logger.info("%s: the labels table has no column(s) %s: predictions only", run.name, list(columns))
+        return {}
+    spec = TargetSpec(run.target, run.endpoint, tuple(columns))
+    filled = pd.Series(True, index=table.index)
+    for c in columns:
+        filled &= table[c].notna() & (table[c].astype(str).str.strip() != "")
+    rows = table[filled]
+    if run.endpoint == "survival":
+        parsed = parse_survival(rows[columns[0]], rows[columns[1]], spec)
+        return {str(sid): (float(t), float(e)) for sid, t, e in
+                zip(rows["slide_id"], parsed["time"], parsed["event"], strict=True)}
+    values = parse_regression(rows[columns[0]].astype(str).str.strip(), spec)
+    return {str(sid): (float(v),) for sid, v in zip(rows["slide_id"], values, strict=True)}
+
+
 def new_cohort_bags(slide_ids: Iterable[str], *, bag_level: str, table: pd.DataFrame | None = None,
-                    target: str | None = None, classes: Sequence[str] = ()) -> tuple[list[Bag], list[str]]:
+                    target: str | None = None, classes: Sequence[str] = (), run: TrainedRun | None = None
+                    ) -> tuple[list[Bag], list[str]]:
     """Bags of a new cohort and the labels-table slides that have no features.
 
     Args:
@@ -322,6 +391,8 @@ def new_cohort_bags(slide_ids: Iterable[str], *, bag_level: str, table: pd.DataF
             is its own patient and bag, unlabelled.
         target: Label column of ``table`` to read (absent or empty cells: unlabelled bag).
         classes: The run's classes; a label value outside them is an error.
+        run: The trained run; a regression or survival run reads its value (or time and event)
+            columns into ``Bag.value`` instead of a class.
 
     Returns:
         (bags sorted by bag id, slide ids of ``table`` without features).
@@ -329,6 +400,8 @@ def new_cohort_bags(slide_ids: Iterable[str], *, bag_level: str, table: pd.DataF
     Raises:
         MixmagValueError: a label value the model was not trained on.
     """
+    if run is not None and run.endpoint != "classification":
+        return _value_cohort_bags(slide_ids, bag_level=bag_level, table=table, run=run)
     available = sorted(set(slide_ids))
     patient_of = {s: s for s in available}
     label_of: dict[str, str] = {}
@@ -360,6 +433,36 @@ def new_cohort_bags(slide_ids: Iterable[str], *, bag_level: str, table: pd.DataF
             raise MixmagValueError(f"target {target!r}: the slides of patient {key} have different labels {sorted(labels)}")
         label = lookup[labels.pop()] if labels else -1
         bags.append(Bag(bag_id=key, patient_id=patient_of[sids[0]], slide_ids=tuple(sorted(sids)), label=label))
+    return bags, sorted(set(missing))
+
+
+def _value_cohort_bags(slide_ids: Iterable[str], *, bag_level: str, table: pd.DataFrame | None,
+                       run: TrainedRun) -> tuple[list[Bag], list[str]]:
+    """:func:`new_cohort_bags` of a regression or survival run."""
+    available = sorted(set(slide_ids))
+    patient_of = {s: s for s in available}
+    missing: list[str] = []
+    values: dict[str, tuple[float, ...]] = {}
+    if table is not None:
+        for sid, pid in zip(table["slide_id"].astype(str), table["patient_id"].astype(str), strict=True):
+            if sid in patient_of:
+                patient_of[sid] = pid
+            else:
+                missing.append(sid)
+        values = _cohort_values(table, run)
+    groups: dict[str, list[str]] = {}
+    for sid in available:
+        groups.setdefault(patient_of[sid] if bag_level == "patient" else sid, []).append(sid)
+    bags = []
+    for key, sids in sorted(groups.items()):
+        found = {values[s] for s in sids if s in values}
+        if len(found) > 1:
+            raise MixmagValueError(f"target {run.target!r}: the slides of patient {key} have different labels "
+                                   f"{sorted(found)}")
+        value = found.pop() if found else ()
+        label = int(value[1]) if len(value) == 2 else 0
+        bags.append(Bag(bag_id=key, patient_id=patient_of[sids[0]], slide_ids=tuple(sorted(sids)), label=label,
+                        value=value))
     return bags, sorted(set(missing))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mixmag.errors import MixmagValueError, reading_user_file
+from mixmag.evaluate.endpoints import ENDPOINT_METRICS, primary_summary
 from mixmag.evaluate.settings import EvaluateSettings, cross_validation_fields
 from mixmag.evaluate.splits import (
     fold_roles,
@@ -37,10 +38,11 @@ from mixmag.mil.artifacts import explain, safe_name, save_fold_model, write_atte
 from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.encoders import MissingCheckpointError, RegionEncoderRecipe, resolve_encoder
 from mixmag.mil.estimator import MILClassifier
-from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, label_columns, read_labels
+from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, read_labels
 from mixmag.mil.methods import METHODS
 from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
 from mixmag.mil.settings import PAPER_METHODS, MilSettings
+from mixmag.mil.targets import check_values, resolve_targets
 from mixmag.report.run_plots import write_learning_curve
 from mixmag.utils.atomic import atomic_write_json
 from mixmag.utils.device import resolve_device
@@ -49,20 +51,60 @@ from mixmag.utils.hashing import sha256_file, sha256_text
 
 logger = logging.getLogger(__name__)
 
+#: The single output a regression or survival model writes into its attention files (``classes``).
+_OUTPUT_NAME = {"regression": ["value"], "survival": ["risk"]}
+
 
 @dataclass(frozen=True)
 class RunResult:
-    """Headline numbers of one (target, method) run."""
+    """Headline numbers of one (target, method) run, in its endpoint's primary metric.
+
+    Attributes:
+        mean: Mean over test folds of ``metric`` (AUROC, Spearman's ρ or C-index).
+        sd: Their sample sd.
+        pooled: ``metric`` of the pooled out-of-fold predictions.
+        ci_lo: Lower bound of its 95 % bootstrap CI.
+        ci_hi: Upper bound.
+        metric: ``auroc`` (classification), ``spearman`` (regression) or ``cindex`` (survival).
+    """
 
     target: str
     method: str
     run_dir: str
     n_bags: int
-    mean_auroc: float
-    sd_auroc: float
-    pooled_auroc: float
+    mean: float
+    sd: float
+    pooled: float
     ci_lo: float | None
     ci_hi: float | None
+    metric: str = "auroc"
+
+    def _auroc(self, value: float) -> float:
+        return value if self.metric == "auroc" else float("nan")
+
+    @property
+    def mean_auroc(self) -> float:
+        """The mean fold AUROC (NaN for a run of another metric)."""
+        return self._auroc(self.mean)
+
+    @property
+    def sd_auroc(self) -> float:
+        """The sd of the fold AUROCs (NaN for a run of another metric)."""
+        return self._auroc(self.sd)
+
+    @property
+    def pooled_auroc(self) -> float:
+        """The pooled AUROC (NaN for a run of another metric)."""
+        return self._auroc(self.pooled)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``target, method, run_dir, n_bags, mean_<metric>, sd_<metric>, pooled_<metric>, ci_lo, ci_hi``
+        (+ ``metric`` unless AUROC): the form of ``summary.json`` and :meth:`TrainSummary.table`."""
+        m = self.metric
+        out = {"target": self.target, "method": self.method, "run_dir": self.run_dir, "n_bags": self.n_bags,
+               f"mean_{m}": self.mean, f"sd_{m}": self.sd, f"pooled_{m}": self.pooled, "ci_lo": self.ci_lo,
+               "ci_hi": self.ci_hi}
+        return out if m == "auroc" else {**out, "metric": m}
 
 
 @dataclass(frozen=True)
@@ -81,6 +123,7 @@ class TrainSummary:
         excluded: Per target, the labelled slides left out (the rows of ``<target>/excluded.csv``)
             and the patients left with no slide: ``{"slides", "patients", "missing_label",
             "no_usable_features"}`` counts (the last: no feature file, or one that failed its checks).
+        endpoints: ``{target: endpoint}`` (docs/concepts/endpoints.md).
     """
 
     out_dir: str
@@ -89,14 +132,28 @@ class TrainSummary:
     skipped: list[SkippedRun] = field(default_factory=list)
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    endpoints: dict[str, str] = field(default_factory=dict)
+
     def table(self) -> pd.DataFrame:
-        """One row per run (target, method, AUROC mean/sd, pooled AUROC, CI)."""
-        return pd.DataFrame([asdict(r) for r in self.runs])
+        """One row per run (target, method, mean/sd of the fold values, pooled value, CI), columns
+        named after the metric (``mean_auroc`` ...; a ``metric`` column when not every run is AUROC)."""
+        table = pd.DataFrame([r.to_dict() for r in self.runs])
+        if "metric" not in table.columns:
+            return table
+        # several metrics: each one's columns side by side (AUROC, ρ, C-index), the CI and `metric` last
+        stats = [f"{stat}_{m}" for m in ("auroc", "spearman", "cindex") for stat in ("mean", "sd", "pooled")]
+        table = table[["target", "method", "run_dir", "n_bags", *(c for c in stats if c in table.columns),
+                       "ci_lo", "ci_hi", "metric"]]
+        return table.assign(metric=table["metric"].fillna("auroc"))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (written to ``<out>/summary.json``)."""
-        return {"out_dir": self.out_dir, "targets": self.targets, "runs": [asdict(r) for r in self.runs],
-                "skipped": [asdict(s) for s in self.skipped], "excluded": self.excluded}
+        """JSON-friendly form (written to ``<out>/summary.json``); ``endpoints`` only when a target
+        is not classification."""
+        out = {"out_dir": self.out_dir, "targets": self.targets, "runs": [r.to_dict() for r in self.runs],
+               "skipped": [asdict(s) for s in self.skipped], "excluded": self.excluded}
+        if any(e != "classification" for e in self.endpoints.values()):
+            out["endpoints"] = self.endpoints
+        return out
 
 
 @dataclass(frozen=True)
@@ -122,8 +179,10 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
         table = restrict_splits(table, patients.index.to_numpy(), source=str(splits))
         logger.info("target %r: reusing splits from %s (%d folds)", tb.target, splits, table["fold"].nunique())
     else:
+        strata, names = tb.patient_strata(folds)
         try:
-            table = make_splits(patients, folds=folds, val_frac=val_frac, seed=seed, class_names=tb.classes)
+            table = make_splits(strata, folds=folds, val_frac=val_frac, seed=seed, class_names=names,
+                                stratum=ENDPOINT_METRICS.get(tb.endpoint).stratum)
         except MixmagValueError as exc:
             raise MixmagValueError(f"target {tb.target!r}: {exc}") from None
     write_splits(table, target_dir / "splits.csv")
@@ -138,9 +197,26 @@ def _exclusion_counts(tb: TargetBags) -> dict[str, int]:
             "missing_label": no_label, "no_usable_features": len(tb.exclusions) - no_label}
 
 
+def _endpoint_config(tb: TargetBags, settings: MilSettings) -> dict[str, Any]:
+    """What a regression or survival run records of its endpoint (in the config hash)."""
+    used: dict[str, dict[str, Any]] = {"regression": {"regression_loss": settings.regression_loss},
+                                       "survival": {"survival_batch": settings.survival_batch}}
+    return {"key": tb.endpoint, "columns": list(tb.columns), **used.get(tb.endpoint, {})}
+
+
+def _endpoint_params(endpoint: str, settings: MilSettings) -> dict[str, Any]:
+    """Estimator parameters of the endpoint (none for classification: its models stay as they were)."""
+    if endpoint == "classification":
+        return {}
+    return {"endpoint": endpoint, "regression_loss": settings.regression_loss, "survival_batch": settings.survival_batch}
+
+
 def _run_config(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, job: _Job,
                 splits: pd.DataFrame, store: FeatureStore) -> dict[str, Any]:
-    bags = [(b.bag_id, b.label, list(b.slide_ids)) for b in tb.bags]
+    bags = [(b.bag_id, b.label, list(b.slide_ids)) if tb.endpoint == "classification"
+            else (b.bag_id, list(b.value), list(b.slide_ids)) for b in tb.bags]
+    # classification runs record what they always did (same config hash: finished runs resume)
+    endpoint = {} if tb.endpoint == "classification" else {"endpoint": _endpoint_config(tb, job.settings)}
     return {
         "target": tb.target, "method": method, "method_spec": METHODS.get(method).to_dict(),
         "classes": tb.classes, "bag_level": tb.bag_level, "n_bags": len(tb.bags),
@@ -148,7 +224,7 @@ def _run_config(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
         "features_dir": str(store.folder), "feature_encoder": store.encoder, "tile_dim": store.tile_dim,
         "region_spec": None if store.spec is None else store.spec.to_dict(),
         "encoder": None if recipe is None else recipe.to_dict(), "seed": job.settings.seed,
-        "train": job.settings.estimator_params(), "bootstrap": job.bootstrap,
+        "train": job.settings.estimator_params(), "bootstrap": job.bootstrap, **endpoint,
     }
 
 
@@ -175,8 +251,9 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
     for i, b in enumerate(tb.bags):
         by_patient.setdefault(b.patient_id, []).append(i)
     dataset = BagDataset(store, tb.bags)
-    y = dataset.labels
+    y = tb.truth  # (n,) classes or values, or (n, 2) time and event
     n_classes = len(tb.classes)
+    endpoint_params = _endpoint_params(tb.endpoint, job.settings)
     oof, histories, fold_info = [], [], {}
     for fold in sorted(splits["fold"].unique().tolist()):
         fold_dir = run_dir / "folds" / f"fold_{fold}"
@@ -190,19 +267,21 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
             continue
         roles = {r: [i for p in pids for i in by_patient[p]] for r, pids in fold_roles(splits, fold).items()}
         parts: dict[str, BagDataset] = {r: BagDataset(store, [tb.bags[i] for i in idx]) for r, idx in roles.items()}
-        clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(), classes=list(range(n_classes)),
+        clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(),
+                            classes=list(range(n_classes)) if n_classes else None,
                             device=job.device, seed=job.settings.seed + fold, progress=job.progress,
                             threads=job.settings.threads,
-                            **job.settings.estimator_params())
+                            **job.settings.estimator_params(), **endpoint_params)
         clf.fit(parts["train"], y[roles["train"]], val_bags=parts["val"] if roles["val"] else None,
                 val_y=y[roles["val"]] if roles["val"] else None)
         preds = clf.predict_bags(parts["test"], attention=True)
         for bag, bag_regions, pred in zip(parts["test"].bags, parts["test"], preds, strict=True):
             write_attention(run_dir / "attention" / f"{safe_name(bag.bag_id)}.h5",
-                            explain(pred, bag_regions, tb.classes),
+                            explain(pred, bag_regions, tb.classes or _OUTPUT_NAME[tb.endpoint]),
                             {"bag_id": bag.bag_id, "patient_id": bag.patient_id, "method": method,
-                             "target": tb.target, "fold": fold, "label": tb.classes[bag.label]})
-        fold_df = predictions_frame(parts["test"].bags, np.stack([p.prob for p in preds]), fold, tb.classes)
+                             "target": tb.target, "fold": fold, "label": tb.label_text(bag)})
+        fold_df = predictions_frame(parts["test"].bags, np.stack([p.prob for p in preds]), fold, tb.classes,
+                                    endpoint=tb.endpoint)
         history = pd.DataFrame(clf.history_)
         write_csv(fold_df, fold_dir / "predictions.csv")
         write_csv(history, fold_dir / "history.csv")
@@ -220,13 +299,15 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
     write_csv(pd.concat(histories, ignore_index=True), run_dir / "learning_curves.csv")
     m = summarize_run(run_dir, pd.concat(oof, ignore_index=True), target=tb.target, method=method,
                       classes=tb.classes, fold_info=fold_info, n_boot=job.bootstrap,
-                      seed=job.settings.seed, extra={"config_hash": config_hash})
-    logger.info("%s/%s: AUROC %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, m["mean_auroc"],
-                m["sd_auroc"], m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+                      seed=job.settings.seed, extra={"config_hash": config_hash}, endpoint=tb.endpoint,
+                      n_risk_groups=job.settings.risk_groups)
+    head = primary_summary(m)
+    logger.info("%s/%s: %s %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, head.label, head.mean,
+                head.sd, head.pooled, m["ci_lo"], m["ci_hi"])
     if job.settings.refit_all:
         _refit_all(tb, method, recipe, dataset, store, run_dir, job, fold_info=fold_info, config_hash=config_hash)
-    return RunResult(tb.target, method, str(run_dir), m["n_bags"], m["mean_auroc"], m["sd_auroc"],
-                     m["pooled_auroc"], m["ci_lo"], m["ci_hi"])
+    return RunResult(tb.target, method, str(run_dir), m["n_bags"], head.mean, head.sd, head.pooled, m["ci_lo"],
+                     m["ci_hi"], metric=head.metric)
 
 
 def _final_epochs(fold_best_epochs: list[int]) -> int:
@@ -258,10 +339,11 @@ def _refit_all(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None, 
     epochs = _final_epochs(best)
     seed = job.settings.seed + max(folds) + 1
     clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(),
-                        classes=list(range(len(tb.classes))), device=job.device, seed=seed, progress=job.progress,
-                        threads=job.settings.threads,
-                        **{**job.settings.estimator_params(), "epochs": epochs})
-    clf.fit(dataset, dataset.labels)
+                        classes=list(range(len(tb.classes))) if tb.classes else None, device=job.device, seed=seed,
+                        progress=job.progress, threads=job.settings.threads,
+                        **{**job.settings.estimator_params(), "epochs": epochs},
+                        **_endpoint_params(tb.endpoint, job.settings))
+    clf.fit(dataset, tb.truth)
     info = {"epochs": epochs, "fold_best_epochs": best, "n_train": len(dataset), "seed": seed}
     save_fold_model(final_dir / "model.pt", clf, spec=store.spec, recipe=recipe,  # type: ignore[arg-type]
                     extra={**info, "best_epoch": int(clf.best_epoch_), "criterion": clf.criterion_})
@@ -316,7 +398,11 @@ def train_methods(
     table = read_labels(labels_path)
     job = _Job(settings=s, device=str(resolve_device(s.device)), bootstrap=ev.bootstrap, overwrite=overwrite,
                progress=progress, labels={"path": str(labels_path), "sha256": sha256_file(labels_path)})
-    target_list = label_columns(table, list(targets) if targets else None)
+    specs = resolve_targets(table, list(targets) if targets else None, target_types=s.target_types,
+                            survival_columns=s.survival_columns)
+    target_list = [t.name for t in specs]
+    for target_spec in specs:  # a wrong label type stops here, before every feature file is read
+        check_values(table, target_spec)
     problems = store.check(table["slide_id"])  # every labelled file, checked once (values included)
     if s.allow_missing_slides:  # else build_bags stops with one error that names them all
         for sid, reason in list(problems.items())[:5]:
@@ -328,10 +414,11 @@ def train_methods(
     if unlabelled:
         logger.info("%d feature files in %s have no row in the labels table (not used)", unlabelled, store.folder)
     target_bags = [build_bags(table, t, available_slides=available, bag_level=s.bag_level,
-                              allow_missing_slides=s.allow_missing_slides, unusable=problems) for t in target_list]
+                              allow_missing_slides=s.allow_missing_slides, unusable=problems) for t in specs]
     assert store.spec is not None and store.tile_dim is not None
     summary = TrainSummary(out_dir=str(out), targets=target_list,
-                           excluded={tb.target: _exclusion_counts(tb) for tb in target_bags})
+                           excluded={tb.target: _exclusion_counts(tb) for tb in target_bags},
+                           endpoints={tb.target: tb.endpoint for tb in target_bags})
     recipes: dict[str, RegionEncoderRecipe | None] = {}
     for key in method_keys:
         spec = METHODS.get(key)

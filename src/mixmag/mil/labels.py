@@ -9,7 +9,13 @@ or more label columns. Every problem is reported with what is wrong and how to f
 - a slide listed under two patients, or twice with different labels -> error;
 - a patient whose slides disagree on a label with patient-level bags -> error (listed);
 - missing label values -> those rows are excluded for that target, counted in the log and recorded;
-- a label column with a single class -> error.
+- a label column with a single class (a regression column with one value, a survival target
+  without events) -> error;
+- values that do not fit the target's endpoint -> one :class:`~mixmag.mil.targets.LabelTypeError`.
+
+A target is a :class:`~mixmag.mil.targets.TargetSpec` (endpoint and columns, from
+:func:`~mixmag.mil.targets.resolve_targets`) or, as before endpoints existed, a column name
+(classification).
 
 Excluded rows are never dropped silently: they are returned as :class:`Exclusion` records that the
 training run writes to ``excluded.csv``.
@@ -24,9 +30,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
+from mixmag.evaluate.endpoints import ENDPOINT_METRICS
+from mixmag.evaluate.regression import quantile_bins
+from mixmag.mil.targets import TargetSpec, parse_regression, parse_survival
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +55,17 @@ class Bag:
         bag_id: Patient id (patient-level bags) or slide id (slide-level bags).
         patient_id: Patient the bag belongs to (splits are always by patient).
         slide_ids: Slides whose regions form the bag, sorted.
-        label: Class index into :attr:`TargetBags.classes`.
+        label: Class index into :attr:`TargetBags.classes` (classification); for the other
+            endpoints 0, or the event status (survival).
+        value: The truth of a regression (``(value,)``) or survival (``(time, event)``) target;
+            empty for classification.
     """
 
     bag_id: str
     patient_id: str
     slide_ids: tuple[str, ...]
     label: int
+    value: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,19 +80,66 @@ class Exclusion:
 
 @dataclass
 class TargetBags:
-    """Bags of one target with their class names (``classes[label]``) and what was excluded."""
+    """Bags of one target with their class names (``classes[label]``) and what was excluded.
+
+    Attributes:
+        endpoint: ``classification``, ``regression`` or ``survival`` (docs/concepts/endpoints.md).
+        columns: The label column(s) read (survival: time, event).
+        classes: Class values (classification); empty for the other endpoints.
+    """
 
     target: str
     classes: list[str]
     bags: list[Bag]
     bag_level: str
     exclusions: list[Exclusion] = field(default_factory=list)
+    endpoint: str = "classification"
+    columns: tuple[str, ...] = ()
 
     @property
     def patient_labels(self) -> pd.Series:
         """One class index per patient (most frequent over the patient's bags), for splitting."""
         df = pd.DataFrame({"patient_id": [b.patient_id for b in self.bags], "label": [b.label for b in self.bags]})
         return df.groupby("patient_id")["label"].agg(lambda s: s.value_counts().idxmax())
+
+    @property
+    def truth(self) -> np.ndarray:
+        """The truth of every bag: (n,) class indices, (n,) values, or (n, 2) time and event."""
+        if self.endpoint == "classification":
+            return np.asarray([b.label for b in self.bags], dtype=np.int64)
+        values = np.asarray([b.value for b in self.bags], dtype=np.float64)
+        return values[:, 0] if values.shape[1] == 1 else values
+
+    def patient_strata(self, folds: int) -> tuple[pd.Series, list[str]]:
+        """The stratum of each patient for splitting, and the stratum names (for messages).
+
+        Classification: the class (as :attr:`patient_labels`). Regression: equal-count quantile bins
+        of the patient's value, ``max(2, min(5, patients // (2 * folds)))`` of them, so each bin
+        has at least two patients per test fold. Survival: the event status, or quantile bins of the
+        time when every patient has the same status (e.g. no censoring).
+        """
+        if self.endpoint == "classification":
+            return self.patient_labels, self.classes
+        df = pd.DataFrame({"patient_id": [b.patient_id for b in self.bags],
+                           **{f"v{i}": [b.value[i] for b in self.bags] for i in range(len(self.bags[0].value))}})
+        per_patient = df.groupby("patient_id").mean()
+        n_bins = max(2, min(5, len(per_patient) // (2 * max(folds, 1))))
+        truth = per_patient.to_numpy()
+        if self.endpoint == "survival" and len(np.unique(truth[:, 1] > 0)) > 1:
+            strata = ENDPOINT_METRICS.get("survival").split_strata(truth, n_bins)
+            return pd.Series(strata, index=per_patient.index), ["censored", "event"]
+        bins = quantile_bins(truth[:, 0], n_bins)
+        edges = [f"{truth[bins == b, 0].min():g}-{truth[bins == b, 0].max():g}" for b in range(n_bins)]
+        what = "value" if self.endpoint == "regression" else "time"
+        return pd.Series(bins, index=per_patient.index), [f"{what} {e}" for e in edges]
+
+    def label_text(self, bag: Bag) -> str:
+        """The bag's truth as written in outputs: class value, value, or ``time (event|censored)``."""
+        if self.endpoint == "classification":
+            return self.classes[bag.label]
+        if self.endpoint == "survival":
+            return f"{bag.value[0]:g} ({'event' if bag.value[1] else 'censored'})"
+        return f"{bag.value[0]:g}"
 
 
 def _few(items: Iterable[object]) -> str:
@@ -177,13 +238,37 @@ def _class_order(values: pd.Series) -> list[str]:
         return sorted(uniq)
 
 
-def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str], bag_level: str = "patient",
-               allow_missing_slides: bool = False, unusable: Mapping[str, str] | None = None) -> TargetBags:
-    """Validate one label column and group its slides into bags.
+def _values(part: pd.DataFrame, spec: TargetSpec) -> pd.Series:
+    """The label of each row as one hashable value (str class, float, or (time, event)), index kept."""
+    if spec.endpoint == "classification":
+        return part[spec.columns[0]]
+    if spec.endpoint == "regression":
+        return parse_regression(part[spec.columns[0]], spec)
+    parsed = parse_survival(part[spec.columns[0]], part[spec.columns[1]], spec)
+    return pd.Series(list(zip(parsed["time"], parsed["event"], strict=True)), index=parsed.index, dtype=object)
+
+
+def _check_values(spec: TargetSpec, values: pd.Series, n_slides: int) -> None:
+    """An endpoint's target must vary: two classes, two values, or at least one event."""
+    if spec.endpoint == "regression" and values.nunique() < 2:
+        raise MixmagValueError(f"target {spec.name!r} has a single value ({values.iloc[0] if len(values) else 'none'}) "
+                               f"among {n_slides} usable slides; a regression target needs several. Choose other "
+                               "--targets")
+    if spec.endpoint == "survival" and not any(v[1] for v in values):
+        raise MixmagValueError(f"survival target {spec.name!r} has no event among {n_slides} usable slides (every "
+                               f"{spec.columns[1]!r} is 0); the C-index needs events. Check the event coding "
+                               "(1 = event observed)")
+
+
+def build_bags(df: pd.DataFrame, target: str | TargetSpec, *, available_slides: Iterable[str],
+               bag_level: str = "patient", allow_missing_slides: bool = False,
+               unusable: Mapping[str, str] | None = None) -> TargetBags:
+    """Validate one target's label column(s) and group its slides into bags.
 
     Args:
         df: Table from :func:`read_labels`.
-        target: Label column.
+        target: The target (:func:`~mixmag.mil.targets.resolve_targets`), or a column name
+            (classification).
         available_slides: Slide ids that have a usable feature file.
         bag_level: ``"patient"`` (all of a patient's slides form one bag) or ``"slide"``.
         allow_missing_slides: Exclude (and record) labelled slides without usable features instead of failing.
@@ -195,17 +280,22 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
         The bags, class names (``classes[i]`` is class index i; for binary tasks the probability
         reported is that of ``classes[1]``) and the exclusions.
     """
+    spec = target if isinstance(target, TargetSpec) else TargetSpec(target, "classification", (target,))
+    target = spec.name
     if bag_level not in BAG_LEVELS:
         raise MixmagValueError(f"bag_level must be one of {BAG_LEVELS}, got {bag_level!r}")
     available = set(available_slides)
     exclusions: list[Exclusion] = []
-    part = df[["patient_id", "slide_id", target]].copy()
-    part[target] = part[target].str.strip()
-    na = part[target].isna() | (part[target] == "")
+    part = df[["patient_id", "slide_id", *spec.columns]].copy()
+    na = pd.Series(True, index=part.index)
+    for col in spec.columns:  # a survival row with one of its two cells filled is an error (parse_survival)
+        part[col] = part[col].str.strip()
+        na &= part[col].isna() | (part[col] == "")
     if na.any():
         logger.warning("target %r: %d of %d slides have no label and are excluded", target, int(na.sum()), len(part))
         exclusions += [Exclusion(target, r.patient_id, r.slide_id, MISSING_LABEL) for r in part[na].itertuples()]
         part = part[~na]
+    part = part.assign(_value=_values(part, spec))
     no_feat = ~part["slide_id"].isin(available)
     if no_feat.any():
         reasons = {str(sid): (unusable or {}).get(str(sid), NO_FEATURE_FILE) for sid in part.loc[no_feat, "slide_id"]}
@@ -217,7 +307,7 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
         exclusions += [Exclusion(target, r.patient_id, r.slide_id, reasons[str(r.slide_id)])
                        for r in part[no_feat].itertuples()]
         part = part[~no_feat]
-    per_patient = part.groupby("patient_id")[target].nunique()
+    per_patient = part.groupby("patient_id")["_value"].nunique()
     conflicting = per_patient[per_patient > 1].index
     if len(conflicting):
         if bag_level == "patient":
@@ -226,19 +316,56 @@ def build_bags(df: pd.DataFrame, target: str, *, available_slides: Iterable[str]
                                    "(mil.bag_level: slide, or --set mil.bag_level=slide)")
         logger.warning("target %r: %d patients have slides with different labels; their split stratum is "
                        "the most frequent label", target, len(conflicting))
-    classes = _class_order(part[target])
+    if spec.endpoint != "classification":
+        return _value_bags(part, spec, bag_level, exclusions)
+    classes = _class_order(part["_value"])
     if len(classes) < 2:
         raise MixmagValueError(f"target {target!r} has a single class ({classes[0] if classes else 'none'}) among "
                                f"{len(part)} usable slides; AUROC needs two. Choose other --targets")
+    if spec.declared == "binary" and len(classes) != 2:
+        raise MixmagValueError(f"target {target!r} is declared binary but has {len(classes)} classes {classes}; "
+                               f"declare it multiclass (mil.target_types: {{{target}: multiclass}}) or fix the column")
+    if spec.declared == "multiclass" and len(classes) < 3:
+        raise MixmagValueError(f"target {target!r} is declared multiclass but has {len(classes)} classes {classes}; "
+                               f"declare it binary or classification (mil.target_types: {{{target}: classification}})")
     index = {c: i for i, c in enumerate(classes)}
     bags: list[Bag] = []
     if bag_level == "patient":
         for pid, g in part.groupby("patient_id", sort=True):
-            bags.append(Bag(str(pid), str(pid), tuple(sorted(g["slide_id"])), index[g[target].iloc[0]]))
+            bags.append(Bag(str(pid), str(pid), tuple(sorted(g["slide_id"])), index[g["_value"].iloc[0]]))
     else:
         part = part.sort_values("slide_id")
-        for sid, pid, value in zip(part["slide_id"], part["patient_id"], part[target], strict=True):
+        for sid, pid, value in zip(part["slide_id"], part["patient_id"], part["_value"], strict=True):
             bags.append(Bag(str(sid), str(pid), (str(sid),), index[value]))
     logger.info("target %r: %d %s bags from %d slides, classes %s", target, len(bags), bag_level,
                 len(part), {c: sum(b.label == i for b in bags) for c, i in index.items()})
-    return TargetBags(target=target, classes=classes, bags=bags, bag_level=bag_level, exclusions=exclusions)
+    return TargetBags(target=target, classes=classes, bags=bags, bag_level=bag_level, exclusions=exclusions,
+                      columns=spec.columns)
+
+
+def _value_bags(part: pd.DataFrame, spec: TargetSpec, bag_level: str, exclusions: list[Exclusion]) -> TargetBags:
+    """Bags of a regression or survival target (``Bag.value`` holds the truth)."""
+    _check_values(spec, part["_value"], len(part))
+
+    def value(v: object) -> tuple[float, ...]:
+        return (float(v[0]), float(v[1])) if isinstance(v, tuple) else (float(v),)  # type: ignore[arg-type]
+
+    bags: list[Bag] = []
+    if bag_level == "patient":
+        for pid, g in part.groupby("patient_id", sort=True):
+            v = value(g["_value"].iloc[0])
+            bags.append(Bag(str(pid), str(pid), tuple(sorted(g["slide_id"])), int(v[1]) if len(v) == 2 else 0, v))
+    else:
+        part = part.sort_values("slide_id")
+        for sid, pid, raw in zip(part["slide_id"], part["patient_id"], part["_value"], strict=True):
+            v = value(raw)
+            bags.append(Bag(str(sid), str(pid), (str(sid),), int(v[1]) if len(v) == 2 else 0, v))
+    truth = np.asarray([b.value for b in bags])
+    if spec.endpoint == "survival":
+        logger.info("target %r (survival): %d %s bags from %d slides, %d events, follow-up %g-%g", spec.name,
+                    len(bags), bag_level, len(part), int(truth[:, 1].sum()), truth[:, 0].min(), truth[:, 0].max())
+    else:
+        logger.info("target %r (regression): %d %s bags from %d slides, values %g-%g (mean %g)", spec.name,
+                    len(bags), bag_level, len(part), truth[:, 0].min(), truth[:, 0].max(), truth[:, 0].mean())
+    return TargetBags(target=spec.name, classes=[], bags=bags, bag_level=bag_level, exclusions=exclusions,
+                      endpoint=spec.endpoint, columns=spec.columns)

@@ -37,6 +37,16 @@ METHOD_KEYS = KnownKeys("MIL method", (*PAPER_METHODS, "mix-mem-mean", "abmil-ms
                         "mixmag.mil.methods:METHODS")
 #: What one bag is (:data:`mixmag.mil.labels.BAG_LEVELS`).
 BAG_LEVELS = ("patient", "slide")
+#: Endpoints a label column can declare (docs/concepts/endpoints.md); ``binary`` and ``multiclass``
+#: are classification that also checks the number of classes (exactly 2, at least 3).
+TARGET_TYPES = ("classification", "binary", "multiclass", "regression", "survival")
+#: Losses of regression targets (:data:`mixmag.mil.endpoints.REGRESSION_LOSSES`).
+REGRESSION_LOSSES = ("mse", "huber")
+#: The settings of the regression and survival endpoints. They are not ESTIMATOR fields: runs of
+#: those endpoints record the ones they use in their config hash, so the config (and hash) of a
+#: classification run is what it was before endpoints existed; at their defaults they are also
+#: left out of the study's train fingerprint (finished studies stay reusable).
+ENDPOINT_SETTINGS = ("target_types", "survival_columns", "regression_loss", "survival_batch", "risk_groups")
 #: A method name, checked against :data:`METHOD_KEYS`.
 MethodKey = Annotated[str, AfterValidator(METHOD_KEYS.check)]
 
@@ -95,6 +105,23 @@ class MilSettings(StageSettings):
     checkpoints: dict[str, Path] = Field(default_factory=dict)
     """Region-encoder checkpoint per role: `mem`, `cmem`, `random` (a method without its role is
     skipped); in a study these replace the study's own pretrained encoders."""
+    target_types: dict[str, str] = Field(default_factory=dict)
+    """Endpoint of each label column: `classification` (or `binary`, `multiclass`), `regression` or
+    `survival`; a column not listed is inferred, with a log line: a `<name>_time` / `<name>_event`
+    pair is survival, a numeric column with more than 10 distinct values regression, else
+    classification (docs/concepts/endpoints.md)."""
+    survival_columns: dict[str, list[str]] = Field(default_factory=dict)
+    """`{target: [time column, event column]}` of survival targets whose columns are not named
+    `<target>_time` and `<target>_event` (event: 1 = observed, 0 = censored)."""
+    regression_loss: str = "mse"
+    """Loss of regression targets on the standardised value (training-fold mean and sd): `mse`, or
+    `huber` (quadratic within 1 sd, linear beyond: robust to outliers)."""
+    survival_batch: int = Field(default=32, ge=2)
+    """Bags per Cox partial-likelihood step of survival targets: the risk set one optimiser update
+    sees (drawn stratified by event; `batch_size` bags per forward pass within it)."""
+    risk_groups: int = Field(default=2, ge=2, le=3)
+    """Predicted-risk groups of a survival target's Kaplan-Meier plot and log-rank test: 2 = median
+    split, 3 = tertiles (cut within each test fold)."""
     region_preset: str = "base"
     """Architecture of a fresh `mix-random` encoder when no checkpoint is given at all."""
     allow_missing_slides: bool = False
@@ -118,6 +145,25 @@ class MilSettings(StageSettings):
     @classmethod
     def _bag_level(cls, value: str) -> str:
         return one_of(value, BAG_LEVELS, "bag level")
+
+    @field_validator("target_types")
+    @classmethod
+    def _target_types(cls, value: dict[str, str]) -> dict[str, str]:
+        return {target: one_of(kind, TARGET_TYPES, f"target type of {target!r}") for target, kind in value.items()}
+
+    @field_validator("survival_columns")
+    @classmethod
+    def _survival_columns(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for target, columns in value.items():
+            if len(columns) != 2:
+                raise ValueError(f"survival_columns of {target!r} must be [time column, event column], "
+                                 f"got {columns}")
+        return value
+
+    @field_validator("regression_loss")
+    @classmethod
+    def _regression_loss(cls, value: str) -> str:
+        return one_of(value, REGRESSION_LOSSES, "regression loss")
 
     @field_validator("region_preset")
     @classmethod

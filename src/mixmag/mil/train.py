@@ -11,7 +11,9 @@ fp32 on the CPU); the predictions of a model being fitted use the same numerics.
 Model selection (documented in ``docs/concepts/evaluation.md``): the epoch with the best
 validation AUROC (ties broken by lower validation loss) is kept; when the validation bags hold a
 single class the AUROC is undefined and the lowest validation loss is used instead (logged); without
-validation bags the last epoch is kept.
+validation bags the last epoch is kept. Regression and survival targets select on their own metric
+(Spearman's ρ, C-index) the same way, and survival steps take the Cox loss over groups of
+``survival_batch`` bags (:mod:`mixmag.mil.endpoints`, docs/concepts/endpoints.md).
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mixmag.evaluate.metrics import auroc
 from mixmag.mil.data import BagRegions
+from mixmag.mil.endpoints import Endpoint, get_endpoint, risk_batches
 from mixmag.mil.model import MILModel
 from mixmag.mil.settings import MIL_DEFAULTS
 from mixmag.utils.cpus import thread_budget
@@ -49,6 +50,9 @@ class TrainParams:
     Attributes:
         balanced: Weight the loss by inverse class frequency of the training bags.
         precision: Resolved by :func:`~mixmag.utils.device.resolve_amp` with ``training=True``.
+        endpoint: Key of :data:`~mixmag.mil.endpoints.ENDPOINTS` (the loss and model selection).
+        regression_loss: ``mse`` or ``huber`` (regression endpoint).
+        survival_batch: Bags per Cox step (survival endpoint).
     """
 
     epochs: int = MIL_DEFAULTS.epochs
@@ -63,6 +67,9 @@ class TrainParams:
     grad_accum: int = MIL_DEFAULTS.grad_accum
     balanced: bool = True
     precision: str = MIL_DEFAULTS.precision
+    endpoint: str = "classification"
+    regression_loss: str = MIL_DEFAULTS.regression_loss
+    survival_batch: int = MIL_DEFAULTS.survival_batch
 
 
 @dataclass
@@ -76,7 +83,8 @@ class FitResult:
 
 @dataclass
 class BagPrediction:
-    """Prediction for one bag: ``prob`` (C,), and per instance (N,) attention, region row, token slot."""
+    """Prediction for one bag: ``prob`` (C,) class probabilities (regression: (1,) value, survival:
+    (1,) risk), and per instance (N,) attention, region row, token slot."""
 
     prob: np.ndarray
     attention: np.ndarray
@@ -108,33 +116,51 @@ def _set_train_mode(model: MILModel, params: TrainParams) -> None:
         model.encoder.eval()  # a frozen encoder is a fixed feature extractor: no dropout / drop-path
 
 
+def _steps(order: np.ndarray, labels: np.ndarray, endpoint: Endpoint, params: TrainParams) -> list[list[np.ndarray]]:
+    """The epoch's optimiser steps, each a list of forward passes (arrays of bag indices).
+
+    One forward pass of ``batch_size`` bags per step, or for a coupled loss (Cox) groups of
+    ``survival_batch`` bags drawn stratified by event, ``batch_size`` bags per forward pass.
+    """
+    if not endpoint.coupled:
+        return [[order[i:i + params.batch_size]] for i in range(0, len(order), params.batch_size)]
+    groups = risk_batches(order, np.asarray(labels, dtype=np.float64).reshape(-1, 2)[:, 1], params.survival_batch)
+    return [[g[i:i + params.batch_size] for i in range(0, len(g), params.batch_size)] for g in groups]
+
+
 def train_one_epoch(model: MILModel, bags: Sequence[BagRegions], labels: np.ndarray,
                     optimizer: torch.optim.Optimizer, *, params: TrainParams, device: torch.device,
                     rng: np.random.Generator, class_weight: torch.Tensor | None,
                     scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over the training bags in random order; returns the mean training loss."""
+    """One pass over the training bags in random order; returns the mean training loss per bag.
+
+    ``labels`` are the engine targets of the endpoint (``params.endpoint``): (n,) class indices,
+    (n,) standardised values, or (n, 2) time and event.
+    """
     _set_train_mode(model, params)
+    endpoint = get_endpoint(params.endpoint)
     amp = resolve_amp(params.precision, device, training=True)
     limit = _limit(model, params)
     order = rng.permutation(len(bags))
     total, optimizer_steps = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
-    for i, batch in enumerate(batches):
-        inputs = [model.source.prepare(bags[int(b)], limit=limit, rng=rng).to(device) for b in batch]
-        target = torch.as_tensor([int(labels[b]) for b in batch], device=device)
-        with amp.autocast(device):
-            logits = model(inputs[0]).logits[None] if len(inputs) == 1 else model.forward_batch(inputs)
-        per_bag = F.cross_entropy(logits.float(), target, reduction="none")
-        if class_weight is not None:
-            # weight each bag's loss and average over bags: cross_entropy(weight=...) would divide
-            # by the batch's weight sum, which cancels the weights exactly for one-bag steps
-            per_bag = per_bag * class_weight[target]
+    steps = _steps(order, labels, endpoint, params)
+    for i, step in enumerate(steps):
+        outputs = []
+        for batch in step:
+            inputs = [model.source.prepare(bags[int(b)], limit=limit, rng=rng).to(device) for b in batch]
+            with amp.autocast(device):
+                outputs.append(model(inputs[0]).logits[None] if len(inputs) == 1 else model.forward_batch(inputs))
+        logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        members = np.concatenate(step)
+        target = endpoint.target_tensor(labels[members], device)
+        per_bag = endpoint.loss(logits.float(), target, class_weight, regression_loss=params.regression_loss)
         loss = per_bag.mean()
         scaled = loss / params.grad_accum
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += float(per_bag.detach().sum())
-        if (i + 1) % params.grad_accum == 0 or i == len(batches) - 1:
+        # per-bag losses sum to the step's share of the epoch loss; a coupled (Cox) loss is per event
+        total += float(per_bag.detach().sum()) if per_bag.ndim else float(per_bag.detach()) * len(members)
+        if (i + 1) % params.grad_accum == 0 or i == len(steps) - 1:
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -147,7 +173,8 @@ def train_one_epoch(model: MILModel, bags: Sequence[BagRegions], labels: np.ndar
 
 @torch.no_grad()
 def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device,
-            precision: str = "auto", attention: bool = False) -> list[BagPrediction]:
+            precision: str = "auto", attention: bool = False, endpoint: str = "classification"
+            ) -> list[BagPrediction]:
     """Predict every bag with all of its instances (eval mode).
 
     Args:
@@ -157,7 +184,10 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
         precision: See :class:`TrainParams`; resolved as for training, so a model is scored in the
             numerics it was trained in (``auto`` is fp32 on the CPU).
         attention: Also return per-instance attention, region rows and token slots.
+        endpoint: The model's endpoint: softmax probabilities (classification) or the raw output
+            (regression: standardised value; survival: risk).
     """
+    transform = get_endpoint(endpoint).transform
     model.eval()
     amp = resolve_amp(precision, device, training=True)
     empty = np.zeros(0)
@@ -169,13 +199,13 @@ def predict(model: MILModel, bags: Sequence[BagRegions], *, device: torch.device
             inputs = [model.source.prepare(bag).to(device) for bag in group]
             with amp.autocast(device):
                 logits = model.forward_batch(inputs)
-            for prob in torch.softmax(logits.float(), dim=1).cpu().numpy():
+            for prob in transform(logits.float(), dim=1).cpu().numpy():
                 out.append(BagPrediction(prob, empty, empty, empty))
             continue
         inp = model.source.prepare(group[0]).to(device)
         with amp.autocast(device):
             res = model(inp)
-        prob = torch.softmax(res.logits.float(), dim=0).cpu().numpy()
+        prob = transform(res.logits.float(), dim=0).cpu().numpy()
         if attention:
             out.append(BagPrediction(prob, res.attention.float().cpu().numpy(), res.region.cpu().numpy(),
                                      res.token.cpu().numpy()))
@@ -198,14 +228,6 @@ def _group_bags(bags: Sequence[BagRegions], max_regions: int) -> list[list[BagRe
     return groups
 
 
-def _val_scores(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(AUROC or NaN for one class, mean cross-entropy) of validation predictions."""
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
-    prob = probs[:, 1] if probs.shape[1] == 2 else probs
-    return auroc(y, prob, on_single_class="nan"), loss
-
-
 def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, *,
         val_bags: Sequence[BagRegions] | None = None, val_y: np.ndarray | None = None,
         n_classes: int, params: TrainParams, device: torch.device, seed: int = 0,
@@ -215,10 +237,11 @@ def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, 
     Args:
         model: Fresh model (moved to ``device`` here).
         train_bags: Training bags.
-        train_y: (n,) class indices of the training bags.
+        train_y: Engine targets of the training bags (``params.endpoint``): (n,) class indices,
+            (n,) standardised values, or (n, 2) time and event.
         val_bags: Validation bags for early stopping (optional).
-        val_y: Their class indices.
-        n_classes: Number of classes C.
+        val_y: Their targets.
+        n_classes: Number of classes C (classification).
         params: Optimisation settings.
         device: Device to train on.
         seed: Seeds dropout, bag order and instance subsampling.
@@ -228,7 +251,8 @@ def fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray, 
             torch's thread count is restored afterwards.
 
     Returns:
-        The history (``epoch, train_loss, val_loss, val_auroc, seconds``), kept epoch and criterion.
+        The history (``epoch, train_loss, val_loss, val_<metric>, seconds``; ``val_auroc`` for
+        classification, ``val_spearman``, ``val_cindex``), kept epoch and criterion.
     """
     with thread_budget(threads), torch_rng_scope(seed, device):
         return _fit(model, train_bags, train_y, val_bags=val_bags, val_y=val_y, n_classes=n_classes,
@@ -244,20 +268,24 @@ def _fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray,
     optimizer = make_optimizer(model, params)
     amp = resolve_amp(params.precision, device, training=True)
     scaler = torch.amp.GradScaler(device.type) if amp.grad_scaler else None
-    train_y = np.asarray(train_y, dtype=np.int64)
-    class_weight = None
-    if params.balanced:
-        counts = np.bincount(train_y, minlength=n_classes).astype(np.float64)
-        w = np.where(counts > 0, len(train_y) / (n_classes * np.maximum(counts, 1)), 0.0)
-        class_weight = torch.as_tensor(w, dtype=torch.float32, device=device)
+    endpoint = get_endpoint(params.endpoint)
+    dtype = np.int64 if endpoint.uses_classes else np.float64
+    train_y = np.asarray(train_y, dtype=dtype)
+    class_weight = endpoint.class_weight(train_y, n_classes, params.balanced, device)
+    score_name = endpoint.score_name
     has_val = val_bags is not None and val_y is not None and len(val_bags) > 0
     criterion = "last_epoch"
     if has_val:
         assert val_y is not None
-        criterion = "val_auroc" if len(np.unique(val_y)) > 1 else "val_loss"
-        if criterion == "val_loss":
+        val_y = np.asarray(val_y, dtype=dtype)
+        criterion = endpoint.criterion(val_y)
+        if criterion == "val_loss" and endpoint.uses_classes:
             logger.warning("%s: the %d validation bags are all one class; early stopping on validation loss",
                            desc, len(val_y))
+        elif criterion != score_name:
+            logger.warning("%s: the %s of the %d validation bags is undefined (a constant value, or no event); "
+                           "model selection on %s", desc, score_name.removeprefix("val_"), len(val_y),
+                           "validation loss" if criterion == "val_loss" else "the last epoch")
     result = FitResult(criterion=criterion)
     best_key: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
@@ -267,16 +295,19 @@ def _fit(model: MILModel, train_bags: Sequence[BagRegions], train_y: np.ndarray,
         t0 = time.perf_counter()
         train_loss = train_one_epoch(model, train_bags, train_y, optimizer, params=params, device=device,
                                      rng=rng, class_weight=class_weight, scaler=scaler)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": math.nan, "val_auroc": math.nan}
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": math.nan, score_name: math.nan}
         if has_val:
             assert val_bags is not None and val_y is not None
-            probs = np.stack([p.prob for p in predict(model, val_bags, device=device, precision=params.precision)])
-            row["val_auroc"], row["val_loss"] = _val_scores(probs, np.asarray(val_y, dtype=np.int64))
+            probs = np.stack([p.prob for p in predict(model, val_bags, device=device, precision=params.precision,
+                                                      endpoint=params.endpoint)])
+            row[score_name], row["val_loss"] = endpoint.val_scores(probs, val_y, regression_loss=params.regression_loss)
         row["seconds"] = time.perf_counter() - t0
         result.history.append(row)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_auroc=f"{row['val_auroc']:.3f}")
-        # larger is better: (AUROC, -loss) or (-loss, 0); the last epoch wins without validation
-        key = {"val_auroc": (row["val_auroc"], -row["val_loss"]), "val_loss": (-row["val_loss"], 0.0),
+        bar.set_postfix(loss=f"{train_loss:.3f}", **{score_name: f"{row[score_name]:.3f}"})
+        # larger is better: (metric, -loss) or (-loss, 0); the last epoch wins without validation; an
+        # undefined metric (e.g. constant predictions of a regression head) never beats a defined one
+        metric = row[score_name] if math.isfinite(row[score_name]) else -math.inf
+        key = {score_name: (metric, -row["val_loss"]), "val_loss": (-row["val_loss"], 0.0),
                "last_epoch": (float(epoch), 0.0)}[criterion]
         if key > best_key:
             best_key, stale, result.best_epoch = key, 0, epoch

@@ -29,14 +29,19 @@ def pick_method(table: pd.DataFrame) -> tuple[str, str, Path] | None:
     """(target, method, run_dir) of the best token-level mixing method (falls back to any method).
 
     Token-level methods (``mix-*`` except the CLS variant) give the within-region view per
-    magnification, so they are preferred for pictures; among them the highest mean AUROC wins.
+    magnification, so they are preferred for pictures; among them the highest mean AUROC wins
+    (classification targets first; without any, the highest value of the other targets' metric).
     """
-    runs = table[table["target"] != "Average"].dropna(subset=["mean_auroc"])
+    from mixmag.evaluate.compare import comparison_view
+
+    runs = comparison_view(table[table["target"] != "Average"]).dropna(subset=["mean"])
     if runs.empty:
         return None
+    auroc = runs[runs["metric"] == "auroc"]
+    runs = auroc if not auroc.empty else runs
     tokens = runs[runs["method"].str.startswith("mix-") & ~runs["method"].str.endswith("-cls")]
     pool = tokens if not tokens.empty else runs
-    best = pool.loc[pool["mean_auroc"].astype(float).idxmax()]
+    best = pool.loc[pool["mean"].astype(float).idxmax()]
     return str(best["target"]), str(best["method"]), Path(str(best["run_dir"]))
 
 
@@ -108,11 +113,17 @@ def write_prediction_heatmaps(scores: RunScores, store: FeatureStore, out_dir: P
     return written
 
 
+#: The score a run's bags are ranked by: a binary probability, a survival risk, a regression value.
+_RANK_COLUMNS = ("prob", "risk", "pred")
+
+
 def _choose_bags(predictions: pd.DataFrame, n: int) -> list[str]:
-    """The n most confidently positive bags first, then the most confidently negative ones."""
-    if "prob" not in predictions.columns:
+    """The n most confidently positive bags first, then the most confidently negative ones (survival:
+    highest risk first, then lowest; regression: highest predicted value, then lowest)."""
+    column = next((c for c in _RANK_COLUMNS if c in predictions.columns), None)
+    if column is None:
         return predictions["bag_id"].astype(str).head(n).tolist()
-    ranked = predictions.sort_values("prob", ascending=False)["bag_id"].astype(str).tolist()
+    ranked = predictions.sort_values(column, ascending=False)["bag_id"].astype(str).tolist()
     n_pos = (n + 1) // 2
     chosen = ranked[:n_pos] + [b for b in reversed(ranked) if b not in ranked[:n_pos]][: n - n_pos]
     return chosen

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,10 @@ def _embed_slides(inputs: Sequence[str | os.PathLike[str]], out: Path, reference
 
 
 def _labelled_metrics(scores: RunScores, *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """The external metric of a run's labelled bags (None without enough labels): AUROC, or the
+    endpoint's own metric (Spearman's ρ, C-index) under its own key with a ``metric`` key."""
+    if scores.run.endpoint != "classification":
+        return _endpoint_metrics(scores, n_boot=n_boot, seed=seed)
     from mixmag.evaluate.bootstrap import bootstrap_auroc_ci
     from mixmag.evaluate.metrics import auroc
 
@@ -193,6 +197,27 @@ def _labelled_metrics(scores: RunScores, *, n_boot: int, seed: int) -> dict[str,
             "auroc_per_model": per_model, "run_dir": str(scores.run.run_dir), "plots_dir": _plots_dir(scores.run)}
 
 
+def _endpoint_metrics(scores: RunScores, *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """External Spearman's ρ (regression) or C-index (survival) of the reported model, with its CI."""
+    from mixmag.evaluate.bootstrap import bootstrap_ci
+    from mixmag.evaluate.endpoints import ENDPOINT_METRICS
+
+    em = ENDPOINT_METRICS.get(scores.run.endpoint)
+    keep = scores.labelled
+    truth = scores.truth()
+    score = em.metric.score(truth, scores.reported[keep][:, 0]) if keep.sum() > 1 else float("nan")
+    if not np.isfinite(score):
+        return None
+    name = em.metric.name
+    ci = bootstrap_ci(truth, scores.reported[keep][:, 0], metric=em.metric, n_boot=n_boot, seed=seed)
+    per_model = {model: em.metric.score(truth, p[keep][:, 0]) for model, p in scores.probs.items()}
+    extra = {"n_events": int(truth[:, 1].sum())} if scores.run.endpoint == "survival" else {}
+    return {"target": scores.run.target, "method": scores.run.method, "model": scores.run.reported,
+            "n_bags": int(keep.sum()), "n_unlabelled": int((~keep).sum()), **extra, "metric": name,
+            name: ci.estimate, "ci_lo": ci.lo, "ci_hi": ci.hi, "n_boot": ci.n_boot, f"{name}_per_model": per_model,
+            "run_dir": str(scores.run.run_dir), "plots_dir": _plots_dir(scores.run)}
+
+
 def _plots_dir(run: TrainedRun) -> str:
     """``<target>/<method>`` folder of a run's plots, relative to the output folder."""
     from mixmag.mil.artifacts import safe_name
@@ -201,6 +226,9 @@ def _plots_dir(run: TrainedRun) -> str:
 
 
 def _plots(scores: RunScores, out: Path) -> None:
+    if scores.run.endpoint != "classification":
+        _endpoint_plots(scores, out)
+        return
     y = np.asarray([b.label for b in scores.bags])
     keep = y >= 0
     if len(np.unique(y[keep])) < 2:
@@ -211,6 +239,27 @@ def _plots(scores: RunScores, out: Path) -> None:
     write_roc(y[keep], prob, None, folder / "roc.png", title=title, class_names=scores.run.classes)
     if len(scores.run.classes) == 2:
         write_calibration(y[keep], prob[:, 1], folder / "calibration.png", title=title)
+
+
+def _endpoint_plots(scores: RunScores, out: Path) -> None:
+    """``scatter.png`` (regression) or ``km.png`` of the external median risk split (survival)."""
+    from mixmag.evaluate.survival import RISK_GROUP_NAMES, kaplan_meier, logrank_test, risk_groups
+    from mixmag.report.run_plots import write_km, write_scatter
+
+    keep = scores.labelled
+    if keep.sum() < 2:
+        return
+    truth, pred = scores.truth(), scores.reported[keep][:, 0]
+    folder = out / _plots_dir(scores.run)
+    title = f"{scores.run.target} — {scores.run.method} (external, {scores.run.reported})"
+    if scores.run.endpoint == "regression":
+        write_scatter(truth, pred, None, folder / "scatter.png", title=title)
+        return
+    group = risk_groups(pred, None, 2)  # the median of the new cohort's risks: no outcome is used
+    names = RISK_GROUP_NAMES[2]
+    curves = {names[g]: asdict(kaplan_meier(truth[group == g, 0], truth[group == g, 1])) for g in range(2)}
+    test = logrank_test(truth[:, 0], truth[:, 1], group)
+    write_km(curves, folder / "km.png", p_value=test.p_value, title=title)
 
 
 def predict_cohort(
@@ -295,7 +344,7 @@ def predict_cohort(
         if not r.feature_attrs:
             logger.warning("%s: training provenance unknown; only dimension and geometry were checked", r.name)
         bags, missing = new_cohort_bags(usable, bag_level=r.bag_level, table=table, target=r.target,
-                                        classes=r.classes)
+                                        classes=r.classes, run=r)
         recorded = {p["slide_id"] for p in problems}  # a slide that failed earlier keeps that reason
         problems += [{"slide_id": sid, "stage": "labels", "reason": "listed in the labels table but has no usable "
                       "features"} for sid in missing if sid not in recorded]
@@ -305,7 +354,8 @@ def predict_cohort(
         m = _labelled_metrics(scores, n_boot=n_boot, seed=seed)
         if m is not None:
             metrics.append(m)
-            logger.info("%s: external AUROC %.3f (95%% CI %.3f-%.3f) on %d bags", r.name, m["auroc"], m["ci_lo"],
+            name = m.get("metric", "auroc")
+            logger.info("%s: external %s %.3f (95%% CI %.3f-%.3f) on %d bags", r.name, name, m[name], m["ci_lo"],
                         m["ci_hi"], m["n_bags"])
         _plots(scores, out)
     predictions = pd.concat(frames, ignore_index=True)

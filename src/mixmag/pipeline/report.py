@@ -6,6 +6,7 @@ Takes plain values (the run folder, the config, the ledger records, the comparis
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -21,6 +22,7 @@ from mixmag.io.manifest import read_manifest
 from mixmag.mil.labels import read_labels
 from mixmag.pipeline.ledger import LEDGER_NAME, StageLedger, StageRecord
 from mixmag.report.build import build_report
+from mixmag.report.endpoint_section import EndpointPanel
 from mixmag.report.external import external_table, write_external_report
 from mixmag.utils.atomic import atomic_write_json
 
@@ -55,19 +57,79 @@ def cohort_table(regions_manifest: Path, labels: Path | None) -> pd.DataFrame | 
 
 
 def comparison_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Per-(target, method) rows renamed for the report (``method, mean, ci_low, ci_high`` ...)."""
-    runs = table[table["target"] != "Average"].copy()
+    """Per-(target, method) rows renamed for the report (``method, mean, ci_low, ci_high`` ...).
+
+    Each row is in its target's primary metric; a table of several endpoints gets a ``metric``
+    column (``AUROC``, ``Spearman ρ``, ``C-index``) after the method.
+    """
+    from mixmag.evaluate.compare import comparison_view
+    from mixmag.evaluate.endpoints import METRIC_LABELS
+
+    runs = comparison_view(table[table["target"] != "Average"])
     several = runs["target"].nunique() > 1
     out = pd.DataFrame({
         "method": [f"{t} · {m}" if several else m for t, m in zip(runs["target"], runs["method"], strict=True)],
-        "mean": runs["mean_auroc"].astype(float),
-        "sd": runs["sd_auroc"].astype(float),
+        "mean": runs["mean"].astype(float),
+        "sd": runs["sd"].astype(float),
         "ci_low": runs["ci_lo"].astype(float),
         "ci_high": runs["ci_hi"].astype(float),
         "Δ vs abmil-20x": runs["delta"].astype(float),
         "p (paired bootstrap)": runs["p_bootstrap"].astype(float),
     })
+    if "metric" in table.columns:
+        out.insert(1, "metric", [METRIC_LABELS[m] for m in runs["metric"]])
     return out.reset_index(drop=True)
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "–" if value is None or not np.isfinite(float(value)) else format(float(value), spec)
+
+
+def _panel(run: Path, name: str) -> EndpointPanel | None:
+    """The "Endpoints" entry of one run folder: multi-class, regression or survival (None: binary)."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    endpoint = metrics.get("endpoint", "classification")
+    ci = f"{_fmt(metrics.get('ci_lo'))}–{_fmt(metrics.get('ci_hi'))}"
+    if endpoint == "classification":
+        if len(metrics.get("classes", [])) <= 2:
+            return None
+        numbers = {"classes": len(metrics["classes"]), "bags": metrics["n_bags"],
+                   "macro AUROC (mean ± sd)": f"{_fmt(metrics['mean_auroc'])} ± {_fmt(metrics['sd_auroc'])}",
+                   "pooled macro AUROC (95% CI)": f"{_fmt(metrics['pooled_auroc'])} ({ci})",
+                   "balanced accuracy": metrics.get("balanced_accuracy")}
+        return EndpointPanel(name, "multi-class", numbers, run / "roc.png" if (run / "roc.png").is_file() else None,
+                             f"{name}: one-vs-rest ROC per class (pooled out-of-fold predictions)")
+    if endpoint == "regression":
+        numbers = {"bags": metrics["n_bags"],
+                   "Spearman ρ (mean ± sd)": f"{_fmt(metrics['mean_spearman'])} ± {_fmt(metrics['sd_spearman'])}",
+                   "pooled ρ (95% CI)": f"{_fmt(metrics['pooled_spearman'])} ({ci})",
+                   "Pearson r": metrics.get("pearson"), "MAE": metrics.get("mae")}
+        return EndpointPanel(name, "regression", numbers,
+                             run / "scatter.png" if (run / "scatter.png").is_file() else None,
+                             f"{name}: predicted against observed values")
+    groups = metrics.get("risk_groups") or {}
+    numbers = {"bags": metrics["n_bags"], "events": metrics.get("n_events"),
+               "C-index (mean ± sd)": f"{_fmt(metrics['mean_cindex'])} ± {_fmt(metrics['sd_cindex'])}",
+               "pooled C-index (95% CI)": f"{_fmt(metrics['pooled_cindex'])} ({ci})",
+               "risk groups": groups.get("n_groups"), "log-rank p": _fmt(groups.get("logrank_p"), ".2g")}
+    return EndpointPanel(name, "survival", numbers, run / "km.png" if (run / "km.png").is_file() else None,
+                         f"{name}: Kaplan-Meier curves by predicted risk (log-rank p "
+                         f"{_fmt(groups.get('logrank_p'), '.2g')})")
+
+
+def endpoint_panels(table: pd.DataFrame) -> list[EndpointPanel]:
+    """The report's "Endpoints" entries of the comparison table's runs (multi-class, regression, survival)."""
+    runs = table[table["target"] != "Average"]
+    several = runs["target"].nunique() > 1
+    panels = []
+    for _, row in runs.iterrows():
+        run = Path(str(row["run_dir"]))
+        if not (run / "metrics.json").is_file():
+            continue
+        panel = _panel(run, f"{row['target']} · {row['method']}" if several else str(row["method"]))
+        if panel is not None:
+            panels.append(panel)
+    return panels
 
 
 def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -192,6 +254,8 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
         cohort=cohort_table(out / "tiles" / "regions" / "manifest.csv", config.mil.labels),
         qc_images=[(p, p.stem) for p in qc],
         comparison=None if table is None else comparison_rows(table),
+        metric="AUROC" if table is None or "metric" not in table.columns else "primary metric",
+        endpoints=[] if table is None else endpoint_panels(table),
         roc=None if table is None else roc_inputs(table),
         loss=loss or None,
         heatmaps=[(p, p.stem) for p in heatmaps],

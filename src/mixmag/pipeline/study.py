@@ -35,6 +35,7 @@ import pandas as pd
 from mixmag.config import PipelineConfig, dump_config
 from mixmag.errors import MixmagRuntimeError, MixmagValueError
 from mixmag.evaluate.settings import cross_validation_fields
+from mixmag.mil.settings import ENDPOINT_SETTINGS
 from mixmag.pipeline.diagnostics_stage import (
     check_region_labels,
     plan_diagnostics,
@@ -88,6 +89,8 @@ def _section(config: PipelineConfig, name: str, *, exclude: Iterable[str] = ()) 
 
 #: The columns of ``StudyResult.external`` (and of the external stage's recorded ``metrics``).
 EXTERNAL_COLUMNS = ("target", "method", "model", "n_bags", "n_unlabelled", "auroc", "ci_lo", "ci_hi", "n_boot")
+#: More columns of regression and survival runs (their metric's name and value; docs/concepts/endpoints.md).
+ENDPOINT_EXTERNAL_COLUMNS = ("metric", "spearman", "cindex")
 #: ``external/inputs.json``: the inputs the new cohort's tiles and features were made from.
 EXTERNAL_INPUTS = "inputs.json"
 
@@ -304,8 +307,12 @@ class Study:
         # only the protocol that training reads: diagnostics fields never invalidate trained models
         protocol = set(cross_validation_fields(type(ev))) - runtime_fields(type(ev))
         evaluate = _section(self.config, "evaluate", exclude=set(type(ev).model_fields) - protocol)
+        # the endpoint settings came later: at their defaults the fingerprint stays what earlier runs
+        # recorded, so their trained models are reused
+        mil = {k: v for k, v in self._settings("mil").items()
+               if not (k in ENDPOINT_SETTINGS and v == field_default(type(m), k))}
         # one key per section: a flat merge let evaluate.seed hide mil.seed from the fingerprint
-        fp = self._fp("train", {"mil": self._settings("mil"), "evaluate": evaluate},
+        fp = self._fp("train", {"mil": mil, "evaluate": evaluate},
                       ["embed", *(f"pretrain-{o}" for o in sorted(checkpoints))])
 
         def run() -> dict[str, Any]:
@@ -383,7 +390,9 @@ class Study:
                 workers=self.config.tiling.workers, n_boot=self.config.evaluate.bootstrap, seed=self.config.mil.seed,
                 report=r, heatmap_methods=[picked[1]] if picked else [], write_report=False,
                 progress=self.progress)
-            metrics = [{k: _plain(row[k]) for k in EXTERNAL_COLUMNS if k in row}
+            metrics = [{k: _plain(row[k]) for k in (*EXTERNAL_COLUMNS, *ENDPOINT_EXTERNAL_COLUMNS)
+                        # a run of one metric has no value of the others (NaN in a mixed table)
+                        if k in row and not (k in ("auroc", *ENDPOINT_EXTERNAL_COLUMNS) and pd.isna(row[k]))}
                        for row in result.metrics.to_dict("records")]
             return {"external": str(out), "predictions": str(out / PREDICTIONS_CSV),
                     "metrics_csv": str(out / METRICS_CSV) if metrics else None,
@@ -403,9 +412,15 @@ class Study:
             logger.info("evaluate.diagnostics is false: no diagnose stage")
             return None
         train = result.stages.get("train")
+        targets = train.outputs.get("targets", []) if train is not None else []
+        # the slide ceiling needs a class label: regression and survival targets (listed in the
+        # training summary's `endpoints`) are not candidates
+        summary = self.out / "mil" / "summary.json"
+        endpoints = json.loads(summary.read_text(encoding="utf-8")).get("endpoints", {}) if summary.is_file() else {}
+        targets = [t for t in targets if endpoints.get(t, "classification") == "classification"]
         plan = plan_diagnostics(self.out, objectives, region_labels=ev.region_labels,
                                 slide_labels=self.config.mil.labels, comparison=result.comparison,
-                                targets=train.outputs.get("targets", []) if train is not None else [])
+                                targets=targets)
         if plan.empty:
             logger.info("no pretrained region encoder and no evaluate.region_labels: nothing to diagnose")
             return None
@@ -453,8 +468,9 @@ class Study:
                     result.stages["heatmaps"] = self.heatmaps(result.comparison)
                 if self.config.external.inputs:
                     result.stages["external"] = self.external(result.comparison)
-                    result.external = pd.DataFrame(result.stages["external"].outputs.get("metrics") or [],
-                                                   columns=list(EXTERNAL_COLUMNS))
+                    recorded = result.stages["external"].outputs.get("metrics") or []
+                    more = [c for c in ENDPOINT_EXTERNAL_COLUMNS if any(c in m for m in recorded)]
+                    result.external = pd.DataFrame(recorded, columns=[*EXTERNAL_COLUMNS, *more])
             diagnose = self.diagnose(list(checkpoints), result)
             if diagnose is not None:
                 result.stages["diagnose"] = diagnose

@@ -21,6 +21,7 @@ import yaml
 
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.report.diagnostics_section import add_diagnostics_section
+from mixmag.report.endpoint_section import EndpointPanel, add_endpoint_section
 from mixmag.report.evaluation_plots import comparison_plot, roc_curves
 from mixmag.report.external import add_external_section
 from mixmag.report.html import ImageLike, Report, flatten
@@ -104,6 +105,7 @@ def build_report(
     environment: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     metric: str = "AUROC",
+    endpoints: Sequence[EndpointPanel] = (),
 ) -> Path:
     """Write one self-contained HTML report.
 
@@ -126,7 +128,10 @@ def build_report(
         timings: ``{stage: seconds}`` in pipeline order.
         environment: From :func:`mixmag.utils.env.environment_info`; collected now when None.
         notes: Paragraphs shown in the summary.
-        metric: Name of the comparison metric.
+        metric: Name of the comparison metric. When ``comparison`` has a ``metric`` column (tasks
+            of several endpoints), each row is in its own metric and the forest plot has a panel
+            per metric.
+        endpoints: Multi-class, regression and survival results (the "Endpoints" section).
 
     Returns:
         The path written.
@@ -139,7 +144,10 @@ def build_report(
         cards["slides"] = len(cohort)
         if "label" in cohort.columns:
             cards["positive slides"] = int((cohort["label"] == 1).sum())
-    if comparison is not None and len(comparison) and {"method", "mean"} <= set(comparison.columns):
+    several_metrics = comparison is not None and "metric" in comparison.columns \
+        and comparison["metric"].nunique() > 1
+    if comparison is not None and len(comparison) and {"method", "mean"} <= set(comparison.columns) \
+            and not several_metrics:
         best = comparison.loc[comparison["mean"].astype(float).idxmax()]
         cards[f"best {metric}"] = f"{best['mean']:.3f}"
         cards["best method"] = best["method"]
@@ -181,16 +189,22 @@ def build_report(
             if {"mean", "ci_low", "ci_high"} <= set(table.columns):
                 table.insert(1, f"{metric} (95% CI)", [_ci_text(r, "mean", "ci_low", "ci_high")
                                                        for _, r in table.iterrows()])
-            sec.table(table, highlight_max="mean" if "mean" in table.columns else None,
-                      caption=f"{metric} per method with bootstrap 95% confidence intervals; best in bold.")
+            # rows of different metrics have no common best
+            sec.table(table, highlight_max="mean" if "mean" in table.columns and not several_metrics else None,
+                      caption=f"{metric} per method with bootstrap 95% confidence intervals"
+                      + ("; each row in its task's metric." if several_metrics else "; best in bold."))
             if {"method", "mean", "ci_low", "ci_high"} <= set(comparison.columns):
                 sd = "sd" if "sd" in comparison.columns else None
                 order = comparison.sort_values("mean", ascending=False, kind="stable")["method"].tolist()
-                sec.figure(comparison_plot(comparison, sd=sd, order=order, xlabel=metric),
-                           caption=f"{metric}: dot, mean{' (caps: ± sd)' if sd else ''}; band, 95% CI; "
-                           "dashed line: chance.", width="70%")
+                panel = "metric" if "metric" in comparison.columns else None  # no shared axis, no chance line
+                sec.figure(comparison_plot(comparison, sd=sd, order=order, xlabel=metric, panel=panel,
+                                           reference=None if panel else 0.5),
+                           caption=f"{metric}: dot, mean{' (caps: ± sd)' if sd else ''}; band, 95% CI"
+                           + ("; one panel per metric." if panel else "; dashed line: chance."), width="70%")
         if roc:
             sec.figure(roc_curves(roc), caption="ROC curves of the out-of-fold predictions.", width="55%")
+
+    add_endpoint_section(report, endpoints)
 
     if loss:
         sec = report.section("Region-encoder pretraining")

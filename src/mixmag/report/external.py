@@ -23,8 +23,21 @@ def _ci(row: pd.Series, value: str, lo: str, hi: str) -> str:
     return f"{row[value]:.3f} ({row[lo]:.3f}–{row[hi]:.3f})"
 
 
+#: Display names of the metrics of runs that are not classification (docs/concepts/endpoints.md).
+OTHER_METRICS = {"spearman": "Spearman ρ", "cindex": "C-index"}
+
+
+def _metric_of(row: pd.Series) -> str:
+    """The row's metric key (``metric`` column of regression/survival rows; AUROC otherwise)."""
+    value = row.get("metric")
+    return "auroc" if value is None or pd.isna(value) else str(value)
+
+
 def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (target, method): external AUROC with CI, and the internal CV AUROC when given.
+
+    Regression and survival runs (a ``metric`` column) show their own metric, named in the cell
+    (``C-index 0.712 (0.650–0.770)``).
 
     Args:
         metrics: ``metrics.csv`` of ``mixmag predict``.
@@ -32,14 +45,17 @@ def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) 
     """
     rows = []
     lookup = {}
-    if internal is not None and {"target", "method", "mean_auroc"} <= set(internal.columns):
+    if internal is not None and {"target", "method"} <= set(internal.columns) \
+            and any(c.startswith("mean_") for c in internal.columns):
         lookup = {(str(r["target"]), str(r["method"])): r for _, r in internal.iterrows()}
     for _, m in metrics.iterrows():
         row = {"target": m["target"], "method": m["method"], "model": m["model"], "bags": int(m["n_bags"])}
+        name = _metric_of(m)
+        prefix = "" if name == "auroc" else f"{OTHER_METRICS.get(name, name)} "
         cv = lookup.get((str(m["target"]), str(m["method"])))
         if lookup:
-            row["internal CV AUROC (95% CI)"] = "—" if cv is None else _ci(cv, "mean_auroc", "ci_lo", "ci_hi")
-        row["external AUROC (95% CI)"] = _ci(m, "auroc", "ci_lo", "ci_hi")
+            row["internal CV AUROC (95% CI)"] = "—" if cv is None else prefix + _ci(cv, f"mean_{name}", "ci_lo", "ci_hi")
+        row["external AUROC (95% CI)"] = prefix + _ci(m, name, "ci_lo", "ci_hi")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -77,7 +93,9 @@ def add_external_section(report: Report, folder: str | os.PathLike[str], *,
         for _, m in metrics.iterrows():
             run = root / str(m.get("plots_dir", ""))
             figures += [(p, f"{m['target']} — {m['method']}: {kind}") for kind, p in
-                        (("ROC", run / "roc.png"), ("calibration", run / "calibration.png")) if p.is_file()]
+                        (("ROC", run / "roc.png"), ("calibration", run / "calibration.png"),
+                         ("predicted vs observed", run / "scatter.png"),
+                         ("Kaplan-Meier by predicted risk (median split)", run / "km.png")) if p.is_file()]
         if figures:
             sec.figures(figures)
     else:

@@ -166,24 +166,33 @@ def loss_curves(
     return fig
 
 
+#: Validation metric columns of a learning-curve history: (label, y-range) of its right axis.
+VALIDATION_METRICS = {"val_auroc": ("val AUROC", (0.0, 1.02)), "val_cindex": ("val C-index", (0.0, 1.02)),
+                      "val_spearman": ("val Spearman ρ", (-1.02, 1.02))}
+
+
 def learning_curve(history: pd.DataFrame, *, best_epoch: int | None = None, title: str | None = None) -> Figure:
-    """Train/validation loss (left axis, cross-entropy) and validation AUROC (right axis) per epoch.
+    """Train/validation loss (left axis) and the validation metric (right axis) per epoch.
 
     Args:
-        history: One row per epoch with columns ``epoch, train_loss, val_loss, val_auroc``.
+        history: One row per epoch with columns ``epoch, train_loss, val_loss`` and one validation
+            metric: ``val_auroc`` (classification: the loss is cross-entropy), ``val_spearman``
+            (regression) or ``val_cindex`` (survival).
         best_epoch: Epoch whose weights were kept: a dashed vertical line; None for none.
         title: Figure title.
     """
+    column = next((c for c in VALIDATION_METRICS if c in history.columns), "val_auroc")
+    label, ylim = VALIDATION_METRICS[column]
     fig = new_figure(6.0, 3.6)
     ax = fig.add_subplot()
     ax.plot(history["epoch"], history["train_loss"], label="train loss", color="tab:blue")
     ax.plot(history["epoch"], history["val_loss"], label="val loss", color="tab:orange")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel("cross-entropy" if column == "val_auroc" else "loss")
     ax2 = ax.twinx()
-    ax2.plot(history["epoch"], history["val_auroc"], label="val AUROC", color="tab:green", marker=".")
-    ax2.set_ylabel("val AUROC")
-    ax2.set_ylim(0, 1.02)
+    ax2.plot(history["epoch"], history[column], label=label, color="tab:green", marker=".")
+    ax2.set_ylabel(label)
+    ax2.set_ylim(*ylim)
     if best_epoch is not None:
         ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]

@@ -94,6 +94,35 @@ def write_roc(y: np.ndarray, prob: np.ndarray, folds: np.ndarray | None, path: s
     return save_png(fig, path, dpi=EVAL_DPI, crop=True)
 
 
+def write_km(curves: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *,
+             p_value: float | None = None, title: str = "", time_label: str = "time") -> Path:
+    """Kaplan-Meier curves of predicted-risk groups (see :func:`~mixmag.report.endpoint_plots.km_plot`).
+
+    Args:
+        curves: ``{group: curve}`` (``time, survival, censored_time, censored_survival, n, events``).
+        path: PNG to write.
+        p_value: Log-rank p-value for the title.
+        title: Figure title.
+        time_label: x-axis label.
+    """
+    from mixmag.report.endpoint_plots import km_plot
+    from mixmag.report.figures import save_png
+
+    fig = km_plot(curves, p_value=p_value, title=title, time_label=time_label)
+    return save_png(fig, path, dpi=EVAL_DPI, crop=True)
+
+
+def write_scatter(y: np.ndarray, pred: np.ndarray, folds: np.ndarray | None, path: str | os.PathLike[str], *,
+                  stats: Sequence[str] = (), title: str = "", value_label: str = "value") -> Path:
+    """Predicted against observed values of a regression run (see
+    :func:`~mixmag.report.endpoint_plots.regression_scatter`)."""
+    from mixmag.report.endpoint_plots import regression_scatter
+    from mixmag.report.figures import save_png
+
+    fig = regression_scatter(y, pred, folds=folds, stats=stats, title=title, value_label=value_label)
+    return save_png(fig, path, dpi=EVAL_DPI, crop=True)
+
+
 def write_calibration(y: np.ndarray, prob: np.ndarray, path: str | os.PathLike[str], *, n_bins: int = 10,
                       title: str = "") -> Path:
     """Reliability diagram of a binary task (see :func:`~mixmag.report.evaluation_plots.calibration_plot`).
@@ -112,7 +141,10 @@ def write_calibration(y: np.ndarray, prob: np.ndarray, path: str | os.PathLike[s
 
 
 def write_comparison_plot(table: pd.DataFrame, path: str | os.PathLike[str], *, reference: str | None = None,
-                          method_order: Sequence[str] | None = None) -> Path:
+                          method_order: Sequence[str] | None = None, mean: str = "mean_auroc",
+                          sd: str = "sd_auroc", xlabel: str = "AUROC",
+                          note: str = "dot and caps: mean ± sd of fold AUROCs; band: 95 % bootstrap CI of the "
+                                      "pooled AUROC; dashed: reference") -> Path:
     """Forest plot of a method comparison: one panel per task, mean AUROC ± sd and the 95 % CI per method.
 
     Args:
@@ -121,12 +153,15 @@ def write_comparison_plot(table: pd.DataFrame, path: str | os.PathLike[str], *, 
         path: PNG to write.
         reference: Method whose mean AUROC gets a dashed vertical line in each panel.
         method_order: Methods top to bottom (default: table order).
+        mean: Column of the mean (another metric's, e.g. a generic ``mean`` for tasks of several
+            endpoints).
+        sd: Column of the sd.
+        xlabel: Axis label.
+        note: Line above the panels.
     """
     from mixmag.report.evaluation_plots import comparison_plot
     from mixmag.report.figures import save_png
 
-    fig = comparison_plot(table, mean="mean_auroc", low="ci_lo", high="ci_hi", sd="sd_auroc", panel="target",
-                          order=method_order, reference=reference,
-                          note="dot and caps: mean ± sd of fold AUROCs; band: 95 % bootstrap CI of the pooled "
-                               "AUROC; dashed: reference")
+    fig = comparison_plot(table, mean=mean, low="ci_lo", high="ci_hi", sd=sd, panel="target",
+                          order=method_order, reference=reference, xlabel=xlabel, note=note)
     return save_png(fig, path, dpi=EVAL_DPI, crop=True)
