@@ -71,8 +71,9 @@ def test_auto_precision_embeds_the_first_batch_once_more_and_records_what_it_kep
     src = kit.write_regions(tmp_path / "tiles", {"a": 3})  # 63 tiles: batches of 16, 16, 16, 15
     summary = embed_slides(src, tmp_path / "feats", **dict(kit.run, encoder=enc, precision="auto"))
     assert summary.precision == kept and enc.precision == kept
-    # the check's one extra (fp32) pass over 16 tiles in slices of 4, then each batch once
-    assert calls == [4, 4, 4, 4, 16, 16, 16, 15]
+    # the check's one extra (fp32) pass over 16 tiles in slices of 4, the first batch once, then each
+    # batch once in sub-batches of 8 (thread policy split, mixmag.embed.split)
+    assert calls == [4, 4, 4, 4, 16, 8, 8, 8, 8, 8, 7]
     # bf16 kept: the weights now live in bf16 (cast once); fp32 kept: untouched
     assert enc.weights_dtype == (torch.bfloat16 if kept == "bf16" else None)
     with FeatureFile(tmp_path / "feats" / "a.h5") as ff:

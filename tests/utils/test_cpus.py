@@ -183,7 +183,7 @@ def test_environment_info_records_the_budget(monkeypatch: pytest.MonkeyPatch) ->
     _affinity(monkeypatch, 1)
     info = environment_info()
     assert info["cpu_budget"] == {"n": 1, "source": "affinity", "cores": 1, "machine": info["cpu_budget"]["machine"]}
-    assert info["thread_policy"] == "all"
+    assert info["thread_policy"] == "split"
 
 
 def test_passive_waiting_only_before_torch_loads(monkeypatch: pytest.MonkeyPatch) -> None:

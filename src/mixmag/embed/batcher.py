@@ -74,6 +74,9 @@ class TileBatcher:
         on_forward: Called after every forward pass with (tiles, seconds of the pass) (e.g. the
             :class:`~mixmag.utils.cpus.ThreadAdapter` of thread policy ``adapt``).
         run_attrs: Extra attrs stamped into every feature file (e.g. the run's thread plan).
+        forward: Embeds a batch of tiles (default ``encoder.encode``; thread policy ``split``:
+            :class:`~mixmag.embed.split.SplitForward`). The first batch of an ``auto``
+            precision run goes through ``first_batch_hook`` instead.
     """
 
     def __init__(self, encoder: TileEncoder, *, batch_size: int, manifest: Manifest, claims: ClaimBoard,
@@ -81,7 +84,8 @@ class TileBatcher:
                  first_batch_hook: Callable[[TileEncoder, torch.Tensor], torch.Tensor] | None = None,
                  after_batch: Callable[[], None] | None = None,
                  on_forward: Callable[[int, float], None] | None = None,
-                 run_attrs: dict[str, Any] | None = None) -> None:
+                 run_attrs: dict[str, Any] | None = None,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.encoder = encoder
         self.batch_size = int(batch_size)
         self.manifest = manifest
@@ -92,6 +96,7 @@ class TileBatcher:
         self.first_batch_hook = first_batch_hook
         self.after_batch = after_batch
         self.on_forward = on_forward
+        self.forward = forward if forward is not None else encoder.encode
         self.run_attrs = dict(run_attrs or {})
         self._slides: dict[int, _Slide] = {}
         self._failed: set[int] = set()
@@ -198,7 +203,7 @@ class TileBatcher:
             hook, self.first_batch_hook = self.first_batch_hook, None
             emb = hook(self.encoder, tiles).cpu().numpy()
         else:
-            emb = self.encoder.encode(tiles).cpu().numpy()
+            emb = self.forward(tiles).cpu().numpy()
         if self.on_forward is not None:  # .cpu() above waited for an accelerator, so this is the pass's time
             self.on_forward(tiles.shape[0], time.perf_counter() - t_forward)
         offset = 0

@@ -11,6 +11,7 @@ Also here: how decoding is placed (:func:`plan_decoding`), the ``auto`` precisio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from mixmag.embed.batcher import TileBatcher
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
 from mixmag.embed.jobs import EmbedJob
+from mixmag.embed.split import SplitForward, single_threaded
 from mixmag.encoders import TileEncoder
 from mixmag.errors import MixmagValueError
 from mixmag.io.manifest import Manifest
@@ -209,17 +211,27 @@ def embed_jobs(encoder: TileEncoder, jobs: list[EmbedJob], out_dir: Path, summar
     adaptive = (threads.policy is ThreadPolicy.ADAPT and encoder.device.type == "cpu"
                 and threads.source not in ("threads argument", THREADS_ENV))
     adapter = ThreadAdapter(cores=threads.budget.cores, max_threads=threads.threads) if adaptive else None
+    # policy split (the default): one single-threaded sub-batch per compute thread (mixmag.embed.split)
+    # (one worker too: the same sub-batches give the same features on any number of cores)
+    split = threads.policy is ThreadPolicy.SPLIT and encoder.device.type == "cpu"
+    forward = SplitForward(encoder, threads.threads) if split else None
+    if forward is not None:
+        logger.info("compute: each batch in sub-batches of %d tiles on %d single-threaded worker(s) (thread "
+                    "policy split)", forward.sub_batch, forward.workers)
     batcher = TileBatcher(encoder, batch_size=batch_size, manifest=Manifest(out_dir / MANIFEST_NAME), claims=claims,
                           jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
                           first_batch_hook=_check_precision if precision == "auto" else None,
                           after_batch=HeapTrimmer(every=TRIM_EVERY_BATCHES).tick,  # flat RSS over long runs
-                          on_forward=adapter, run_attrs={"embed_cpu_threads": threads.to_dict()})
+                          on_forward=adapter, run_attrs={"embed_cpu_threads": threads.to_dict()}, forward=forward)
     try:
-        for msg in loader:
-            batcher.handle(msg)
-        batcher.flush()
+        with single_threaded() if split else contextlib.nullcontext():
+            for msg in loader:
+                batcher.handle(msg)
+            batcher.flush()
     finally:
         batcher.abort_open()
         batcher.close()
+        if forward is not None:
+            forward.close()
     summary.precision = encoder.precision
     summary.threads = adapter.threads if adapter is not None else threads.threads

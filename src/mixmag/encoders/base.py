@@ -10,6 +10,7 @@ both into :data:`ENCODERS`; building happens in :mod:`mixmag.encoders.factory`.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -254,7 +255,9 @@ class TileEncoder(nn.Module):
         self.weights_hash = weights_hash
         # follows .to(device) even for parameter-free backbones; not saved in state dicts
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
-        self._cpu_input: torch.Tensor | None = None  # reused model input of CPU batches (not state)
+        # reused model input of CPU batches, one per calling thread (not state): threads that embed
+        # sub-batches at the same time (thread policy split) must never share one
+        self._cpu_inputs: dict[int, torch.Tensor] = {}
 
     @property
     def embed_dim(self) -> int:
@@ -359,14 +362,18 @@ class TileEncoder(nn.Module):
         """A float32 model-input buffer for a CPU batch like ``tiles``, kept between calls.
 
         A fresh ~20 MB input per 32-tile batch costs thousands of page faults on a CPU (a few % of a
-        small model's time); the buffer is reused whenever the batch shape repeats.
+        small model's time); the buffer is reused whenever the batch shape repeats. Each thread has
+        its own (``encode`` may run in several threads at once).
         """
         if tiles.device.type != "cpu":
             return None
         shape = (tiles.shape[0], 3, tiles.shape[1], tiles.shape[2])
-        if self._cpu_input is None or tuple(self._cpu_input.shape) != shape:
-            self._cpu_input = torch.empty(shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
-        return self._cpu_input
+        thread = threading.get_ident()
+        buffer = self._cpu_inputs.get(thread)
+        if buffer is None or tuple(buffer.shape) != shape:
+            buffer = torch.empty(shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+            self._cpu_inputs[thread] = buffer
+        return buffer
 
     def provenance(self) -> dict[str, Any]:
         """Attrs stored in every feature file made with this encoder."""

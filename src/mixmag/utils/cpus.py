@@ -187,11 +187,17 @@ def usable_cpus(cgroup_root: Path | None = None, proc_self_cgroup: Path | None =
 
 
 class ThreadPolicy(StrEnum):
-    """How many compute threads a stage runs on its :class:`CpuBudget` (``MIXMAG_THREAD_POLICY``).
+    """How a stage runs its compute threads on its :class:`CpuBudget` (``MIXMAG_THREAD_POLICY``).
 
-    An internal knob until measured (``benchmarks/embed.py --contention``); ``all`` is the default.
+    ``split`` is the default (measured: docs/performance.md, ``benchmarks/embed.py --contention``).
     """
 
+    SPLIT = "split"
+    """(e) Embedding on a CPU: each of the usable cores embeds its share of every batch with one
+    thread (:class:`~mixmag.embed.split.SplitForward`), so no thread waits at a barrier for a
+    descheduled sibling, and the features are bit-identical whatever the core count or the load
+    (a model's results change in the last bits with its intra-op thread count). Other stages run
+    as ``all``."""
     ALL = "all"
     """(a) One compute thread per usable core (at most torch's own default)."""
     SPARE = "spare"
@@ -206,8 +212,8 @@ class ThreadPolicy(StrEnum):
 
 
 def thread_policy(policy: str | None = None) -> ThreadPolicy:
-    """``policy``, else ``MIXMAG_THREAD_POLICY``, else ``all``."""
-    raw = policy if policy is not None else os.environ.get(POLICY_ENV, "") or ThreadPolicy.ALL.value
+    """``policy``, else ``MIXMAG_THREAD_POLICY``, else ``split``."""
+    raw = policy if policy is not None else os.environ.get(POLICY_ENV, "") or ThreadPolicy.SPLIT.value
     try:
         return ThreadPolicy(raw.strip().lower())
     except ValueError:
