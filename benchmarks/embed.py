@@ -312,7 +312,7 @@ while time.monotonic() < end:
         pass
 """
 #: Child environment of each thread option (``one``: an explicit single thread, for reference).
-POLICY_OPTIONS = ("all", "spare", "passive", "adapt", "one")
+POLICY_OPTIONS = ("split", "all", "spare", "passive", "adapt", "one")
 
 
 @contextlib.contextmanager
@@ -390,8 +390,8 @@ def contention(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, 
 def affinity_one(key: str, tiles_dir: Path, work: Path, args: argparse.Namespace, random_weights: bool) -> dict:
     """(b) pinned to one core (mixmag must see 1 usable core) vs an explicit one-thread run."""
     cpu = min(os.sched_getaffinity(0))
-    forced = {**policy_env("all"), "MIXMAG_THREADS": str(args.threads)}
-    cases = {"pinned": (policy_env("all"), cpu), "one_thread": (policy_env("one"), None),
+    forced = {**policy_env("split"), "MIXMAG_THREADS": str(args.threads)}  # split: the default policy
+    cases = {"pinned": (policy_env("split"), cpu), "one_thread": (policy_env("one"), None),
              f"pinned_forced_{args.threads}": (forced, cpu)}
     runs: dict[str, list[dict]] = {name: [] for name in cases}
     for _ in range(args.rounds):
