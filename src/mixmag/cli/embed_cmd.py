@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, setting_option(E, "batch_size")] = _EMBED.batch_size,
         precision: Annotated[Precision, setting_option(E, "precision")] = _EMBED.precision,
         device: Annotated[str, setting_option(E, "device")] = _EMBED.device,
+        threads: Annotated[int | None, setting_option(E, "threads")] = _EMBED.threads,
         workers: Annotated[str, setting_option(E, "workers")] = str(_EMBED.workers),
         backend: Annotated[Backend, setting_option(E, "backend")] = _EMBED.backend,
         ray_address: Annotated[str, setting_option(E, "ray_address", "--address")] = _EMBED.ray_address,
