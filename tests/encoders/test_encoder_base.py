@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -76,10 +78,22 @@ def test_reused_cpu_input_buffer_never_leaks_between_batches() -> None:
     batches = [torch.randint(0, 256, (n, 224, 224, 3), dtype=torch.uint8, generator=g) for n in (6, 6, 4, 6)]
     for tiles in batches:
         torch.testing.assert_close(enc.encode(tiles), fresh.encode(tiles.clone()), rtol=0, atol=0)
-        fresh._cpu_input = None  # the reference never reuses
-    buf = enc._cpu_input
-    assert buf is not None and buf.shape == (6, 3, 224, 224)
+        fresh._cpu_inputs.clear()  # the reference never reuses
+    buf = enc._cpu_inputs[threading.get_ident()]  # this thread's buffer (one per calling thread)
+    assert buf.shape == (6, 3, 224, 224) and len(enc._cpu_inputs) == 1
     torch.testing.assert_close(enc.transform(batches[0], out=buf), enc.transform(batches[0]), rtol=0, atol=0)
+
+
+def test_threads_encoding_at_once_each_get_their_own_input_buffer() -> None:
+    """Thread policy split runs encode() in several threads: a shared buffer would mix their tiles."""
+    enc = build_encoder("tiny.d16")
+    g = torch.Generator().manual_seed(4)
+    parts = [torch.randint(0, 256, (4, 224, 224, 3), dtype=torch.uint8, generator=g) for _ in range(6)]
+    alone = [enc.encode(p) for p in parts]
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(3):
+            together = list(pool.map(enc.encode, parts))
+            assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_plugin_style_registration_and_duplicate_keys() -> None:
