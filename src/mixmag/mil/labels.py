@@ -229,11 +229,6 @@ def _unusable_message(target: str, reasons: Mapping[str, str]) -> str:
             "true (--set mil.allow_missing_slides=true): they are then excluded and recorded in excluded.csv")
 
 
-#: An undeclared class with fewer bags than this (or this fraction of them) is probably a typo.
-RARE_CLASS_BAGS = 3
-RARE_CLASS_FRACTION = 0.05
-
-
 def _class_order(values: pd.Series) -> list[str]:
     """Classes in natural order: numeric when every value parses as a number, else lexicographic."""
     uniq = values.unique().tolist()
@@ -342,15 +337,8 @@ def build_bags(df: pd.DataFrame, target: str | TargetSpec, *, available_slides: 
         part = part.sort_values("slide_id")
         for sid, pid, value in zip(part["slide_id"], part["patient_id"], part["_value"], strict=True):
             bags.append(Bag(str(sid), str(pid), (str(sid),), index[value]))
-    counts = {c: sum(b.label == i for b in bags) for c, i in index.items()}
-    logger.info("target %r: %d %s bags from %d slides, classes %s", target, len(bags), bag_level, len(part), counts)
-    if len(classes) > 2 and spec.declared != "multiclass":  # a typo in a binary column makes a third class
-        rare = {c: n for c, n in counts.items() if n < max(RARE_CLASS_BAGS, RARE_CLASS_FRACTION * len(bags))}
-        if rare:
-            logger.warning("target %r: class(es) %s have very few bags (%s of %d): a typo in the labels table? Fix "
-                           "it, or declare the target (mil.target_types: {%s: multiclass}) to silence this",
-                           target, ", ".join(repr(c) for c in rare), ", ".join(map(str, rare.values())),
-                           len(bags), target)
+    logger.info("target %r: %d %s bags from %d slides, classes %s", target, len(bags), bag_level,
+                len(part), {c: sum(b.label == i for b in bags) for c, i in index.items()})
     return TargetBags(target=target, classes=classes, bags=bags, bag_level=bag_level, exclusions=exclusions,
                       columns=spec.columns)
 
