@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,15 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from mixmag.utils.proctree import (
+    free_port,
+    is_running,
+    pids_with_env,
+    process_name,
+    rss_mb,
+    with_descendants,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "MIXMAG_BENCH_RAY_CLUSTER"
@@ -61,57 +69,8 @@ print(json.dumps({"n_tiles": s.n_tiles, "seconds": s.seconds, "ok": len(s.ok), "
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _marked(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-    return pids
-
-
-def _with_descendants(pids: list[int]) -> set[int]:
-    """``pids`` and every process below them (Ray workers and agents overwrite their environment)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(pids), list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    """True for a live process (not gone, not a zombie waiting for its parent)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _name(pid: int) -> str:
-    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    comm = process_name(pid)
     if comm.startswith("python"):  # Ray's Python services: name them by their script
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         script = next((a.decode() for a in args if a.endswith(b".py")), comm)
@@ -125,13 +84,13 @@ class OneNodeCluster:
     def __init__(self, cpus: int, env: dict[str, str]) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="mmbench", dir="/tmp"))  # short: unix socket paths
         self.marker = uuid.uuid4().hex
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**env, MARKER: self.marker, "RAY_USAGE_STATS_ENABLED": "0"}
         ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
         cmd = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port), "--num-cpus",
                str(cpus), "--temp-dir", str(self.root / "t"), "--include-dashboard", "false", "--dashboard-port",
-               str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()), "--disable-usage-stats"]
+               str(free_port()), "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
         res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300, check=False)
         if res.returncode != 0:
             self.stop()
@@ -140,7 +99,7 @@ class OneNodeCluster:
     def service_memory(self, exclude: set[int]) -> dict[str, float]:
         """RSS (MiB) of the cluster's own processes (not the workers in ``exclude``), by name."""
         out: dict[str, float] = {}
-        for pid in _with_descendants(_marked(self.marker)):
+        for pid in with_descendants(pids_with_env(MARKER, self.marker)):
             if pid in exclude:
                 continue
             with contextlib.suppress(OSError):
@@ -148,13 +107,13 @@ class OneNodeCluster:
                 # comm is cut at 15 characters: ray::DashboardA(gent), ray::RuntimeEnv(Agent)
                 if name.startswith("ray::") and not name.startswith(("ray::Dashboard", "ray::RuntimeEnv")):
                     continue  # an idle Ray worker process, not a service
-                out[name] = out.get(name, 0.0) + _rss_mb(pid)
+                out[name] = out.get(name, 0.0) + rss_mb(pid)
         return out
 
     def stop(self) -> None:
         """SIGKILL every process of this cluster (and only those); delete its folder."""
         for _ in range(5):
-            pids = {pid for pid in _with_descendants(_marked(self.marker)) if _running(pid)}
+            pids = {pid for pid in with_descendants(pids_with_env(MARKER, self.marker)) if is_running(pid)}
             if not pids:
                 break
             for pid in pids:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,13 @@ from pathlib import Path
 import pytest
 
 import mixmag
+from mixmag.utils.proctree import (
+    free_port,
+    is_running,
+    pids_with_env,
+    process_name,
+    with_descendants,
+)
 
 MARKER = "MIXMAG_TEST_RAY_CLUSTER"
 SRC = Path(mixmag.__file__).resolve().parents[1]
@@ -31,59 +37,6 @@ RAY_CLI = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 # a killed node is declared dead after about period x threshold (defaults: 30 s or more)
 FAST_HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
                       "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _marked_pids(marker: str) -> list[int]:
-    """Pids of the live processes whose environment carries ``MARKER=marker``."""
-    needle = f"{MARKER}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-    return pids
-
-
-def _with_descendants(pids: list[int]) -> set[int]:
-    """``pids`` and every process below them (Ray workers and agents rename themselves, which
-    overwrites their environment, so only their parent links tie them to the cluster)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(pids), list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    """True for a live process (not gone, not a zombie waiting for its parent)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 class LocalRayCluster:
@@ -110,7 +63,7 @@ class LocalRayCluster:
             self.worker_raylets.append(new[0])
 
     def _raylets(self) -> list[int]:
-        return [p for p in _marked_pids(self.marker) if _comm(p) == "raylet"]
+        return [p for p in pids_with_env(MARKER, self.marker) if process_name(p) == "raylet"]
 
     def _start(self, args: list[str]) -> None:
         cmd = [RAY_CLI, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.num_cpus),
@@ -125,7 +78,7 @@ class LocalRayCluster:
         """Pids of the processes the raylet of worker node ``i`` started (its Ray workers and agents)."""
         raylet = self.worker_raylets[i]
         children = set()
-        for pid in _marked_pids(self.marker):
+        for pid in pids_with_env(MARKER, self.marker):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 # the fields after the parenthesised command name: state, ppid, ...
                 if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == raylet:
@@ -138,14 +91,14 @@ class LocalRayCluster:
         The processes it started are remembered first: an agent that outlives its raylet is
         re-parented and could no longer be found by :meth:`stop`.
         """
-        self._orphans |= _with_descendants([self.worker_raylets[i]]) - {self.worker_raylets[i]}
+        self._orphans |= with_descendants([self.worker_raylets[i]]) - {self.worker_raylets[i]}
         os.kill(self.worker_raylets[i], signal.SIGKILL)
 
     def stop(self) -> None:
         """SIGKILL every process of this cluster (and only those), then delete its folder."""
         for _ in range(5):
-            pids = _with_descendants(_marked_pids(self.marker)) | self._orphans
-            pids = {pid for pid in pids if _running(pid)}
+            pids = with_descendants(pids_with_env(MARKER, self.marker)) | self._orphans
+            pids = {pid for pid in pids if is_running(pid)}
             if not pids:
                 break
             for pid in pids:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from mixmag.pipeline.ledger import StageLedger, StageRecord
 from mixmag.pipeline.study import Study
 from mixmag.region.checkpoints import load_region_encoder
 from mixmag.synth.region_features import write_synthetic_feature_cohort
+from mixmag.utils.proctree import free_port, pids_with_env
 
 REGION = {"preset": "tiny", "objectives": ["mem"], "steps": 4, "batch_size": 8, "lr": 1e-3, "num_workers": 0,
           "device": "cpu", "checkpoint_every": 2}
@@ -40,20 +40,8 @@ MARKER = "MIXMAG_TEST_TORCHRUN_JOB"
 JOB_TIMEOUT_S = 240
 
 
-def _marked_pids(marker: str) -> list[int]:
-    """Pids of the live processes started with ``MARKER=marker`` in their environment."""
-    needle = f"{MARKER}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-    return pids
-
-
 def _kill_marked(marker: str) -> None:
-    for pid in _marked_pids(marker):
+    for pid in pids_with_env(MARKER, marker):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
@@ -71,12 +59,6 @@ def _jobs_killed_after(seconds: float, monkeypatch: pytest.MonkeyPatch) -> Itera
     finally:
         watchdog.cancel()
         _kill_marked(marker)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +120,7 @@ def test_two_processes_on_one_node_train_the_in_process_encoder(features: Path, 
 def test_two_nodes_meet_through_the_join_command(features: Path, in_process: StageRecord, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """`mixmag run` on one node waits at the c10d rendezvous; the second node runs join-command.sh."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     study = _study(tmp_path / "run", features, nnodes=2, rdzv_endpoint=endpoint)
     join = tmp_path / "run" / "pretrain" / "mem" / launch_mod.JOIN_COMMAND
     seen: dict[str, object] = {}

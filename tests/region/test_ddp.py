@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 
 from mixmag.region.checkpoints import load_region_encoder
 from mixmag.region.pretrain import pretrain_region_encoder
+from mixmag.utils.proctree import free_port
 
 OPTS = {"objective": "cmem", "preset": "tiny", "steps": 4, "batch_size": 8, "lr": 1e-3, "num_workers": 0,
         "device": "cpu", "checkpoint_every": 2}
@@ -68,13 +68,6 @@ def test_two_process_gloo_ddp_equals_single_process(small_features: Path, single
     assert config["world_size"] == 2
     _assert_same_run(tmp_path / "ddp", single_run)
     assert (tmp_path / "ddp" / "checkpoints" / "step_0000002" / "training_state.pt").is_file()
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
