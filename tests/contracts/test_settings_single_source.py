@@ -320,7 +320,9 @@ COMMANDS: dict[str, tuple[list[type[BaseModel]], set[str]]] = {
     "embed": ([EmbedSettings], {"out", "config", "overrides", "shard", "overwrite", "fail_fast", "progress"}),
     "pretrain": ([PretrainSettings, RegionSettings], {"out", "config", "overrides", "resume", "progress", "yes"}),
     "train": ([MilSettings, EvaluateSettings], {"out", "config", "overrides", "mem_checkpoint", "cmem_checkpoint",
-                                                "random_checkpoint", "overwrite", "progress"}),
+                                                "random_checkpoint", "overwrite", "progress",
+                                                # NAME=VALUE items of the dict settings target_types/survival_columns
+                                                "target_type_items", "survival_column_items"}),
     "report": ([ReportSettings], {"inputs", "out", "config", "overrides"}),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -74,3 +75,47 @@ def test_train_config_errors_are_one_line(cli: typer.Typer, small_cohort: Synthe
         f"error: {config}:2: unknown key 'mil.epoch'; did you mean 'mil.epochs'?"]
     res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no labels table: pass --labels CSV" in res.output
+
+
+def test_target_type_and_survival_columns_options_declare_targets(
+        cli: typer.Typer, small_cohort: SyntheticCohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixmag.mil.experiment as experiment
+
+    seen = {}
+
+    def record(features: Path, labels: Path, out: Path, *, settings: object, **kw: object) -> object:
+        seen["settings"] = settings
+        raise SystemExit(0)  # the settings are what this test reads; no training
+
+    monkeypatch.setattr(experiment, "train_methods", record)
+    labels = pd.read_csv(small_cohort.labels_csv)
+    n = len(labels)
+    labels = labels.assign(grade=[1 + i % 3 for i in range(n)], os_months=[5.0 + i for i in range(n)],
+                           os_status=[i % 2 for i in range(n)])
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    config = tmp_path / "study.yaml"
+    config.write_text("mil:\n  target_types: {grade: multiclass}\n", encoding="utf-8")
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--labels", str(tmp_path / "labels.csv"),
+                                   "--out", str(tmp_path / "o"), "--config", str(config),
+                                   "--target-type", "label=regression", "--target-type", " os = survival ",
+                                   "--survival-columns", "os=os_months,os_status", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    settings = seen["settings"]
+    # the options add per-target keys: the config file's other declarations stay
+    assert settings.target_types == {"grade": "multiclass", "label": "regression", "os": "survival"}
+    assert settings.survival_columns == {"os": ["os_months", "os_status"]}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--target-type", "label"], "error: --target-type 'label': expected NAME=TYPE, e.g. --target-type os=type"),
+    (["--survival-columns", "os="], "error: --survival-columns 'os=': expected NAME=TIME,EVENT"),
+    (["--target-type", "label=survivl"], "--target-type"),
+])
+def test_bad_target_type_items_are_one_line(cli: typer.Typer, small_cohort: SyntheticCohort, tmp_path: Path,
+                                            argv: list[str], message: str) -> None:
+    res = CliRunner().invoke(cli, ["train", str(small_cohort.features_dir), "--labels", str(small_cohort.labels_csv),
+                                   "--out", str(tmp_path / "o"), *argv, "--no-progress"])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], res.output
+    assert not (tmp_path / "o").exists()

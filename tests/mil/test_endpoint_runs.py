@@ -107,7 +107,20 @@ def test_predict_scores_a_survival_and_a_regression_target(trained: tuple[Path, 
     assert {"time", "event", "risk", "risk_fold0", "risk_fold1"} <= set(surv.columns)  # risk: the fold ensemble
     assert (tmp_path / "pred" / "os" / "abmil-20x" / "km.png").is_file()
     assert (tmp_path / "pred" / "ki67" / "abmil-20x" / "scatter.png").is_file()
-    assert "C-index" in (tmp_path / "pred" / "report.html").read_text()
+    html = (tmp_path / "pred" / "report.html").read_text()
+    assert "C-index" in html and "external metric (95% CI)" in html and "External AUROC" not in html
+
+    from mixmag.report.external import external_table, value_columns
+
+    # targets of several endpoints: each cell names its metric; one endpoint: the header does
+    table = external_table(result.metrics).set_index("target")
+    _, column = value_columns(table)
+    assert column == "external metric (95% CI)"
+    assert table.loc["os", column].startswith("C-index ") and table.loc["ki67", column].startswith("Spearman ρ ")
+    assert table.loc["grade", column].startswith("AUROC ")
+    survival_only = external_table(result.metrics[result.metrics["target"] == "os"])
+    assert value_columns(survival_only)[1] == "external C-index (95% CI)"
+    assert survival_only.iloc[0]["external C-index (95% CI)"][0].isdigit()
 
 
 def test_predict_cli_prints_each_metric(trained: tuple[Path, Path, str], tmp_path: Path) -> None:

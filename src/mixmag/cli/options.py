@@ -40,6 +40,29 @@ def split_list(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+def named_items(items: list[str] | None, option: str, *, value: str = "VALUE",
+                as_list: bool = False) -> dict[str, Any]:
+    """``NAME=VALUE`` items of a repeatable option as ``{name: value}`` (``as_list``: comma-separated values).
+
+    Exits with status 2 and one line naming the option when an item has no ``=`` or an empty side.
+
+    Args:
+        items: The option's values as typed (``["os=survival", "grade=multiclass"]``).
+        option: The option's name, for the message (``--target-type``).
+        value: What the value is called, for the message (``TYPE``).
+        as_list: Split each value at commas (``os=os_months,os_status`` -> ``["os_months", "os_status"]``).
+    """
+    from mixmag.cli.common import fail
+
+    parsed: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not name or not text:
+            fail(f"{option} {item!r}: expected NAME={value}, e.g. {option} os={value.lower()}")
+        parsed[name] = split_list([text]) if as_list else text
+    return parsed
+
+
 def setting_option(model: type[BaseModel], name: str, *param_decls: str, help: str | None = None,
                    **kwargs: Any) -> Any:
     """A ``typer.Option`` for field ``name`` of ``model``: the field's docstring and range as help.

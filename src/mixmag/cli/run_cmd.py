@@ -31,25 +31,26 @@ def _print_outcome(result: object, started: float) -> None:
 
 
 def _print_external(result: object, console: Any) -> None:
-    """The external cohort's AUROC per run beside the cross-validated one (after the CV tables)."""
+    """The external cohort's metric per run beside the cross-validated one (after the CV tables)."""
     from rich.table import Table
 
     from mixmag.pipeline.study import StudyResult
-    from mixmag.report.external import external_table
+    from mixmag.report.external import external_table, value_columns
 
     assert isinstance(result, StudyResult)
     if result.external is None:
         return
     folder = result.run_dir / "external"
     if result.external.empty:
-        console.print(f"external cohort scored without labels (no AUROC): {folder / 'predictions.csv'}")
+        console.print(f"external cohort scored without labels (no metric): {folder / 'predictions.csv'}")
         return
     frame = external_table(result.external, result.comparison)
     if result.comparison is not None:  # the CV tables' method order
         order = {m: i for i, m in enumerate(dict.fromkeys(result.comparison["method"]))}
         frame = frame.sort_values("method", key=lambda col: col.map(order), kind="stable")
     several = frame["target"].nunique() > 1
-    t = Table(title="External validation: AUROC on a cohort never trained on (95% CI)")
+    label = value_columns(frame)[1].removeprefix("external ").removesuffix(" (95% CI)")
+    t = Table(title=f"External validation: {label} on a cohort never trained on (95% CI)")
     columns = [c for c in frame.columns if c not in ("target", "model")]
     for column in columns:
         t.add_column(column, no_wrap=column == "method")

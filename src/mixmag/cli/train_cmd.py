@@ -13,6 +13,7 @@ from mixmag.cli.options import (
     SetItems,
     given_settings,
     load_study_config,
+    named_items,
     setting_option,
     split_list,
 )
@@ -75,6 +76,14 @@ def register(app: typer.Typer) -> None:
         random_checkpoint: Annotated[Path | None, Opt(
             "--random-checkpoint", help="Untrained encoder for mix-random (mil.checkpoints.random; default: fresh, "
                                         "seeded).")] = None,
+        target_type_items: Annotated[list[str] | None, Opt(
+            "--target-type", metavar="NAME=TYPE",
+            help="How to read a label column: TYPE is binary, multiclass, regression or survival (repeatable; "
+                 "sets mil.target_types.NAME; default: inferred from the values and logged).")] = None,
+        survival_column_items: Annotated[list[str] | None, Opt(
+            "--survival-columns", metavar="NAME=TIME,EVENT",
+            help="The time and event columns of survival target NAME (repeatable; sets "
+                 "mil.survival_columns.NAME; default: NAME_time and NAME_event).")] = None,
         splits: Annotated[Path | None, setting_option(E, "splits")] = _EVALUATE.splits,
         folds: Annotated[int, setting_option(E, "folds")] = _EVALUATE.folds,
         bootstrap: Annotated[int, setting_option(E, "bootstrap")] = _EVALUATE.bootstrap,
@@ -107,6 +116,16 @@ def register(app: typer.Typer) -> None:
             if key in values:
                 values[key] = split_list(values[key])
 
+        # one dotted key per target: a config file's other targets keep their declarations
+        for option, setting, items in (
+                ("--target-type", "target_types", named_items(target_type_items, "--target-type", value="TYPE")),
+                ("--survival-columns", "survival_columns",
+                 named_items(survival_column_items, "--survival-columns", value="TIME,EVENT", as_list=True))):
+            for name, value in items.items():
+                values[f"mil.{setting}.{name}"] = value
+                sources[f"mil.{setting}.{name}"] = option
+            if items:  # the model checks the whole mapping: its messages name the parent key
+                sources[f"mil.{setting}"] = option
         for role, path in (("mem", mem_checkpoint), ("cmem", cmem_checkpoint), ("random", random_checkpoint)):
             if path is not None:
                 values[f"mil.checkpoints.{role}"] = path

@@ -302,8 +302,8 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
                       seed=job.settings.seed, extra={"config_hash": config_hash}, endpoint=tb.endpoint,
                       n_risk_groups=job.settings.risk_groups)
     head = primary_summary(m)
-    logger.info("%s/%s: %s %.3f ± %.3f (pooled %.3f, 95%% CI %s-%s)", tb.target, method, head.label, head.mean,
-                head.sd, head.pooled, m["ci_lo"], m["ci_hi"])
+    logger.info("%s/%s: %s %.3f ± %.3f (pooled %.3f, 95%% CI %.3f-%.3f)", tb.target, method, head.label, head.mean,
+                head.sd, head.pooled, _or_nan(m["ci_lo"]), _or_nan(m["ci_hi"]))
     if job.settings.refit_all:
         _refit_all(tb, method, recipe, dataset, store, run_dir, job, fold_info=fold_info, config_hash=config_hash)
     return RunResult(tb.target, method, str(run_dir), m["n_bags"], head.mean, head.sd, head.pooled, m["ci_lo"],
@@ -444,3 +444,8 @@ def train_methods(
             summary.runs.append(_run_method(tb, key, recipes[key], split_table, store, target_dir / key, job))
     atomic_write_json(out / "summary.json", summary.to_dict())
     return summary
+
+
+def _or_nan(value: float | None) -> float:
+    """A bound that may be missing (a single-class fold) as a float for ``%.3f`` logging."""
+    return math.nan if value is None else float(value)

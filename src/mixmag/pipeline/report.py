@@ -23,7 +23,12 @@ from mixmag.mil.labels import read_labels
 from mixmag.pipeline.ledger import LEDGER_NAME, StageLedger, StageRecord
 from mixmag.report.build import build_report
 from mixmag.report.endpoint_section import EndpointPanel
-from mixmag.report.external import external_table, write_external_report
+from mixmag.report.external import (
+    external_table,
+    metric_label,
+    value_columns,
+    write_external_report,
+)
 from mixmag.utils.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -147,7 +152,7 @@ def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
-    """The summary paragraph of an external validation: external AUROC per run beside the internal one.
+    """The summary paragraph of an external validation: external metric per run beside the internal one.
 
     Args:
         folder: The external stage's ``mixmag predict`` folder (``predictions.csv``, ``metrics.csv``).
@@ -159,13 +164,16 @@ def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
             f"(`external.inputs`). ")
     metrics_path = folder / "metrics.csv"
     if metrics_path.is_file():
-        table = external_table(pd.read_csv(metrics_path), comparison)
+        metrics = pd.read_csv(metrics_path)
+        table = external_table(metrics, comparison)
         several = table["target"].nunique() > 1
-        internal = "internal CV AUROC (95% CI)"
+        internal, external = value_columns(table)
         runs = [f"`{r['target']} · {r['method']}`" if several else f"`{r['method']}`" for _, r in table.iterrows()]
-        values = [r["external AUROC (95% CI)"] + (f" vs {r[internal]} cross-validated" if internal in r else "")
+        values = [r[external] + (f" vs {r[internal]} cross-validated" if internal else "")
                   for _, r in table.iterrows()]
-        text += "External AUROC (95% CI): " + "; ".join(f"{n} {v}" for n, v in zip(runs, values, strict=True)) + ". "
+        label = metric_label(metrics)
+        text += (f"External {label} (95% CI): " + "; ".join(f"{n} {v}" for n, v in zip(runs, values, strict=True))
+                 + ". ")
     else:
         text += "No labels (`external.labels`) for a target with both classes: predictions only. "
     return text + "ROC, calibration, attention and left-out slides: section External validation below."

@@ -33,16 +33,29 @@ def _metric_of(row: pd.Series) -> str:
     return "auroc" if value is None or pd.isna(value) else str(value)
 
 
-def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (target, method): external AUROC with CI, and the internal CV AUROC when given.
+def _display(metric: str) -> str:
+    return "AUROC" if metric == "auroc" else OTHER_METRICS.get(metric, metric)
 
-    Regression and survival runs (a ``metric`` column) show their own metric, named in the cell
-    (``C-index 0.712 (0.650–0.770)``).
+
+def metric_label(metrics: pd.DataFrame) -> str:
+    """What the external table's values are: ``AUROC``, ``C-index``, ``Spearman ρ``, or ``metric`` when mixed."""
+    names = {_metric_of(m) for _, m in metrics.iterrows()}
+    return _display(names.pop()) if len(names) == 1 else "metric"
+
+
+def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (target, method): the external metric with its CI, and the internal CV one when given.
+
+    The value columns are named after the metric all rows share (``external AUROC (95% CI)``,
+    ``external C-index (95% CI)``); when targets of several endpoints are mixed they are
+    ``external metric (95% CI)`` and each cell names its metric (``C-index 0.712 (0.650–0.770)``).
+    :func:`value_columns` finds them.
 
     Args:
         metrics: ``metrics.csv`` of ``mixmag predict``.
-        internal: The study's comparison table (``target, method, mean_auroc, ci_lo, ci_hi``) or None.
+        internal: The study's comparison table (``target, method, mean_<metric>, ci_lo, ci_hi``) or None.
     """
+    label = metric_label(metrics)
     rows = []
     lookup = {}
     if internal is not None and {"target", "method"} <= set(internal.columns) \
@@ -51,13 +64,21 @@ def external_table(metrics: pd.DataFrame, internal: pd.DataFrame | None = None) 
     for _, m in metrics.iterrows():
         row = {"target": m["target"], "method": m["method"], "model": m["model"], "bags": int(m["n_bags"])}
         name = _metric_of(m)
-        prefix = "" if name == "auroc" else f"{OTHER_METRICS.get(name, name)} "
+        prefix = "" if label != "metric" else f"{_display(name)} "
         cv = lookup.get((str(m["target"]), str(m["method"])))
         if lookup:
-            row["internal CV AUROC (95% CI)"] = "—" if cv is None else prefix + _ci(cv, f"mean_{name}", "ci_lo", "ci_hi")
-        row["external AUROC (95% CI)"] = prefix + _ci(m, name, "ci_lo", "ci_hi")
+            row[f"internal CV {label} (95% CI)"] = "—" if cv is None else prefix + _ci(cv, f"mean_{name}", "ci_lo",
+                                                                                     "ci_hi")
+        row[f"external {label} (95% CI)"] = prefix + _ci(m, name, "ci_lo", "ci_hi")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def value_columns(table: pd.DataFrame) -> tuple[str | None, str]:
+    """The ``(internal, external)`` value columns of an :func:`external_table` (internal None when absent)."""
+    internal = next((c for c in table.columns if c.startswith("internal CV ")), None)
+    external = next(c for c in table.columns if c.startswith("external "))
+    return internal, external
 
 
 def add_external_section(report: Report, folder: str | os.PathLike[str], *,
@@ -86,9 +107,11 @@ def add_external_section(report: Report, folder: str | os.PathLike[str], *,
     metrics_path = root / "metrics.csv"
     if metrics_path.is_file():
         metrics = pd.read_csv(metrics_path)
+        label = metric_label(metrics)
+        stratified = " (stratified by class)" if label == "AUROC" else ""
         sec.table(external_table(metrics, internal),
-                  caption="External AUROC with a percentile bootstrap 95 % CI over bags (stratified by class)"
-                  + ("; internal: mean cross-validated AUROC of the study." if internal is not None else "."))
+                  caption=f"External {label} with a percentile bootstrap 95 % CI over bags{stratified}"
+                  + (f"; internal: mean cross-validated {label} of the study." if internal is not None else "."))
         figures = []
         for _, m in metrics.iterrows():
             run = root / str(m.get("plots_dir", ""))
