@@ -92,3 +92,29 @@ def test_single_class_target_is_an_error(tmp_path: Path) -> None:
     df = read_labels(_write(tmp_path, "patient_id,slide_id,y\nA,S0,1\nB,S1,1\nC,S2,\n"))
     with pytest.raises(ValueError, match="single class"):
         build_bags(df, "y", available_slides=SLIDES)
+
+
+def test_a_rare_undeclared_third_class_is_flagged_as_a_probable_typo(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from mixmag.mil.experiment import warn_rare_classes
+
+    rows = [f"P{i},T{i},{i % 2}" for i in range(40)] + ["P40,T40,yes", "P41,T41,yes"]
+    df = read_labels(_write(tmp_path, "patient_id,slide_id,msi\n" + "\n".join(rows) + "\n"))
+    slides = {f"T{i}" for i in range(42)}
+    tb = build_bags(df, "msi", available_slides=slides)
+    assert tb.classes == ["0", "1", "yes"]  # still trained as asked: only a warning
+    with caplog.at_level(logging.WARNING, logger="mixmag"):
+        assert warn_rare_classes(tb, declared=None) == {"yes": 2}
+    flagged = [r.getMessage() for r in caplog.records if "typo" in r.getMessage()]
+    assert len(flagged) == 1 and "'yes'" in flagged[0] and "2 of 42" in flagged[0]
+    assert "--target-type msi=multiclass" in flagged[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mixmag"):
+        assert warn_rare_classes(tb, declared="multiclass") == {}  # declared: the user meant it
+        balanced = [f"P{i},T{i},{'abc'[i % 3]}" for i in range(42)]  # a real three-class column
+        df = read_labels(_write(tmp_path, "patient_id,slide_id,grade\n" + "\n".join(balanced) + "\n", "g.csv"))
+        assert warn_rare_classes(build_bags(df, "grade", available_slides=slides), declared=None) == {}
+        binary = build_bags(read_labels(_write(tmp_path, "patient_id,slide_id,y\n" + "\n".join(
+            f"P{i},T{i},{int(i == 0)}" for i in range(42)) + "\n", "b.csv")), "y", available_slides=slides)
+        assert warn_rare_classes(binary, declared=None) == {}  # a rare class of a binary target is no typo
+    assert not [r for r in caplog.records if "typo" in r.getMessage()]
