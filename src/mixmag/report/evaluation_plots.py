@@ -232,6 +232,8 @@ def comparison_plot(
             ax.set_title(str(name), fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
+    # the value above the top dot needs about half a row of headroom below the panel title
+    axes[0][0].set_ylim(-0.6, len(methods) - 0.35)
     axes[0][0].set_yticks(range(len(methods)))
     axes[0][0].set_yticklabels(list(reversed(methods)))
     if note:
