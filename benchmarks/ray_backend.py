@@ -35,27 +35,17 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from mixmag.utils.proctree import (
-    free_port,
-    is_running,
-    pids_with_env,
-    process_name,
-    rss_mb,
-    with_descendants,
-)
+from mixmag.cluster.local import LocalRayCluster
+from mixmag.utils.proctree import process_name, rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = "MIXMAG_BENCH_RAY_CLUSTER"
 
 # the child: one embed_slides call, its figures as JSON on the last stdout line
 CHILD = r"""
@@ -78,49 +68,19 @@ def _name(pid: int) -> str:
     return comm
 
 
-class OneNodeCluster:
-    """``ray start --head --num-cpus C`` on 127.0.0.1; stopped by killing exactly its processes."""
-
-    def __init__(self, cpus: int, env: dict[str, str]) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="mmbench", dir="/tmp"))  # short: unix socket paths
-        self.marker = uuid.uuid4().hex
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.env = {**env, MARKER: self.marker, "RAY_USAGE_STATS_ENABLED": "0"}
-        ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-        cmd = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port), "--num-cpus",
-               str(cpus), "--temp-dir", str(self.root / "t"), "--include-dashboard", "false", "--dashboard-port",
-               str(free_port()), "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
-        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300, check=False)
-        if res.returncode != 0:
-            self.stop()
-            raise SystemExit(f"ray start failed:\n{res.stderr}")
-
-    def service_memory(self, exclude: set[int]) -> dict[str, float]:
-        """RSS (MiB) of the cluster's own processes (not the workers in ``exclude``), by name."""
-        out: dict[str, float] = {}
-        for pid in with_descendants(pids_with_env(MARKER, self.marker)):
-            if pid in exclude:
-                continue
-            with contextlib.suppress(OSError):
-                name = _name(pid)
-                # comm is cut at 15 characters: ray::DashboardA(gent), ray::RuntimeEnv(Agent)
-                if name.startswith("ray::") and not name.startswith(("ray::Dashboard", "ray::RuntimeEnv")):
-                    continue  # an idle Ray worker process, not a service
-                out[name] = out.get(name, 0.0) + rss_mb(pid)
-        return out
-
-    def stop(self) -> None:
-        """SIGKILL every process of this cluster (and only those); delete its folder."""
-        for _ in range(5):
-            pids = {pid for pid in with_descendants(pids_with_env(MARKER, self.marker)) if is_running(pid)}
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
-        shutil.rmtree(self.root, ignore_errors=True)
+def service_memory(cluster: LocalRayCluster, exclude: set[int]) -> dict[str, float]:
+    """RSS (MiB) of the cluster's own processes (not the workers in ``exclude``), by name."""
+    out: dict[str, float] = {}
+    for pid in cluster.processes():
+        if pid in exclude:
+            continue
+        with contextlib.suppress(OSError):
+            name = _name(pid)
+            # comm is cut at 15 characters: ray::DashboardA(gent), ray::RuntimeEnv(Agent)
+            if name.startswith("ray::") and not name.startswith(("ray::Dashboard", "ray::RuntimeEnv")):
+                continue  # an idle Ray worker process, not a service
+            out[name] = out.get(name, 0.0) + rss_mb(pid)
+    return out
 
 
 def _prepare(work: Path, n: int, size: tuple[int, int]) -> Path:
@@ -190,7 +150,7 @@ def main() -> None:
     cluster = None
     try:
         tiles = _prepare(work, args.slides, tuple(args.slide_px))
-        cluster = OneNodeCluster(cpus, env)
+        cluster = LocalRayCluster(n_workers=0, num_cpus=cpus, env=env, start_timeout=300)
         runs: list[tuple[str, dict[str, Any]]] = []
         for r in range(args.rounds):
             order = ["local", "ray"] if r % 2 == 0 else ["ray", "local"]
@@ -203,7 +163,7 @@ def main() -> None:
                 print(f"round {r} {backend:5s}: {result['n_tiles']} tiles in {result['seconds']:.1f} s = "
                       f"{result['tiles_per_s']:.1f} tiles/s", flush=True)
         workers = {w["pid"] for _, res in runs for w in res["workers"]}
-        services = cluster.service_memory(workers)
+        services = service_memory(cluster, workers)
         difference = _feature_difference(work / "local0", work / "ray0")
     finally:
         if cluster is not None:

@@ -151,6 +151,16 @@ def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+#: Runs whose external metric the summary names one by one; with more, it names the best three.
+MAX_EXTERNAL_NAMED = 4
+
+
+def external_scores(metrics: pd.DataFrame) -> pd.Series:
+    """Each row's value of its own metric (``metric`` column: ``cindex``, ``spearman``; else ``auroc``)."""
+    names = metrics["metric"].fillna("auroc") if "metric" in metrics else pd.Series("auroc", index=metrics.index)
+    return pd.Series([float(metrics.at[i, n]) for i, n in names.items()], index=metrics.index)
+
+
 def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
     """The summary paragraph of an external validation: external metric per run beside the internal one.
 
@@ -172,8 +182,11 @@ def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
         values = [r[external] + (f" vs {r[internal]} cross-validated" if internal else "")
                   for _, r in table.iterrows()]
         label = metric_label(metrics)
-        text += (f"External {label} (95% CI): " + "; ".join(f"{n} {v}" for n, v in zip(runs, values, strict=True))
-                 + ". ")
+        shown = list(range(len(runs)))
+        if len(runs) > MAX_EXTERNAL_NAMED:  # the best few; every run is in the section's table
+            shown = [int(i) for i in external_scores(metrics).sort_values(ascending=False).index[:3]]
+            label = f"{label}, best 3 of {len(runs)} runs"
+        text += f"External {label} (95% CI): " + "; ".join(f"{runs[i]} {values[i]}" for i in shown) + ". "
     else:
         text += "No labels (`external.labels`) for a target with both classes: predictions only. "
     return text + "ROC, calibration, attention and left-out slides: section External validation below."

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from mixmag.errors import MixmagValueError
 from mixmag.report.figures import new_figure
-from mixmag.report.plots import PALETTE
+from mixmag.report.plots import LINE_STYLES, PALETTE
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def roc_curves(
     per test fold (a list, or ``{fold: pair}``): then each fold's curve is drawn thin and the
     curve of all folds pooled thick, labelled with its AUROC and number of predictions (bags).
     One method: folds in colour (``fold <k>`` in the legend), the pooled curve black. Several
-    methods: one Okabe-Ito colour each, folds thin and unlabelled.
+    methods: one Okabe-Ito colour each, folds thin and unlabelled; past 8 methods the colours come
+    back dashed, and past 6 only the pooled curves are drawn, with the legend beside the axes.
 
     ``y_true`` holds (n,) class indices; ``y_score`` is the (n,) score of class 1 or the (n, C)
     class probabilities. With more than two classes the one-vs-rest curve of each class (pooled
@@ -73,16 +74,19 @@ def roc_curves(
     """
     from sklearn.metrics import roc_auc_score
 
-    fig = new_figure(4.6, 4.4)
+    several = len(results) > 1
+    # past a handful of methods the legend would cover the curves: it goes to the right instead
+    outside = len(results) > 6
+    fig = new_figure(7.6 if outside else 4.6, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=1)
-    several = len(results) > 1
     for i, (name, value) in enumerate(results.items()):
         folds = _fold_pairs(value)
         y = np.concatenate([np.asarray(t).astype(np.int64) for _, (t, _) in folds])
         score = np.concatenate([np.asarray(s, dtype=np.float64) for _, (_, s) in folds])
         n_classes = 2 if score.ndim == 1 else int(score.shape[1])
         colour = PALETTE[i % len(PALETTE)] if several else "black"
+        style = LINE_STYLES[(i // len(PALETTE)) % len(LINE_STYLES)]  # a colour comes back: another dash
         if n_classes > 2:
             names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
             for c in range(n_classes):
@@ -91,7 +95,7 @@ def roc_curves(
                     ax.plot(*line, linewidth=1.5, label=f"{name}: {names[c]} vs rest" if several else f"{names[c]} vs rest")
             continue
         positive = score if score.ndim == 1 else score[:, 1]
-        if len(folds) > 1:
+        if len(folds) > 1 and not outside:  # many methods: the pooled curves only, or nothing is legible
             for fold, (t, s) in folds:
                 s = np.asarray(s, dtype=np.float64)
                 line = _roc_line(np.asarray(t).astype(np.int64), s if s.ndim == 1 else s[:, 1])
@@ -105,14 +109,19 @@ def roc_curves(
         if line is None:
             logger.warning("no ROC curve for %s: its labels are all one class", name)
             continue
-        ax.plot(*line, color=colour, linewidth=2,
+        ax.plot(*line, color=colour, linewidth=2, linestyle=style,
                 label=f"{name} (AUROC {roc_auc_score(y, positive):.3f}, n={len(y)})")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    if outside:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False)
+    else:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_aspect("equal")
+    if outside:
+        fig.tight_layout()
     return fig
 
 

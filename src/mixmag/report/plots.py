@@ -29,6 +29,8 @@ MetricsSource: TypeAlias = pd.DataFrame | str | os.PathLike | Sequence[Mapping[s
 
 # Colour-blind-safe palette (Okabe-Ito) in a fixed order, so a method keeps its colour across plots.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+#: Line styles of the 1st, 2nd, ... round through :data:`PALETTE` (more methods than colours).
+LINE_STYLES = ["-", "--", ":"]
 
 # Curves up to this many points are drawn raw; longer ones get an EMA over ~1/30 of the run.
 SMOOTH_FROM_POINTS = 50
