@@ -54,8 +54,9 @@ def _bag(regions: int, tile_dim: int, seed: int = 0) -> BagRegions:
 
 def _one(cfg: dict) -> dict:
     """Run one configuration in this (child) process and return its timings and peak memory."""
+    import mixmag.mil.transmil  # noqa: F401  (registers the transmil head)
     from mixmag.geometry import RegionSpec
-    from mixmag.mil.abmil import GatedABMIL
+    from mixmag.mil.abmil import HEADS, GatedABMIL
     from mixmag.mil.methods import METHODS
     from mixmag.mil.model import MILModel
     from mixmag.mil.train import TrainParams, make_optimizer, train_one_epoch
@@ -85,8 +86,8 @@ def _one(cfg: dict) -> dict:
         encoder = None
         if source.needs_encoder:
             encoder = build_region_encoder(tile_dim=cfg["tile_dim"], spec=RegionSpec(), preset=cfg["preset"])
-        model = MILModel(source=source, head=GatedABMIL(source.instance_dim(cfg["tile_dim"], encoder)),
-                         encoder=encoder)
+        head = HEADS.get(method.head)(source.instance_dim(cfg["tile_dim"], encoder))  # abmil or transmil
+        model = MILModel(source=source, head=head, encoder=encoder)
     if not cfg["subsample"]:
         params = TrainParams(max_instances=10**9, max_regions=10**9, precision=cfg["precision"],
                              freeze_encoder=cfg.get("freeze", False))
@@ -179,6 +180,15 @@ def main() -> None:
          {**base, "kind": "method", "method": "mix-mem", "subsample": True}),
         ("training step", f"mix-mem-cls, frozen encoder ({args.max_regions}-region subsample)",
          {**base, "kind": "method", "method": "mix-mem-cls", "subsample": True, "freeze": True}),
+        # the reviewers' baselines (docs/concepts/evaluation.md#baselines)
+        ("training step", f"mix-mem-frozen ({args.max_regions}-region subsample, {args.preset} encoder)",
+         {**base, "kind": "method", "method": "mix-mem-frozen", "subsample": True, "freeze": True}),
+        ("training step", f"abmil-20x-context ({args.max_instances}-tile subsample)",
+         {**base, "kind": "method", "method": "abmil-20x-context", "subsample": True}),
+        ("training step", f"abmil-ms-concat (one instance per region, up to {args.max_instances})",
+         {**base, "kind": "method", "method": "abmil-ms-concat", "subsample": True}),
+        ("training step", f"transmil-20x ({args.max_instances}-tile subsample)",
+         {**base, "kind": "method", "method": "transmil-20x", "subsample": True}),
     ]
     if args.contention:
         _contention(args, rows)
