@@ -230,7 +230,8 @@ def print_tables(summary: pd.DataFrame) -> None:
         return "–" if not np.isfinite(v) else format(v, spec)
 
     def interval(lo: float, hi: float) -> str:
-        return f"{lo:.3f}–{hi:.3f}" if np.isfinite(lo) else "–"
+        # "to", not a dash: the bounds of a difference can be negative
+        return f"{lo:.3f} to {hi:.3f}" if np.isfinite(lo) else "–"
 
     for setting, g in summary.groupby("setting", sort=False):
         best = g["best_mix"].iloc[0]
