@@ -330,7 +330,7 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
                       seed=job.settings.seed, extra={"config_hash": config_hash}, endpoint=tb.endpoint,
                       n_risk_groups=job.settings.risk_groups)
     head = primary_summary(m)
-    logger.info("%s/%s: %s %.3f ± %.3f (pooled %.3f, 95%% CI %.3f-%.3f)", tb.target, method, head.label, head.mean,
+    logger.info("%s/%s: %s %.3f ± %.3f (pooled %.3f, 95%% CI %.3f to %.3f)", tb.target, method, head.label, head.mean,
                 head.sd, head.pooled, _or_nan(m["ci_lo"]), _or_nan(m["ci_hi"]))
     if job.settings.refit_all:
         _refit_all(tb, method, recipe, dataset, store, run_dir, job, fold_info=fold_info, config_hash=config_hash)

@@ -355,7 +355,7 @@ def predict_cohort(
         if m is not None:
             metrics.append(m)
             name = m.get("metric", "auroc")
-            logger.info("%s: external %s %.3f (95%% CI %.3f-%.3f) on %d bags", r.name, name, m[name], m["ci_lo"],
+            logger.info("%s: external %s %.3f (95%% CI %.3f to %.3f) on %d bags", r.name, name, m[name], m["ci_lo"],
                         m["ci_hi"], m["n_bags"])
         _plots(scores, out)
     predictions = pd.concat(frames, ignore_index=True)

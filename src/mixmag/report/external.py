@@ -20,7 +20,8 @@ def _ci(row: pd.Series, value: str, lo: str, hi: str) -> str:
         return "—"
     if pd.isna(row.get(lo)) or pd.isna(row.get(hi)):
         return f"{row[value]:.3f}"
-    return f"{row[value]:.3f} ({row[lo]:.3f}–{row[hi]:.3f})"
+    sep = "–" if row[lo] >= 0 else " to "  # a dash after a negative bound reads as a minus sign
+    return f"{row[value]:.3f} ({row[lo]:.3f}{sep}{row[hi]:.3f})"
 
 
 #: Display names of the metrics of runs that are not classification (docs/concepts/endpoints.md).
