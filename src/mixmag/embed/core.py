@@ -25,6 +25,7 @@ from mixmag.cluster.runtime import WorkerUsage
 from mixmag.embed.batcher import TileBatcher
 from mixmag.embed.claims import ClaimBoard
 from mixmag.embed.dataset import RegionTileStream, TileSource, open_region_tiles
+from mixmag.embed.estimate import EmbedEstimator, tiles_to_embed
 from mixmag.embed.jobs import EmbedJob
 from mixmag.embed.split import SplitForward, single_threaded
 from mixmag.encoders import TileEncoder
@@ -170,7 +171,7 @@ def _check_precision(encoder: TileEncoder, tiles: torch.Tensor) -> torch.Tensor:
 def embed_jobs(encoder: TileEncoder, jobs: list[EmbedJob], out_dir: Path, summary: EmbedSummary, *,
                claims: ClaimBoard, batch_size: int, precision: str, decode: DecodePlan, threads: ThreadPlan,
                overwrite: bool = False, fail_fast: bool = False, progress: bool = True,
-               open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles) -> None:
+               open_tiles: Callable[[RegionIndex], TileSource] = open_region_tiles, estimate: bool = True) -> None:
     """Embed ``jobs`` in this process: claim, resume check, decode, batch, write, record.
 
     Each slide ends as ``ok``/``empty``/``skipped``/``error`` in ``out_dir/manifest.csv`` (or is
@@ -192,6 +193,8 @@ def embed_jobs(encoder: TileEncoder, jobs: list[EmbedJob], out_dir: Path, summar
         fail_fast: Raise on the first failing slide.
         progress: Show a tqdm bar with tiles/s.
         open_tiles: Tile-source factory.
+        estimate: Log the estimated remaining wall time after the first batches
+            (:mod:`mixmag.embed.estimate`; off for Ray workers, which are handed one slide at a time).
 
     Raises:
         SlideEmbeddingError: A slide failed and ``fail_fast`` is set.
@@ -218,10 +221,19 @@ def embed_jobs(encoder: TileEncoder, jobs: list[EmbedJob], out_dir: Path, summar
     if forward is not None:
         logger.info("compute: each batch in sub-batches of %d tiles on %d single-threaded worker(s) (thread "
                     "policy split)", forward.sub_batch, forward.workers)
+    trimmer = HeapTrimmer(every=TRIM_EVERY_BATCHES)  # flat RSS over long runs
+    estimator = EmbedEstimator(*tiles_to_embed(jobs, overwrite=overwrite), device=str(encoder.device)) \
+        if estimate else None
+
+    def after_batch() -> None:
+        trimmer.tick()
+        if estimator is not None:
+            estimator.tick(summary.n_tiles)
+
     batcher = TileBatcher(encoder, batch_size=batch_size, manifest=Manifest(out_dir / MANIFEST_NAME), claims=claims,
                           jobs=jobs, summary=summary, fail_fast=fail_fast, progress=progress,
                           first_batch_hook=_check_precision if precision == "auto" else None,
-                          after_batch=HeapTrimmer(every=TRIM_EVERY_BATCHES).tick,  # flat RSS over long runs
+                          after_batch=after_batch,
                           on_forward=adapter, run_attrs={"embed_cpu_threads": threads.to_dict()}, forward=forward)
     try:
         with single_threaded() if split else contextlib.nullcontext():

@@ -154,7 +154,8 @@ class SlideEmbedder:
         claims = ClaimBoard(c.out_dir, ClaimOwner.current(run=c.run_id), stale_after_s=c.stale_after_s)
         embed_jobs(self.encoder, [job], c.out_dir, summary, claims=claims, batch_size=c.settings.batch_size,
                    precision=c.settings.precision, decode=self.decode, threads=self.threads,
-                   overwrite=c.overwrite, fail_fast=c.fail_fast, progress=False, open_tiles=c.open_tiles)
+                   overwrite=c.overwrite, fail_fast=c.fail_fast, progress=False, open_tiles=c.open_tiles,
+                   estimate=False)
         return SlideOutcome(summary=summary, usage=current_usage())
 
 

@@ -176,6 +176,19 @@ def write_region_index(path: str | os.PathLike[str], index: RegionIndex) -> Path
     return Path(path)
 
 
+def count_region_tiles(path: str | os.PathLike[str]) -> int:
+    """Tiles of a region index (regions x tokens per region) from its shape alone; 0 if unreadable.
+
+    For estimates before a run: no tile data is read, and a missing or broken file counts 0 (the
+    run itself reports it, with the message of :func:`read_region_index`).
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["tile_valid"].size)
+    except (OSError, KeyError):
+        return 0
+
+
 def read_region_index(path: str | os.PathLike[str]) -> RegionIndex:
     """Read a region index written by :func:`write_region_index` (validates artifact + version)."""
     p = Path(path)
