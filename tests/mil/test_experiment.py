@@ -199,3 +199,29 @@ def test_multiclass_target(small_cohort: SyntheticCohort, tmp_path: Path) -> Non
     np.testing.assert_allclose(preds[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1, rtol=1e-5)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == ["G1", "G2", "G3"] and 0 <= metrics["pooled_auroc"] <= 1
+
+
+def test_the_first_trained_fold_times_the_methods_other_folds(small_cohort: SyntheticCohort, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixmag.mil.experiment as experiment
+
+    monkeypatch.setattr(experiment, "MIN_LOGGED_FOLD_SECONDS", 0.0)  # log even this tiny run's estimate
+    settings = {**FAST, "folds": 3}
+    with caplog.at_level(logging.INFO, logger="mixmag"):
+        train_methods(small_cohort.features_dir, small_cohort.labels_csv, tmp_path, methods=["abmil-20x"],
+                      **settings)
+    lines = [r.getMessage() for r in caplog.records if "more fold(s)" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("label/abmil-20x: 2 more fold(s): about ")
+    assert "s/fold x 2 folds) (early stopping can end folds sooner" in lines[0]
+    assert [r for r in caplog.records if "fold 0: best epoch" in r.getMessage()][0].getMessage().endswith(" s")
+    # resumed with one fold left: that fold is the first trained, nothing is left to estimate
+    import shutil
+
+    shutil.rmtree(tmp_path / "label" / "abmil-20x" / "folds" / "fold_2")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mixmag"):
+        train_methods(small_cohort.features_dir, small_cohort.labels_csv, tmp_path, methods=["abmil-20x"],
+                      **settings)
+    assert not [r for r in caplog.records if "more fold(s)" in r.getMessage()]
+    assert "fold 2: best epoch" in caplog.text

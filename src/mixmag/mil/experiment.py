@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from mixmag.mil.settings import PAPER_METHODS, MilSettings
 from mixmag.mil.targets import check_values, resolve_targets
 from mixmag.report.run_plots import write_learning_curve
 from mixmag.utils.atomic import atomic_write_json
+from mixmag.utils.cost import CostEstimate, format_seconds
 from mixmag.utils.device import resolve_device
 from mixmag.utils.env import environment_info
 from mixmag.utils.hashing import sha256_file, sha256_text
@@ -283,7 +285,9 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
     n_classes = len(tb.classes)
     endpoint_params = _endpoint_params(tb.endpoint, job.settings)
     oof, histories, fold_info = [], [], {}
-    for fold in sorted(splits["fold"].unique().tolist()):
+    folds = sorted(splits["fold"].unique().tolist())
+    estimated = False
+    for position, fold in enumerate(folds):
         fold_dir = run_dir / "folds" / f"fold_{fold}"
         done = fold_dir / "done.json"
         marker = json.loads(done.read_text(encoding="utf-8")) if done.exists() else {}
@@ -293,6 +297,7 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
             histories.append(pd.read_csv(fold_dir / "history.csv").assign(fold=fold))
             fold_info[fold] = {k: v for k, v in marker.items() if k != "config_hash"}
             continue
+        t_fold = time.perf_counter()
         roles = {r: [i for p in pids for i in by_patient[p]] for r, pids in fold_roles(splits, fold).items()}
         parts: dict[str, BagDataset] = {r: BagDataset(store, [tb.bags[i] for i in idx]) for r, idx in roles.items()}
         clf = MILClassifier(method, encoder=None if recipe is None else recipe.build(),
@@ -322,8 +327,13 @@ def _run_method(tb: TargetBags, method: str, recipe: RegionEncoderRecipe | None,
         oof.append(fold_df)
         histories.append(history.assign(fold=fold))
         fold_info[fold] = info
-        logger.info("%s/%s fold %d: best epoch %d (%s), %d test bags", tb.target, method, fold,
-                    clf.best_epoch_, clf.criterion_, len(roles["test"]))
+        seconds = time.perf_counter() - t_fold
+        logger.info("%s/%s fold %d: best epoch %d (%s), %d test bags, %s", tb.target, method, fold,
+                    clf.best_epoch_, clf.criterion_, len(roles["test"]), format_seconds(seconds))
+        if not estimated:  # the first fold trained here times the others (early stopping varies them)
+            estimated = True
+            _log_folds_left(f"{tb.target}/{method}", seconds, folds_left=len(folds) - position - 1,
+                            device=job.device)
     write_csv(pd.concat(histories, ignore_index=True), run_dir / "learning_curves.csv")
     m = summarize_run(run_dir, pd.concat(oof, ignore_index=True), target=tb.target, method=method,
                       classes=tb.classes, fold_info=fold_info, n_boot=job.bootstrap,
@@ -473,6 +483,22 @@ def train_methods(
             summary.runs.append(_run_method(tb, key, recipes[key], split_table, store, target_dir / key, job))
     atomic_write_json(out / "summary.json", summary.to_dict())
     return summary
+
+
+#: Estimates of a method's remaining folds shorter than this are not logged.
+MIN_LOGGED_FOLD_SECONDS = 60.0
+
+
+def _log_folds_left(run: str, fold_seconds: float, *, folds_left: int, device: str) -> None:
+    """Log how long the run's remaining folds take at the first fold's pace (when it matters)."""
+    if folds_left <= 0:
+        return
+    estimate = CostEstimate(stage=f"{run}: {folds_left} more fold(s)", unit="fold", unit_seconds=fold_seconds,
+                            units_left=folds_left, device=device,
+                            advice="early stopping can end folds sooner; fewer methods, mil.epochs or a GPU "
+                                   "shorten it")
+    if estimate.seconds >= MIN_LOGGED_FOLD_SECONDS:
+        logger.info("%s (%s)", estimate.describe(), estimate.advice)
 
 
 def _or_nan(value: float | None) -> float:
