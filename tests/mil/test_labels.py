@@ -96,7 +96,7 @@ def test_single_class_target_is_an_error(tmp_path: Path) -> None:
 
 def test_a_rare_undeclared_third_class_is_flagged_as_a_probable_typo(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from mixmag.mil.experiment import warn_rare_classes
+    from mixmag.mil.labels import warn_rare_classes
 
     rows = [f"P{i},T{i},{i % 2}" for i in range(40)] + ["P40,T40,yes", "P41,T41,yes"]
     df = read_labels(_write(tmp_path, "patient_id,slide_id,msi\n" + "\n".join(rows) + "\n"))

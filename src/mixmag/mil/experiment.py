@@ -39,7 +39,7 @@ from mixmag.mil.artifacts import explain, safe_name, save_fold_model, write_atte
 from mixmag.mil.data import BagDataset, FeatureStore
 from mixmag.mil.encoders import MissingCheckpointError, RegionEncoderRecipe, resolve_encoder
 from mixmag.mil.estimator import MILClassifier
-from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, read_labels
+from mixmag.mil.labels import MISSING_LABEL, TargetBags, build_bags, read_labels, warn_rare_classes
 from mixmag.mil.methods import METHODS
 from mixmag.mil.runfolder import predictions_frame, read_predictions, summarize_run, write_csv
 from mixmag.mil.settings import PAPER_METHODS, MilSettings
@@ -189,34 +189,6 @@ def _prepare_splits(tb: TargetBags, target_dir: Path, *, splits: str | os.PathLi
             raise MixmagValueError(f"target {tb.target!r}: {exc}") from None
     write_splits(table, target_dir / "splits.csv")
     return table
-
-
-#: An undeclared third (or later) class with fewer bags than this, or than this share of the bags,
-#: is probably a typo in the labels table ("postive" beside "positive").
-RARE_CLASS_BAGS = 3
-RARE_CLASS_FRACTION = 0.05
-
-
-def warn_rare_classes(tb: TargetBags, *, declared: str | None) -> dict[str, int]:
-    """Warn about the rare classes of a classification target not declared multi-class.
-
-    A typo in a binary column silently makes a third class that the model then learns as one; the
-    warning names the classes and both fixes. It comes after the target's split succeeded, so a
-    class too small to split still stops the run with the split's one error line instead.
-
-    Returns:
-        ``{class: bags}`` of the classes warned about (empty: no warning).
-    """
-    if tb.endpoint != "classification" or len(tb.classes) <= 2 or declared == "multiclass":
-        return {}
-    counts = {c: sum(b.label == i for b in tb.bags) for i, c in enumerate(tb.classes)}
-    rare = {c: n for c, n in counts.items() if n < max(RARE_CLASS_BAGS, RARE_CLASS_FRACTION * len(tb.bags))}
-    if rare:
-        logger.warning("target %r: class(es) %s hold very few bags (%s of %d): a typo in the labels table? Fix the "
-                       "cells, or declare the target multi-class (--target-type %s=multiclass) to silence this",
-                       tb.target, ", ".join(repr(c) for c in rare), ", ".join(map(str, rare.values())),
-                       len(tb.bags), tb.target)
-    return rare
 
 
 def _exclusion_counts(tb: TargetBags) -> dict[str, int]:
