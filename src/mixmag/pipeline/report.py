@@ -264,6 +264,10 @@ def write_study_report(out: Path, config: PipelineConfig, stages: Mapping[str, S
         heatmaps = [Path(p) for p in stages["heatmaps"].outputs.get("files", [])]
     loss = {name.removeprefix("pretrain-"): rec.outputs["metrics"] for name, rec in stages.items()
             if name.startswith("pretrain-") and rec.outputs.get("final_loss") is not None}
+    # the config's objective order, whether the stages come from this run or from stages.json
+    # (alphabetical): a curve keeps its colour between `mixmag run` and `mixmag report`
+    order = {objective: i for i, objective in enumerate(config.region.objectives)}
+    loss = dict(sorted(loss.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     table = comparison
     # only a diagnose stage of this run: a folder left by an earlier run may describe other inputs
     diagnostics = stages.get("diagnose")

@@ -22,7 +22,7 @@ import yaml
 from mixmag.errors import MixmagFileNotFoundError, MixmagValueError, reading_user_file
 from mixmag.report.diagnostics_section import add_diagnostics_section
 from mixmag.report.endpoint_section import EndpointPanel, add_endpoint_section
-from mixmag.report.evaluation_plots import comparison_plot, roc_curves
+from mixmag.report.evaluation_plots import ROC_LEGEND_INSIDE_MAX, comparison_plot, roc_curves
 from mixmag.report.external import add_external_section
 from mixmag.report.html import ImageLike, Report, flatten
 from mixmag.report.plots import MetricsSource, loss_curves, timings_plot
@@ -202,7 +202,9 @@ def build_report(
                            caption=f"{metric}: dot, mean{' (caps: ± sd)' if sd else ''}; band, 95% CI"
                            + ("; one panel per metric." if panel else "; dashed line: chance."), width="70%")
         if roc:
-            sec.figure(roc_curves(roc), caption="ROC curves of the out-of-fold predictions.", width="55%")
+            # a legend beside the axes makes the figure wider: give it the room to stay legible
+            width = "55%" if len(roc) <= ROC_LEGEND_INSIDE_MAX else "90%"
+            sec.figure(roc_curves(roc), caption="ROC curves of the out-of-fold predictions.", width=width)
 
     add_endpoint_section(report, endpoints)
 

@@ -47,6 +47,11 @@ def _roc_line(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr
 
 
+#: Most methods whose ROC legend sits inside the axes; with more, the figure widens and the legend
+#: goes beside the axes (callers that size the figure on a page read this too).
+ROC_LEGEND_INSIDE_MAX = 6
+
+
 def roc_curves(
     results: Mapping[str, RocInput],
     *,
@@ -76,7 +81,7 @@ def roc_curves(
 
     several = len(results) > 1
     # past a handful of methods the legend would cover the curves: it goes to the right instead
-    outside = len(results) > 6
+    outside = len(results) > ROC_LEGEND_INSIDE_MAX
     fig = new_figure(7.6 if outside else 4.6, 4.4)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=1)
