@@ -133,7 +133,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run(
-        config: Annotated[Path, typer.Argument(help="Study config YAML (`mixmag config init study.yaml`).")],
+        config: Annotated[Path | None, typer.Argument(
+            help="Study config YAML (`mixmag config init study.yaml`); or give it with --config.")] = None,
+        config_option: Annotated[Path | None, typer.Option(
+            "--config", help="The study config YAML, as the stage commands take it (instead of the argument).")]
+        = None,
         overrides: Annotated[list[str] | None, typer.Option(
             "--set", help="Override a key: section.key=value (repeatable).")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -144,9 +148,16 @@ def register(app: typer.Typer) -> None:
         Finished stages are skipped (see stages.json in the run folder); interrupted stages resume.
         Exits 3 when the study finished but some slides failed (tile/embed manifests, external/problems.csv).
         """
-        from mixmag.cli.common import friendly_errors, terminal_ask
+        from mixmag.cli.common import fail, friendly_errors, terminal_ask
         from mixmag.cli.options import load_study_config
         from mixmag.pipeline.study import run_study
+
+        if config is not None and config_option is not None and config != config_option:
+            fail(f"two study configs: {config} and --config {config_option}; give one")
+        config = config or config_option
+        if config is None:
+            fail("no study config: give it as `mixmag run study.yaml` (or --config study.yaml); "
+                 "`mixmag config init study.yaml` writes one")
 
         # every problem of the config and its files, with file:line, before any stage starts (the
         # study checks again, for the API; its warnings go to the run's log, so none are printed here)
