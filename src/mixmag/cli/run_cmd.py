@@ -35,7 +35,7 @@ def _print_external(result: object, console: Any) -> None:
     from rich.table import Table
 
     from mixmag.pipeline.study import StudyResult
-    from mixmag.report.external import external_table, value_columns
+    from mixmag.report.external import external_table, metric_label
 
     assert isinstance(result, StudyResult)
     if result.external is None:
@@ -49,8 +49,7 @@ def _print_external(result: object, console: Any) -> None:
         order = {m: i for i, m in enumerate(dict.fromkeys(result.comparison["method"]))}
         frame = frame.sort_values("method", key=lambda col: col.map(order), kind="stable")
     several = frame["target"].nunique() > 1
-    label = value_columns(frame)[1].removeprefix("external ").removesuffix(" (95% CI)")
-    t = Table(title=f"External validation: {label} on a cohort never trained on (95% CI)")
+    t = Table(title=f"External validation: {metric_label(result.external)} on a cohort never trained on (95% CI)")
     columns = [c for c in frame.columns if c not in ("target", "model")]
     for column in columns:
         t.add_column(column, no_wrap=column == "method")

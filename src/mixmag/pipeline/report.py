@@ -26,6 +26,7 @@ from mixmag.report.endpoint_section import EndpointPanel
 from mixmag.report.external import (
     external_table,
     metric_label,
+    metric_values,
     value_columns,
     write_external_report,
 )
@@ -155,12 +156,6 @@ def roc_inputs(table: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 MAX_EXTERNAL_NAMED = 4
 
 
-def external_scores(metrics: pd.DataFrame) -> pd.Series:
-    """Each row's value of its own metric (``metric`` column: ``cindex``, ``spearman``; else ``auroc``)."""
-    names = metrics["metric"].fillna("auroc") if "metric" in metrics else pd.Series("auroc", index=metrics.index)
-    return pd.Series([float(metrics.at[i, n]) for i, n in names.items()], index=metrics.index)
-
-
 def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
     """The summary paragraph of an external validation: external metric per run beside the internal one.
 
@@ -184,7 +179,7 @@ def external_summary(folder: Path, comparison: pd.DataFrame | None) -> str:
         label = metric_label(metrics)
         shown = list(range(len(runs)))
         if len(runs) > MAX_EXTERNAL_NAMED:  # the best few; every run is in the section's table
-            shown = [int(i) for i in external_scores(metrics).sort_values(ascending=False).index[:3]]
+            shown = [int(i) for i in metric_values(metrics).sort_values(ascending=False).index[:3]]
             label = f"{label}, best 3 of {len(runs)} runs"
         text += f"External {label} (95% CI): " + "; ".join(f"{runs[i]} {values[i]}" for i in shown) + ". "
     else:

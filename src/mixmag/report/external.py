@@ -34,6 +34,11 @@ def _metric_of(row: pd.Series) -> str:
     return "auroc" if value is None or pd.isna(value) else str(value)
 
 
+def metric_values(metrics: pd.DataFrame) -> pd.Series:
+    """Each row's value of its own metric (:func:`_metric_of`), indexed like ``metrics``."""
+    return pd.Series([float(m[_metric_of(m)]) for _, m in metrics.iterrows()], index=metrics.index)
+
+
 def _display(metric: str) -> str:
     return "AUROC" if metric == "auroc" else OTHER_METRICS.get(metric, metric)
 
